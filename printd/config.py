@@ -1,0 +1,402 @@
+"""Typed configuration: TOML file, then environment overrides, then validation.
+
+Every error names the offending key and says why, so `printd check-config` can point an
+operator at the exact line to fix. Defaults are the figures of the system printd replaces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from printd.breakers import BreakerConfig
+
+Mode = Literal["development", "production"]
+#: Secrets that ship in examples and must never run in production.
+KNOWN_DEFAULT_SECRETS = frozenset({"", "secret", "change-me", "changeme", "dev-secret", "your-secret-key"})
+MIN_PRODUCTION_SECRET_LEN = 32
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the key and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 3001
+    backlog: int = 4096
+    handshake_timeout: float = 10.0
+    keepalive_timeout: float = 30.0
+    max_message_bytes: int = 1_048_576
+    max_http_body_bytes: int = 1_048_576
+    ping_interval: float = 25.0
+    ping_timeout: float = 60.0
+    send_queue_max_bytes: int = 8 * 1_048_576
+    write_timeout: float = 10.0
+    shutdown_grace: float = 5.0
+    error_budget: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionConfig:
+    enabled: bool = True
+    level: int = 3
+    mem_level: int = 7
+    server_max_window_bits: int = 10
+    client_max_window_bits: int = 10
+    min_size: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    jwt_secret: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    leeway: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class StatusConfig:
+    batch_delay: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class JobsConfig:
+    ack_timeout: float = 10.0
+    retry_initial: float = 1.0
+    retry_max: float = 30.0
+    max_attempts: int = 20
+    job_ttl: float = 86_400.0
+    test_timeout: float = 15.0
+    pending_capacity: int = 1000
+    pending_sweep_interval: float = 30.0
+    pending_stale_after: float = 60.0
+    max_payload_bytes: int = 262_144
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    branch_tests: int = 10
+    printer_tests: int = 5
+    window: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    memory_percent: float = 85.0
+    cpu_percent: float = 90.0
+    error_rate: float = 10.0
+    check_interval: float = 30.0
+    fleet_cache_ttl: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    database_url: str | None = None
+    pool_size: int = 10
+    statement_timeout_ms: int = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitsConfig:
+    defaults: BreakerConfig = field(default_factory=BreakerConfig)
+    overrides: Mapping[str, BreakerConfig] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    mode: Mode = "development"
+    instance_id: str = field(default_factory=lambda: socket.gethostname())
+    data_dir: Path = Path("var")
+    log_level: str = "info"
+    log_format: Literal["console", "json"] = "console"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    circuits: CircuitsConfig = field(default_factory=CircuitsConfig)
+
+    @property
+    def production(self) -> bool:
+        return self.mode == "production"
+
+    @property
+    def database_url(self) -> str:
+        """The store URL; without one, the embedded SQLite file in the data directory."""
+        if self.store.database_url:
+            return self.store.database_url
+        return f"sqlite:///{(self.data_dir / 'printd.db').resolve()}"
+
+
+_SECTIONS: dict[str, type] = {
+    "server": ServerConfig,
+    "compression": CompressionConfig,
+    "auth": AuthConfig,
+    "status": StatusConfig,
+    "jobs": JobsConfig,
+    "ratelimit": RateLimitConfig,
+    "health": HealthConfig,
+    "store": StoreConfig,
+    "redis": RedisConfig,
+}
+_TOP_LEVEL = ("mode", "instance_id", "data_dir", "log_level", "log_format")
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check one TOML/env value against its declared type, converting where lossless."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = [a for a in get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, options[0])
+    if origin is Literal:
+        if value not in get_args(hint):
+            allowed = ", ".join(repr(a) for a in get_args(hint))
+            raise ConfigError(f"{key}: {value!r} is not one of {allowed}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if hint is Path:
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{key}: expected a path, got {value!r}")
+        return Path(value)
+    return value
+
+
+def _build(cls: type, section: str, values: Mapping[str, Any]) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"[{section}]: expected a table, got {values!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"{section}.{key}: unknown key (known keys: {known})")
+        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"{section}: {exc}") from None
+
+
+def _circuits(raw: Mapping[str, Any]) -> CircuitsConfig:
+    """`[circuits.defaults]` and `[circuits.<name>]` tables become breaker configs."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"[circuits]: expected a table, got {raw!r}")
+    defaults = _build(BreakerConfig, "circuits.defaults", raw.get("defaults", {}))
+    overrides = {}
+    base = dataclasses.asdict(defaults)
+    for name, table in raw.items():
+        if name == "defaults":
+            continue
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"circuits.{name}: expected a table of breaker settings")
+        merged = _build(BreakerConfig, f"circuits.{name}", {**base, **table})
+        overrides[name] = merged
+    return CircuitsConfig(defaults=defaults, overrides=overrides)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any] | Any]:
+    """Map the environment names operators already use onto config keys."""
+    out: dict[str, Any] = {}
+
+    def put(section: str | None, key: str, value: Any) -> None:
+        if section is None:
+            out[key] = value
+        else:
+            out.setdefault(section, {})[key] = value
+
+    simple = {
+        "PORT": ("server", "port"),
+        "HOST": ("server", "host"),
+        "JWT_SECRET": ("auth", "jwt_secret"),
+        "CORS_ORIGINS": ("auth", "cors_origins"),
+        "DATABASE_URL": ("store", "database_url"),
+        "REDIS_URL": ("redis", "url"),
+        "INSTANCE_ID": (None, "instance_id"),
+        "PRINTD_DATA_DIR": (None, "data_dir"),
+        "PRINTD_MODE": (None, "mode"),
+        "PRINTD_LOG_LEVEL": (None, "log_level"),
+        "PRINTD_LOG_FORMAT": (None, "log_format"),
+    }
+    for name, (section, key) in simple.items():
+        if env.get(name):
+            put(section, key, env[name])
+    if "STATUS_BATCH_DELAY" in env:  # milliseconds, as in the original system
+        try:
+            put("status", "batch_delay", float(env["STATUS_BATCH_DELAY"]) / 1000.0)
+        except ValueError:
+            raise ConfigError(
+                f"STATUS_BATCH_DELAY: expected milliseconds, got {env['STATUS_BATCH_DELAY']!r}"
+            ) from None
+    if not env.get("REDIS_URL") and env.get("REDIS_HOST"):
+        password = env.get("REDIS_PASSWORD")
+        auth = f":{password}@" if password else ""
+        url = f"redis://{auth}{env['REDIS_HOST']}:{env.get('REDIS_PORT', '6379')}/{env.get('REDIS_DB', '0')}"
+        put("redis", "url", url)
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Load TOML (if given), apply environment then explicit overrides, validate."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: file not found (write one with `printctl config init`)") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    merged = _merge(raw, _env_overrides(env))
+    if overrides:
+        merged = _merge(merged, dict(overrides))
+    return build_config(merged)
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(raw: Mapping[str, Any]) -> Config:
+    hints = get_type_hints(Config)
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _SECTIONS:
+            kwargs[key] = _build(_SECTIONS[key], key, value)
+        elif key == "circuits":
+            kwargs[key] = _circuits(value)
+        elif key in _TOP_LEVEL:
+            kwargs[key] = _coerce(key, value, hints[key])
+        else:
+            known = ", ".join([*_TOP_LEVEL, *_SECTIONS, "circuits"])
+            raise ConfigError(f"{key}: unknown key (known: {known})")
+    config = Config(**kwargs)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks and production guards; raise ConfigError naming the key."""
+    s = config.server
+    if not 0 <= s.port <= 65535:
+        raise ConfigError(f"server.port: {s.port} is not a TCP port (0-65535)")
+    for name in ("handshake_timeout", "ping_interval", "ping_timeout", "write_timeout", "shutdown_grace"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"server.{name}: must be > 0")
+    if s.ping_timeout <= s.ping_interval:
+        raise ConfigError("server.ping_timeout: must be greater than server.ping_interval")
+    if s.max_message_bytes < 1024:
+        raise ConfigError("server.max_message_bytes: must be at least 1024")
+    c = config.compression
+    if not 1 <= c.level <= 9:
+        raise ConfigError("compression.level: must be 1-9")
+    if not 1 <= c.mem_level <= 9:
+        raise ConfigError("compression.mem_level: must be 1-9")
+    for name in ("server_max_window_bits", "client_max_window_bits"):
+        if not 9 <= getattr(c, name) <= 15:
+            raise ConfigError(f"compression.{name}: must be 9-15")
+    if config.status.batch_delay < 0:
+        raise ConfigError("status.batch_delay: must be >= 0 (0 forwards every update at once)")
+    j = config.jobs
+    if j.pending_capacity < 1:
+        raise ConfigError("jobs.pending_capacity: must be >= 1")
+    if j.retry_initial <= 0 or j.retry_max < j.retry_initial:
+        raise ConfigError("jobs.retry_max: must be >= jobs.retry_initial > 0")
+    if config.store.pool_size < 1:
+        raise ConfigError("store.pool_size: must be >= 1")
+    url = config.store.database_url
+    if url and not url.startswith(("sqlite:", "postgresql://", "postgres://")):
+        raise ConfigError("store.database_url (DATABASE_URL): use sqlite:///path or postgresql://...")
+    if config.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level: {config.log_level!r} is not one of debug, info, warning, error")
+    if config.production:
+        secret = config.auth.jwt_secret
+        if secret is None or secret.strip().lower() in KNOWN_DEFAULT_SECRETS:
+            raise ConfigError(
+                "auth.jwt_secret (JWT_SECRET): production mode needs a real secret; "
+                "generate one with `openssl rand -hex 32` and set JWT_SECRET"
+            )
+        if len(secret) < MIN_PRODUCTION_SECRET_LEN:
+            raise ConfigError(
+                f"auth.jwt_secret (JWT_SECRET): production mode needs at least "
+                f"{MIN_PRODUCTION_SECRET_LEN} characters; generate one with `openssl rand -hex 32`"
+            )
+        if not config.auth.cors_origins:
+            raise ConfigError(
+                "auth.cors_origins (CORS_ORIGINS): production mode needs the dashboards' origins, "
+                "e.g. CORS_ORIGINS=https://dash.example.com"
+            )
+
+
+def redact_url(url: str) -> str:
+    """A URL with its password replaced, for logs and error messages."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"

@@ -1,0 +1,240 @@
+"""One WebSocket connection: the sans-IO engine plus a bounded outbound queue.
+
+Any task may queue a message (`send`); exactly one task at a time writes to the socket
+(`flush`), and the queue is bounded in bytes. A client that reads too slowly overflows it and
+is closed with 4008 instead of letting the server's memory grow: one slow dashboard never
+holds up the others, which are written by their own flush tasks.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from websockets.extensions.base import Extension, ServerExtensionFactory
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.typing import ExtensionName, ExtensionParameter
+
+from printd.auth import Claims
+from printd.config import CompressionConfig
+
+_ids = itertools.count(1)
+_MAX_WRITE = 256 * 1024
+
+
+@dataclass(slots=True)
+class GatewayStats:
+    """Plain counters (cheaper than Prometheus objects on the per-message path)."""
+
+    messages_in: int = 0
+    messages_out: int = 0
+    bytes_in_raw: int = 0
+    bytes_in_wire: int = 0
+    bytes_out_raw: int = 0
+    bytes_out_wire: int = 0
+    frame_errors: int = 0
+    slow_consumers: int = 0
+    handshakes: int = 0
+    rejected_upgrades: int = 0
+    closes: dict[int, int] = field(default_factory=dict)
+
+
+class _SmallMessagesPlain(Extension):
+    """permessage-deflate that leaves messages under `min_size` uncompressed (RFC 7692 allows it).
+
+    Compressing a 200-byte ack costs CPU and saves nothing; with no context takeover skipping a
+    message does not disturb the next one.
+    """
+
+    def __init__(self, inner: Extension, min_size: int) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.min_size = min_size
+
+    def decode(self, frame: Frame, *, max_size: int | None = None) -> Frame:
+        return self.inner.decode(frame, max_size=max_size)
+
+    def encode(self, frame: Frame) -> Frame:
+        if frame.fin and frame.opcode is not Opcode.CONT and len(frame.data) < self.min_size:
+            return frame
+        return self.inner.encode(frame)
+
+
+class DeflateFactory(ServerExtensionFactory):
+    """The design's deflate parameters, plus the minimum message size to compress."""
+
+    name = ExtensionName("permessage-deflate")
+
+    def __init__(self, cfg: CompressionConfig) -> None:
+        self._inner = ServerPerMessageDeflateFactory(
+            server_no_context_takeover=True,
+            client_no_context_takeover=True,
+            server_max_window_bits=cfg.server_max_window_bits,
+            client_max_window_bits=cfg.client_max_window_bits,
+            compress_settings={"level": cfg.level, "memLevel": cfg.mem_level},
+            require_client_max_window_bits=False,
+        )
+        self._min_size = cfg.min_size
+
+    def process_request_params(
+        self, params: Sequence[ExtensionParameter], accepted_extensions: Sequence[Extension]
+    ) -> tuple[list[ExtensionParameter], Extension]:
+        response, ext = self._inner.process_request_params(params, accepted_extensions)
+        return response, _SmallMessagesPlain(ext, self._min_size)
+
+
+def make_protocol(max_message_bytes: int, compression: CompressionConfig) -> ServerProtocol:
+    extensions = [DeflateFactory(compression)] if compression.enabled else None
+    return ServerProtocol(extensions=extensions, max_size=max_message_bytes)
+
+
+class WsConnection:
+    __slots__ = (
+        "id",
+        "stream",
+        "proto",
+        "claims",
+        "role",
+        "company",
+        "agent_id",
+        "last_seen",
+        "last_ping",
+        "closing",
+        "compressed",
+        "_out",
+        "_out_bytes",
+        "_flushing",
+        "_max_queue",
+        "_write_timeout",
+        "_stats",
+        "_spawn",
+    )
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        proto: ServerProtocol,
+        claims: Claims,
+        *,
+        stats: GatewayStats,
+        max_queue_bytes: int,
+        write_timeout: float,
+        spawn: Any,
+    ) -> None:
+        self.id = next(_ids)
+        self.stream = stream
+        self.proto = proto
+        self.claims = claims
+        self.role = claims.role
+        self.company = claims.company
+        self.agent_id = claims.sub
+        now = trio.current_time()
+        self.last_seen = now
+        self.last_ping = now
+        self.closing = False
+        self.compressed = bool(proto.extensions)
+        self._out: deque[bytes] = deque()
+        self._out_bytes = 0
+        self._flushing = False
+        self._max_queue = max_queue_bytes
+        self._write_timeout = write_timeout
+        self._stats = stats
+        self._spawn = spawn
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._out_bytes
+
+    def _collect(self) -> None:
+        for chunk in self.proto.data_to_send():
+            if chunk:
+                self._out.append(chunk)
+                self._out_bytes += len(chunk)
+            # an empty chunk means "close the TCP connection"; the reader handles it
+
+    def queue(self, payload: bytes) -> bool:
+        """Queue one text message; False (and the connection closes) when the queue overflows."""
+        if self.closing or self.proto.state is not State.OPEN:
+            return False
+        self.proto.send_text(payload)
+        self._stats.messages_out += 1
+        self._stats.bytes_out_raw += len(payload)
+        self._collect()
+        if self._out_bytes > self._max_queue:
+            self._overflow()
+            return False
+        return True
+
+    def send(self, payload: bytes) -> bool:
+        """Queue a message and make sure a flush runs (from any task, without blocking it)."""
+        ok = self.queue(payload)
+        self.send_pending()
+        return ok
+
+    def send_pending(self) -> None:
+        """Start a flush task for whatever the engine has queued (pings, closes, messages)."""
+        self._collect()
+        if not self._flushing and self._out:
+            self._spawn(self.flush)
+
+    def _overflow(self) -> None:
+        self._stats.slow_consumers += 1
+        self._out.clear()
+        self._out_bytes = 0
+        self.close(4008, "send queue overflow: client reads too slowly")
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake; the reader task ends the TCP connection afterwards."""
+        if self.closing:
+            return
+        self.closing = True
+        self._stats.closes[code] = self._stats.closes.get(code, 0) + 1
+        if self.proto.state is State.OPEN:
+            self.proto.send_close(code, reason)
+        self.send_pending()
+
+    async def flush(self) -> None:
+        """Write everything queued; only one task writes at a time, others return at once."""
+        if self._flushing:
+            return
+        self._collect()
+        if not self._out:
+            return
+        self._flushing = True
+        try:
+            while self._out:
+                parts = []
+                size = 0
+                while self._out and size < _MAX_WRITE:
+                    chunk = self._out.popleft()
+                    parts.append(chunk)
+                    size += len(chunk)
+                self._out_bytes -= size
+                data = parts[0] if len(parts) == 1 else b"".join(parts)
+                with trio.move_on_after(self._write_timeout) as scope:
+                    await self.stream.send_all(data)
+                if scope.cancelled_caught:
+                    # the peer stopped reading entirely; a close frame could not reach it either
+                    self._stats.slow_consumers += 1
+                    self.abort()
+                    return
+                self._stats.bytes_out_wire += size
+                self._collect()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.abort()
+        finally:
+            self._flushing = False
+
+    def abort(self) -> None:
+        """Drop the TCP connection now (the reader task sees it closed and cleans up)."""
+        self.closing = True
+        self._out.clear()
+        self._out_bytes = 0
+        self.stream.socket.close()

@@ -1,0 +1,159 @@
+"""The wire protocol, free of I/O: parse and validate frames, encode events, close codes.
+
+`docs/protocol.md` is the contract for third-party agents; this module is its executable form.
+Parsing never raises on bad input: it returns a `FrameError` that the shell turns into an
+`error` event, so one bad frame costs the sender a message, not the connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+PROTOCOL_VERSION = 1
+
+# Close codes (RFC 6455 where one fits, 4000-4999 for ours).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # printd is shutting down or draining: reconnect elsewhere
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_UNSUPPORTED = 1003  # binary frames
+CLOSE_POLICY = 1008  # too many rejected frames
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_HEARTBEAT_TIMEOUT = 4000  # nothing heard from the peer within ping_timeout
+CLOSE_TOKEN_EXPIRED = 4001
+CLOSE_SLOW_CONSUMER = 4008  # the send queue overflowed: the client reads too slowly
+CLOSE_REPLACED = 4009  # the same agent connected again; this older connection is closed
+
+# Error codes carried by {"event": "error", "data": {"code": ...}}.
+ERR_BAD_JSON = "bad_json"
+ERR_BAD_ENVELOPE = "bad_envelope"
+ERR_UNKNOWN_EVENT = "unknown_event"
+ERR_FORBIDDEN = "forbidden"
+ERR_INVALID_DATA = "invalid_data"
+ERR_RATE_LIMITED = "rate_limited"
+ERR_UNAVAILABLE = "unavailable"
+
+AGENT_EVENTS = frozenset({"printer.status", "job.ack", "job.result", "ping"})
+DASHBOARD_EVENTS = frozenset({"ping"})
+MAX_ID_LEN = 128
+MAX_STATUS_LEN = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    event: str
+    data: dict[str, Any]
+    id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class FrameError:
+    code: str
+    message: str
+    id: int | None = None
+
+
+def parse_frame(payload: bytes | str) -> Envelope | FrameError:
+    """One text frame -> an Envelope, or the error to send back."""
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return FrameError(ERR_BAD_JSON, "frame is not valid JSON")
+    if not isinstance(obj, dict):
+        return FrameError(ERR_BAD_ENVELOPE, "frame must be a JSON object")
+    msg_id = obj.get("id")
+    if msg_id is not None and (not isinstance(msg_id, int) or isinstance(msg_id, bool)):
+        return FrameError(ERR_BAD_ENVELOPE, "'id' must be an integer")
+    event = obj.get("event")
+    if not isinstance(event, str) or not event:
+        return FrameError(ERR_BAD_ENVELOPE, "'event' must be a non-empty string", msg_id)
+    data = obj.get("data", {})
+    if not isinstance(data, dict):
+        return FrameError(ERR_BAD_ENVELOPE, "'data' must be a JSON object", msg_id)
+    return Envelope(event, data, msg_id)
+
+
+def _ident(data: dict[str, Any], key: str, msg_id: int | None) -> str | FrameError:
+    value = data.get(key)
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LEN:
+        return FrameError(ERR_INVALID_DATA, f"'{key}' must be a string of 1-{MAX_ID_LEN} characters", msg_id)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    printer_id: str
+    status: str
+    data: dict[str, Any]
+
+
+def parse_status(env: Envelope) -> StatusUpdate | FrameError:
+    printer_id = _ident(env.data, "printer_id", env.id)
+    if isinstance(printer_id, FrameError):
+        return printer_id
+    status = env.data.get("status")
+    if not isinstance(status, str) or not status or len(status) > MAX_STATUS_LEN:
+        return FrameError(
+            ERR_INVALID_DATA, f"'status' must be a string of 1-{MAX_STATUS_LEN} characters", env.id
+        )
+    return StatusUpdate(printer_id, status, env.data)
+
+
+@dataclass(frozen=True, slots=True)
+class JobReport:
+    """An agent's `job.ack` (success None) or `job.result`."""
+
+    job_id: str
+    correlation_id: str | None
+    success: bool | None
+    message: str | None
+    data: dict[str, Any]
+
+
+def parse_job_report(env: Envelope) -> JobReport | FrameError:
+    job_id = _ident(env.data, "job_id", env.id)
+    if isinstance(job_id, FrameError):
+        return job_id
+    cid = env.data.get("correlation_id")
+    if cid is not None and not isinstance(cid, str):
+        return FrameError(ERR_INVALID_DATA, "'correlation_id' must be a string", env.id)
+    success: bool | None = None
+    message = env.data.get("message")
+    if message is not None and not isinstance(message, str):
+        return FrameError(ERR_INVALID_DATA, "'message' must be a string", env.id)
+    if env.event == "job.result":
+        success = env.data.get("success")
+        if not isinstance(success, bool):
+            return FrameError(ERR_INVALID_DATA, "'success' must be true or false", env.id)
+    return JobReport(job_id, cid, success, message, env.data)
+
+
+_dumps = orjson.dumps
+
+
+def encode_event(event: str, data: Any, msg_id: int | None = None) -> bytes:
+    if msg_id is None:
+        return _dumps({"event": event, "data": data})
+    return _dumps({"event": event, "id": msg_id, "data": data})
+
+
+def encode_ack(msg_id: int, data: Any | None = None) -> bytes:
+    return _dumps({"event": "ack", "id": msg_id, "data": data if data is not None else {}})
+
+
+def encode_error(err: FrameError) -> bytes:
+    data = {"code": err.code, "message": err.message}
+    if err.id is None:
+        return _dumps({"event": "error", "data": data})
+    return _dumps({"event": "error", "id": err.id, "data": data})
+
+
+def encode_batch(event: str, items: list[bytes]) -> bytes:
+    """`{"event": ..., "data": {"printers": [...]}}` spliced from already-encoded items.
+
+    Items are encoded once when they arrive, so a batch costs a join, not a re-encode.
+    """
+    return b'{"event":"' + event.encode() + b'","data":{"printers":[' + b",".join(items) + b"]}}"

@@ -1,0 +1,276 @@
+"""The WebSocket gateway: upgrade checks, one read loop per connection, event routing.
+
+One trio task per connection feeds bytes to the sans-IO engine and handles every frame of a
+`recv` inline before one flush (the shape that measured fastest under trio). Jobs and printers
+sit behind `JobEvents` and `PrinterEvents`, so this module knows the wire, not the jobs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+import orjson
+import structlog
+import trio
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+
+from printd.auth import AuthError, Claims, TokenVerifier, bearer_token
+from printd.config import Config
+from printd.gateway import protocol as P
+from printd.gateway.connection import GatewayStats, WsConnection, make_protocol
+from printd.gateway.hub import Hub
+from printd.status import StatusFanout
+
+log = structlog.get_logger("printd.gateway")
+
+WS_PATH = "/printing-ws"
+WS_ROLES = ("agent", "dashboard", "admin")
+
+
+class PrinterEvents(Protocol):
+    """What the printer registry does with an agent's status."""
+
+    async def printer_seen(self, conn: WsConnection, update: P.StatusUpdate) -> None: ...
+
+
+class JobEvents(Protocol):
+    """What the job pipeline does with agents coming, going and reporting."""
+
+    async def agent_connected(self, conn: WsConnection) -> None: ...
+
+    async def agent_disconnected(self, conn: WsConnection) -> None: ...
+
+    async def job_report(
+        self, conn: WsConnection, event: str, report: P.JobReport
+    ) -> P.FrameError | None: ...
+
+
+class UpgradeRejected(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ErrorBudget:
+    """Rejected frames allowed per minute before the connection is closed (1008)."""
+
+    __slots__ = ("limit", "window", "count", "since")
+
+    def __init__(self, limit: int, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
+        self.count = 0
+        self.since = 0.0
+
+    def spend(self, now: float) -> bool:
+        """Record one error; True when the budget is exhausted."""
+        if now - self.since > self.window:
+            self.since = now
+            self.count = 0
+        self.count += 1
+        return self.count > self.limit
+
+
+def origin_allowed(origin: str | None, allowed: tuple[str, ...], production: bool) -> bool:
+    """Non-browser clients send no Origin. Browsers must match CORS_ORIGINS ("*" allows all);
+    in development with no list configured every origin is accepted (a warning says so)."""
+    if origin is None:
+        return True
+    if not allowed:
+        return not production
+    return "*" in allowed or origin.rstrip("/") in allowed
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: Config,
+        verifier: TokenVerifier,
+        hub: Hub,
+        status: StatusFanout,
+        printers: PrinterEvents,
+        jobs: JobEvents,
+        stats: GatewayStats,
+    ) -> None:
+        self.config = config
+        self.verifier = verifier
+        self.hub = hub
+        self.status = status
+        self.printers = printers
+        self.jobs = jobs
+        self.stats = stats
+        self.accepting = True
+        self._nursery: trio.Nursery | None = None
+        self._hello_common = {"protocol": P.PROTOCOL_VERSION, "instance": config.instance_id}
+
+    def bind(self, nursery: trio.Nursery) -> None:
+        """The nursery that runs flush tasks started from other tasks (fan-out, dispatch)."""
+        self._nursery = nursery
+
+    def _spawn(self, fn: Callable[[], Any]) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn)
+
+    def authorize(self, target: str, headers: dict[str, str]) -> Claims:
+        """Token and Origin checks made on the h11-parsed request, before any upgrade."""
+        if not self.accepting:
+            raise UpgradeRejected(503, "server is draining; reconnect to another instance")
+        origin = headers.get("origin")
+        if not origin_allowed(origin, self.config.auth.cors_origins, self.config.production):
+            raise UpgradeRejected(403, f"origin {origin!r} is not allowed")
+        query = parse_qs(target.partition("?")[2])
+        try:
+            token = bearer_token(headers.get("authorization"), query["token"][0] if "token" in query else None)
+            claims = self.verifier.verify(token, roles=WS_ROLES)
+        except AuthError as exc:
+            raise UpgradeRejected(exc.status, exc.message) from None
+        if claims.company == "*":
+            raise UpgradeRejected(403, "a WebSocket connection needs a token for one company")
+        return claims
+
+    async def serve(self, stream: trio.SocketStream, raw_request: bytes, claims: Claims) -> None:
+        """Complete the handshake on the raw request bytes, then run the read loop."""
+        proto = make_protocol(self.config.server.max_message_bytes, self.config.compression)
+        proto.receive_data(raw_request)
+        request = next((e for e in proto.events_received() if isinstance(e, Request)), None)
+        if request is None:
+            # h11 accepted the head; the engine should too. Answer 400 rather than hang.
+            await stream.send_all(
+                b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            )
+            return
+        response = proto.accept(request)
+        proto.send_response(response)
+        if response.status_code != 101:
+            self.stats.rejected_upgrades += 1
+            for chunk in proto.data_to_send():
+                await stream.send_all(chunk)
+            return
+        self.stats.handshakes += 1
+        conn = WsConnection(
+            stream,
+            proto,
+            claims,
+            stats=self.stats,
+            max_queue_bytes=self.config.server.send_queue_max_bytes,
+            write_timeout=self.config.server.write_timeout,
+            spawn=self._spawn,
+        )
+        self.hub.add(conn)
+        try:
+            await self._session(conn)
+        finally:
+            current = self.hub.remove(conn)
+            if conn.role == "agent" and current:
+                with trio.CancelScope(shield=True):
+                    await self.jobs.agent_disconnected(conn)
+
+    async def _session(self, conn: WsConnection) -> None:
+        hello = {**self._hello_common, "role": conn.role, "company": conn.company, "id": conn.id}
+        hello["heartbeat"] = self.config.server.ping_interval
+        conn.queue(P.encode_event("hello", hello))
+        if conn.role != "agent":
+            conn.queue(self.status.snapshot(conn.company))
+        await conn.flush()
+        if conn.role == "agent":
+            await self.jobs.agent_connected(conn)
+        await self._read_loop(conn)
+
+    async def _read_loop(self, conn: WsConnection) -> None:
+        proto = conn.proto
+        stream = conn.stream
+        stats = self.stats
+        budget = ErrorBudget(self.config.server.error_budget)
+        try:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    proto.receive_eof()
+                    return
+                conn.last_seen = trio.current_time()
+                stats.bytes_in_wire += len(data)
+                proto.receive_data(data)
+                for ev in proto.events_received():
+                    if not isinstance(ev, Frame):
+                        continue
+                    if ev.opcode is Opcode.TEXT:
+                        stats.messages_in += 1
+                        stats.bytes_in_raw += len(ev.data)
+                        if conn.closing:
+                            continue
+                        err = await self._on_text(conn, ev)
+                        if err is not None:
+                            stats.frame_errors += 1
+                            conn.queue(P.encode_error(err))
+                            if budget.spend(conn.last_seen):
+                                conn.close(P.CLOSE_POLICY, "too many invalid frames")
+                    elif ev.opcode is Opcode.BINARY:
+                        conn.close(P.CLOSE_UNSUPPORTED, "binary frames are not supported; send JSON text")
+                if proto.parser_exc is not None and not conn.closing:
+                    # the engine already queued the close frame (1009 too big, 1002 protocol error)
+                    conn.closing = True
+                    code = proto.close_sent.code if proto.close_sent else P.CLOSE_PROTOCOL_ERROR
+                    stats.closes[code] = stats.closes.get(code, 0) + 1
+                await conn.flush()
+                if proto.state is State.CLOSED or proto.close_expected():
+                    await self._finish_close(conn)
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        finally:
+            conn.closing = True
+            stream.socket.close()
+
+    async def _finish_close(self, conn: WsConnection) -> None:
+        """After the close handshake, give the peer a moment to close TCP first (RFC 6455)."""
+        with trio.move_on_after(2.0):
+            while await conn.stream.receive_some(4096):
+                pass
+
+    async def _on_text(self, conn: WsConnection, frame: Frame) -> P.FrameError | None:
+        env = P.parse_frame(bytes(frame.data))
+        if isinstance(env, P.FrameError):
+            return env
+        event = env.event
+        if event == "ping":
+            if env.id is not None:
+                conn.queue(P.encode_ack(env.id))
+            return None
+        if conn.role != "agent":
+            return P.FrameError(P.ERR_UNKNOWN_EVENT, f"unknown event {event!r} for a {conn.role}", env.id)
+        if event == "printer.status":
+            return await self._on_status(conn, env)
+        if event in ("job.ack", "job.result"):
+            report = P.parse_job_report(env)
+            if isinstance(report, P.FrameError):
+                return report
+            err = await self.jobs.job_report(conn, event, report)
+            if err is None and env.id is not None:
+                conn.queue(P.encode_ack(env.id))
+            return err
+        return P.FrameError(P.ERR_UNKNOWN_EVENT, f"unknown event {event!r}", env.id)
+
+    async def _on_status(self, conn: WsConnection, env: P.Envelope) -> P.FrameError | None:
+        update = P.parse_status(env)
+        if isinstance(update, P.FrameError):
+            return update
+        await self.printers.printer_seen(conn, update)
+        item = dict(update.data)
+        item["branch"] = conn.claims.branch
+        item["agent_id"] = conn.agent_id
+        item["at"] = time.time()
+        self.status.update(conn.company, update.printer_id, orjson.dumps(item))
+        if env.id is not None:
+            conn.queue(P.encode_ack(env.id))
+        return None
+
+    def drain(self) -> None:
+        """Stop taking upgrades and ask every client to go (1001)."""
+        self.accepting = False
+        self.hub.close_all()

@@ -1,0 +1,218 @@
+"""One TCP port for everything: h11 parses each request head; an upgrade to the WebSocket
+path is checked (token, Origin) and its raw bytes handed to the gateway's engine.
+
+A malformed request costs its own connection a 400 and nothing else; the accept loop and every
+other connection carry on (the failure mode that rules out hypercorn for this job).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import h11
+import structlog
+import trio
+
+from printd.config import ServerConfig
+from printd.gateway.server import WS_PATH, Gateway, UpgradeRejected
+from printd.http.router import HttpError, HttpRequest, HttpResponse
+
+log = structlog.get_logger("printd.http")
+
+HttpApp = Callable[[HttpRequest], Awaitable[HttpResponse]]
+MAX_HEAD = 16 * 1024
+
+
+class Listener:
+    def __init__(self, config: ServerConfig, gateway: Gateway, app: HttpApp, server_name: str) -> None:
+        self.config = config
+        self.gateway = gateway
+        self.app = app
+        self.server_header = server_name.encode()
+        self.http_requests = 0
+        self.http_errors = 0
+        self.open_connections = 0
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(
+            self.config.port, host=self.config.host, backlog=self.config.backlog
+        )
+        task_status.started(listeners)
+        await trio.serve_listeners(self.handle, listeners)
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        self.open_connections += 1
+        try:
+            await self._handle(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:  # one connection's bug must never end the accept loop
+            log.exception("connection handler failed")
+        finally:
+            self.open_connections -= 1
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                await stream.aclose()
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        raw = bytearray()  # bytes of the current request, for the WebSocket engine
+        first = True
+        try:
+            peer = stream.socket.getpeername()
+            client = f"{peer[0]}:{peer[1]}"
+        except OSError:
+            client = "?"
+        while True:
+            timeout = self.config.handshake_timeout if first else self.config.keepalive_timeout
+            with trio.move_on_after(timeout) as scope:
+                event = await self._next_event(stream, conn, raw)
+            if scope.cancelled_caught:
+                if conn.their_state is h11.SEND_BODY or (conn.their_state is h11.IDLE and raw):
+                    await self._send_error(stream, conn, HttpError(408, "request not received in time"))
+                return
+            if event is None or isinstance(event, h11.ConnectionClosed):
+                return
+            if isinstance(event, HttpError):
+                await self._send_error(stream, conn, event)
+                return
+            assert isinstance(event, h11.Request)
+            first = False
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
+            target = event.target.decode("latin-1")
+            path = target.partition("?")[0]
+            if path == WS_PATH and "websocket" in headers.get("upgrade", "").lower():
+                await self._upgrade(stream, conn, bytes(raw), target, headers)
+                return
+            body = await self._read_body(stream, conn, headers)
+            if isinstance(body, HttpError):
+                await self._send_error(stream, conn, body)
+                return
+            request = HttpRequest(event.method.decode(), target, path, headers, body, client)
+            response = await self._dispatch(request)
+            await self._send(stream, conn, response, head_only=request.method == "HEAD")
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                return
+            try:
+                conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+            raw = bytearray(conn.trailing_data[0])
+
+    async def _next_event(
+        self, stream: trio.SocketStream, conn: h11.Connection, raw: bytearray
+    ) -> h11.Event | HttpError | None:
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                msg = "request head too large" if status == 431 else f"malformed request: {exc}"
+                return HttpError(status, msg)
+            if event is h11.PAUSED:
+                return None
+            if event is not h11.NEED_DATA:
+                assert isinstance(event, h11.Event)
+                return event
+            data = await stream.receive_some(65536)
+            if len(raw) <= MAX_HEAD:
+                raw += data
+            conn.receive_data(data)
+            if not data:
+                return None
+
+    async def _read_body(
+        self, stream: trio.SocketStream, conn: h11.Connection, headers: dict[str, str]
+    ) -> bytes | HttpError:
+        limit = self.config.max_http_body_bytes
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return HttpError(413, f"request body larger than {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        with trio.move_on_after(self.config.handshake_timeout) as scope:
+            while True:
+                event = await self._next_event(stream, conn, bytearray())
+                if isinstance(event, HttpError):
+                    return event
+                if event is None or isinstance(event, h11.ConnectionClosed):
+                    return HttpError(400, "connection closed before the body was complete")
+                if isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > limit:
+                        return HttpError(413, f"request body larger than {limit} bytes")
+                    chunks.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    return b"".join(chunks)
+        assert scope.cancelled_caught
+        return HttpError(408, "request body not received in time")
+
+    async def _dispatch(self, request: HttpRequest) -> HttpResponse:
+        self.http_requests += 1
+        try:
+            response = await self.app(request)
+        except HttpError as exc:
+            response = exc.response()
+        except Exception:
+            log.exception("request failed", method=request.method, path=request.path)
+            response = HttpError(500, "internal error; see the server log").response()
+        if response.status >= 500:
+            self.http_errors += 1
+        return response
+
+    async def _upgrade(
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        raw: bytes,
+        target: str,
+        headers: dict[str, str],
+    ) -> None:
+        try:
+            if headers.get("sec-websocket-version") is None or "sec-websocket-key" not in headers:
+                raise UpgradeRejected(400, "not a valid WebSocket upgrade request")
+            claims = self.gateway.authorize(target, headers)
+        except UpgradeRejected as exc:
+            self.gateway.stats.rejected_upgrades += 1
+            await self._send_error(stream, conn, HttpError(exc.status, exc.message))
+            return
+        await self.gateway.serve(stream, raw, claims)
+
+    async def _send(
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        response: HttpResponse,
+        *,
+        head_only: bool = False,
+    ) -> None:
+        headers = [
+            (b"content-type", response.content_type.encode()),
+            (b"content-length", str(len(response.body)).encode()),
+            (b"server", self.server_header),
+            (b"date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime()).encode()),
+        ]
+        headers += [(k.encode(), v.encode()) for k, v in response.headers]
+        if response.status in (400, 408, 413, 431) and not any(
+            k == "Connection" for k, _ in response.headers
+        ):
+            headers.append((b"connection", b"close"))
+        data = conn.send(h11.Response(status_code=response.status, headers=headers))
+        if not head_only:
+            data += conn.send(h11.Data(data=response.body)) if response.body else b""
+        data += conn.send(h11.EndOfMessage())
+        await stream.send_all(data)
+
+    async def _send_error(self, stream: trio.SocketStream, conn: h11.Connection, error: HttpError) -> None:
+        self.http_errors += 1
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        try:
+            response = error.response()
+            response.headers.append(("Connection", "close"))
+            await self._send(stream, conn, response)
+        except h11.LocalProtocolError:
+            pass

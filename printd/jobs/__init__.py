@@ -1,0 +1,1 @@
+"""Durable print jobs: model, pending-request registry, dispatch service, HTTP API."""

@@ -1,0 +1,211 @@
+"""The back office's HTTP API: submit and read jobs, test printers, read the fleet.
+
+Every route takes a `service` or `admin` token and works inside the token's company; an admin
+token for company "*" names the company in the request. Input is checked before anything is
+written, so a refused request leaves nothing half-done.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from typing import Any
+
+import orjson
+
+from printd.auth import AuthError, Claims, TokenVerifier, bearer_token
+from printd.breakers import CircuitOpenError
+from printd.cache import TTLCache
+from printd.config import JobsConfig
+from printd.http.router import HttpError, HttpRequest, HttpResponse, Router, json_response
+from printd.jobs.model import JOB_KINDS, JobState
+from printd.jobs.service import JobService
+from printd.ratelimit import PrinterTestLimits
+from printd.store import Store, StoreUnavailable
+
+API_ROLES = ("service", "admin")
+_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+class JobsApi:
+    def __init__(
+        self,
+        jobs: JobService,
+        store: Store,
+        verifier: TokenVerifier,
+        limits: PrinterTestLimits,
+        fleet_cache: TTLCache[str, dict[str, Any]],
+        config: JobsConfig,
+    ) -> None:
+        self.jobs = jobs
+        self.store = store
+        self.verifier = verifier
+        self.limits = limits
+        self.fleet_cache = fleet_cache
+        self.config = config
+
+    def routes(self, router: Router) -> None:
+        router.add("POST", "/api/v1/jobs", self.create_job)
+        router.add("GET", "/api/v1/jobs", self.list_jobs)
+        router.add("GET", "/api/v1/jobs/{job_id}", self.get_job)
+        router.add("GET", "/api/v1/printers", self.list_printers)
+        router.add("POST", "/api/v1/printers/{printer_id}/test", self.test_printer)
+        router.add("GET", "/api/v1/fleet/health", self.fleet_health)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _claims(self, req: HttpRequest) -> Claims:
+        try:
+            token = bearer_token(req.headers.get("authorization"), None)
+            return self.verifier.verify(token, roles=API_ROLES)
+        except AuthError as exc:
+            raise HttpError(exc.status, exc.message) from None
+
+    def _company(self, claims: Claims, requested: Any) -> str:
+        if claims.company != "*":
+            if requested not in (None, claims.company):
+                raise HttpError(403, f"this token is for company {claims.company!r}")
+            return claims.company
+        if not isinstance(requested, str) or not requested:
+            raise HttpError(400, "an all-companies admin token must name the company (field or ?company=)")
+        return requested
+
+    # ---------------------------------------------------------------- routes
+
+    async def create_job(self, req: HttpRequest) -> HttpResponse:
+        claims = self._claims(req)
+        body = req.json()
+        if not isinstance(body, dict):
+            raise HttpError(400, "request body must be a JSON object")
+        company = self._company(claims, body.get("company"))
+        printer_id = body.get("printer_id")
+        kind = body.get("kind", "print")
+        payload = body.get("payload", {})
+        if not isinstance(printer_id, str) or not printer_id:
+            raise HttpError(400, "'printer_id' must be a non-empty string")
+        if kind not in JOB_KINDS:
+            raise HttpError(400, f"'kind' must be one of {', '.join(sorted(JOB_KINDS))}")
+        if not isinstance(payload, dict):
+            raise HttpError(400, "'payload' must be a JSON object")
+        if len(orjson.dumps(payload)) > self.config.max_payload_bytes:
+            raise HttpError(413, f"'payload' is larger than {self.config.max_payload_bytes} bytes")
+        key = req.headers.get("idempotency-key")
+        if key is not None and not _KEY_RE.match(key):
+            raise HttpError(400, "Idempotency-Key must be 1-255 visible ASCII characters")
+        try:
+            job, created = await self.jobs.submit(
+                company=company, printer_id=printer_id, kind=kind, payload=payload, idempotency_key=key
+            )
+        except LookupError:
+            raise HttpError(404, f"unknown printer {printer_id!r} in company {company!r}") from None
+        if not created and (job.printer_id != printer_id or job.kind != kind or job.payload != payload):
+            raise HttpError(
+                409,
+                "this Idempotency-Key was used for a different job",
+                extra={"job_id": job.job_id, "correlation_id": job.correlation_id},
+            )
+        body_out: dict[str, Any] = {"job_id": job.job_id, "correlation_id": job.correlation_id, "state": str(job.state)}
+        if not created:
+            fresh = await self.store.get_job(job.job_id, company)
+            body_out["state"] = str((fresh or job).state)
+            body_out["idempotent_replay"] = True
+        return json_response(202, body_out, [("Location", f"/api/v1/jobs/{job.job_id}")])
+
+    async def get_job(self, req: HttpRequest) -> HttpResponse:
+        claims = self._claims(req)
+        company = self._company(claims, req.query.get("company"))
+        job = await self.store.get_job(req.params["job_id"], company)
+        if job is None:
+            raise HttpError(404, f"no job {req.params['job_id']!r} in company {company!r}")
+        return json_response(200, job.to_json())
+
+    async def list_jobs(self, req: HttpRequest) -> HttpResponse:
+        claims = self._claims(req)
+        q = req.query
+        company = self._company(claims, q.get("company"))
+        state = q.get("state")
+        if state is not None and state not in {s.value for s in JobState}:
+            raise HttpError(400, f"unknown state {state!r}; one of {', '.join(s.value for s in JobState)}")
+        try:
+            limit = int(q.get("limit", "100"))
+        except ValueError:
+            raise HttpError(400, "'limit' must be an integer") from None
+        if not 1 <= limit <= 1000:
+            raise HttpError(400, "'limit' must be 1-1000")
+        jobs = await self.store.list_jobs(
+            company, printer_id=q.get("printer"), state=JobState(state) if state else None, limit=limit
+        )
+        return json_response(200, {"jobs": [j.to_json() for j in jobs], "count": len(jobs)})
+
+    async def list_printers(self, req: HttpRequest) -> HttpResponse:
+        claims = self._claims(req)
+        company = self._company(claims, req.query.get("company"))
+        printers = await self.store.list_printers(company, req.query.get("branch"))
+        out = []
+        for p in printers:
+            item = p.to_json()
+            item["agent_online"] = self.jobs.agent_online(company, p.agent_id)
+            out.append(item)
+        return json_response(200, {"printers": out, "count": len(out)})
+
+    async def test_printer(self, req: HttpRequest) -> HttpResponse:
+        claims = self._claims(req)
+        body: Any = req.json() if req.body else {}
+        if not isinstance(body, dict):
+            raise HttpError(400, "request body must be a JSON object")
+        company = self._company(claims, body.get("company") or req.query.get("company"))
+        printer_id = req.params["printer_id"]
+        printer = await self.store.get_printer(company, printer_id)
+        if printer is None:
+            raise HttpError(404, f"unknown printer {printer_id!r} in company {company!r}")
+        decision = await self.limits.hit(company, printer.branch, printer_id)
+        if not decision.allowed:
+            q = self.limits.quota
+            retry = max(1, math.ceil(decision.retry_after))
+            raise HttpError(
+                429,
+                f"printer tests are limited to {q.branch_limit} per branch and {q.printer_limit} per printer "
+                f"every {q.window:g} s; retry in {retry} s",
+                headers=[("Retry-After", str(retry))],
+            )
+        payload = body.get("payload", {"text": "printd test page"})
+        if not isinstance(payload, dict):
+            raise HttpError(400, "'payload' must be a JSON object")
+        outcome = await self.jobs.test_printer(company, printer_id, payload)
+        job = outcome.job
+        common = {"job_id": job.job_id, "correlation_id": job.correlation_id, "printer_id": printer_id}
+        if outcome.error is not None:
+            raise HttpError(outcome.status, outcome.error, extra={"success": False, **common})
+        result = outcome.result or {}
+        return json_response(
+            200,
+            {
+                "success": bool(result.get("success")),
+                "message": result.get("message"),
+                "state": str(job.state),
+                **common,
+            },
+        )
+
+    async def fleet_health(self, req: HttpRequest) -> HttpResponse:
+        claims = self._claims(req)
+        company = self._company(claims, req.query.get("company"))
+
+        async def load() -> dict[str, Any]:
+            return await self.store.fleet_summary(company, now=time.time())
+
+        try:
+            res = await self.fleet_cache.get_or_load(company, load)
+        except (StoreUnavailable, CircuitOpenError) as exc:
+            raise HttpError(503, f"fleet data unavailable: {exc}", headers=[("Retry-After", "5")]) from None
+        return json_response(
+            200,
+            {
+                "company": company,
+                **res.value,
+                "cached": res.hit,
+                "stale": res.stale,
+                "age_s": round(res.age, 3),
+            },
+        )

@@ -1,0 +1,97 @@
+"""The print job and its lifecycle, free of I/O.
+
+A job moves ``queued -> dispatched -> acked -> printed | failed | expired``. Every store
+backend applies the same guarded transitions so that a late or duplicated message from an
+agent can never move a finished job again: that is what keeps a ticket from printing twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    DISPATCHED = "dispatched"
+    ACKED = "acked"
+    PRINTED = "printed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.PRINTED, JobState.FAILED, JobState.EXPIRED})
+JOB_KINDS = frozenset({"print", "test"})
+
+
+@dataclass(frozen=True, slots=True)
+class Printer:
+    company: str
+    printer_id: str
+    branch: str
+    agent_id: str
+    status: str
+    details: dict[str, Any]
+    created_at: float
+    updated_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "printer_id": self.printer_id,
+            "company": self.company,
+            "branch": self.branch,
+            "agent_id": self.agent_id,
+            "status": self.status,
+            "details": self.details,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    job_id: str
+    correlation_id: str
+    company: str
+    branch: str
+    printer_id: str
+    agent_id: str
+    kind: str
+    payload: dict[str, Any]
+    state: JobState
+    attempts: int
+    seq: int
+    created_at: float
+    updated_at: float
+    idempotency_key: str | None = None
+    dispatched_at: float | None = None
+    acked_at: float | None = None
+    finished_at: float | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    history: tuple[tuple[str, float], ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "correlation_id": self.correlation_id,
+            "company": self.company,
+            "branch": self.branch,
+            "printer_id": self.printer_id,
+            "kind": self.kind,
+            "state": str(self.state),
+            "attempts": self.attempts,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "dispatched_at": self.dispatched_at,
+            "acked_at": self.acked_at,
+            "finished_at": self.finished_at,
+            "result": self.result,
+            "error": self.error,
+            "history": [{"state": s, "at": t} for s, t in self.history],
+        }

@@ -1,0 +1,293 @@
+"""Accept, dispatch, track and finish print jobs so that each accepted job prints exactly once.
+
+The rules, in the order that makes them safe:
+- a job is persisted (`queued`) before the caller hears 202, so nothing accepted lives only in
+  memory;
+- a dispatch is recorded (attempts + 1) before it is sent; a dispatch that gets no `job.ack`
+  within `ack_timeout` is sent again with backoff, and every non-terminal job is sent again
+  when its agent reconnects (after an agent, printd or network failure);
+- agents de-duplicate by `job_id` (a MUST in docs/protocol.md): a redelivered job that already
+  printed is answered with its stored result, never printed again;
+- the store's guarded transitions ignore a late or repeated result, so a finished job never
+  changes and `job.completed` goes out once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+
+from printd.config import JobsConfig
+from printd.gateway import protocol as P
+from printd.gateway.connection import WsConnection
+from printd.gateway.hub import Hub
+from printd.jobs.model import Job, JobState
+from printd.jobs.pending import PendingEvicted, PendingStale, PendingTimeout, PendingWaiters
+from printd.store import Store, StoreError
+
+log = structlog.get_logger("printd.jobs")
+
+DISPATCH_EVENT = "job.dispatch"
+COMPLETED_EVENT = "job.completed"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Backoff between re-sends of an unacknowledged dispatch: initial, doubling, capped."""
+
+    initial: float
+    maximum: float
+    max_attempts: int
+
+    def delay(self, attempts: int) -> float:
+        return float(min(self.maximum, self.initial * (2 ** max(0, attempts - 1))))
+
+    def exhausted(self, attempts: int) -> bool:
+        return attempts >= self.max_attempts
+
+
+class AckTimers:
+    """When each unacknowledged dispatch is due for a re-send (a heap with lazy deletion)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}
+
+    def schedule(self, job_id: str, at: float) -> None:
+        self._due[job_id] = at
+        heapq.heappush(self._heap, (at, job_id))
+
+    def cancel(self, job_id: str) -> None:
+        self._due.pop(job_id, None)
+
+    def pop_due(self, now: float) -> list[str]:
+        out = []
+        while self._heap and self._heap[0][0] <= now:
+            at, job_id = heapq.heappop(self._heap)
+            if self._due.get(job_id) == at:
+                del self._due[job_id]
+                out.append(job_id)
+        return out
+
+    def next_at(self) -> float | None:
+        while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+
+class TestOutcome:
+    """What a synchronous printer test ended with."""
+
+    __slots__ = ("job", "result", "error", "status")
+
+    def __init__(
+        self, job: Job, *, result: dict[str, Any] | None = None, error: str | None = None, status: int = 200
+    ):
+        self.job = job
+        self.result = result
+        self.error = error
+        self.status = status
+
+
+class JobService:
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        config: JobsConfig,
+        pending: PendingWaiters[dict[str, Any]],
+        publish_company: Any,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.config = config
+        self.pending = pending
+        self.retry = RetryPolicy(config.retry_initial, config.retry_max, config.max_attempts)
+        self.timers = AckTimers()
+        self._publish_company = publish_company
+        self._wakeup = trio.Event()
+        self.dispatched = 0
+        self.redelivered = 0
+        self.completed = 0
+
+    # ---------------------------------------------------------------- API side
+
+    async def submit(
+        self,
+        *,
+        company: str,
+        printer_id: str,
+        kind: str,
+        payload: dict[str, Any],
+        idempotency_key: str | None,
+    ) -> tuple[Job, bool]:
+        """Persist a job (or find the one with the same idempotency key), then try to send it."""
+        printer = await self.store.get_printer(company, printer_id)
+        if printer is None:
+            raise LookupError(printer_id)
+        job, created = await self.store.create_job(
+            company=company,
+            branch=printer.branch,
+            printer_id=printer_id,
+            agent_id=printer.agent_id,
+            kind=kind,
+            payload=payload,
+            idempotency_key=idempotency_key,
+            now=time.time(),
+        )
+        if created:
+            conn = self.hub.agent(company, job.agent_id)
+            if conn is not None:
+                await self._dispatch(conn, job)
+        return job, created
+
+    def agent_online(self, company: str, agent_id: str) -> bool:
+        return self.hub.agent(company, agent_id) is not None
+
+    async def test_printer(self, company: str, printer_id: str, payload: dict[str, Any]) -> TestOutcome:
+        """The synchronous test: dispatch and wait up to `test_timeout` for the agent's result."""
+        printer = await self.store.get_printer(company, printer_id)
+        if printer is None:
+            raise LookupError(printer_id)
+        job, _ = await self.store.create_job(
+            company=company,
+            branch=printer.branch,
+            printer_id=printer_id,
+            agent_id=printer.agent_id,
+            kind="test",
+            payload=payload,
+            idempotency_key=None,
+            now=time.time(),
+        )
+        conn = self.hub.agent(company, printer.agent_id)
+        if conn is None:
+            expired = await self.store.expire_job(job.job_id, reason="agent offline", now=time.time())
+            return TestOutcome(
+                expired or job, error=f"agent {printer.agent_id!r} of this printer is offline", status=503
+            )
+        waiter = self.pending.register(job.correlation_id)
+        await self._dispatch(conn, job)
+        try:
+            result = await waiter.wait(self.config.test_timeout)
+        except PendingTimeout:
+            return TestOutcome(
+                job, error=f"no result from the agent within {self.config.test_timeout:g} s", status=504
+            )
+        except (PendingEvicted, PendingStale):
+            return TestOutcome(job, error="too many printer tests in flight; try again", status=503)
+        done = await self.store.get_job(job.job_id) or job
+        return TestOutcome(done, result=result)
+
+    # ---------------------------------------------------------------- agent side
+
+    async def agent_connected(self, conn: WsConnection) -> None:
+        """Send every unfinished job of this agent, in order: queued ones and redeliveries."""
+        jobs = await self.store.deliverable_jobs(conn.company, conn.agent_id)
+        for job in jobs:
+            if job.state is not JobState.QUEUED:
+                self.redelivered += 1
+            if not await self._dispatch(conn, job):
+                break
+
+    async def agent_disconnected(self, conn: WsConnection) -> None:
+        """Nothing to undo: unfinished jobs stay in the store and go out on reconnect."""
+
+    async def job_report(self, conn: WsConnection, event: str, report: P.JobReport) -> P.FrameError | None:
+        job = await self.store.get_job(report.job_id, conn.company)
+        if job is None or job.agent_id != conn.agent_id:
+            return P.FrameError(P.ERR_FORBIDDEN, f"job {report.job_id!r} is not dispatched to this agent")
+        now = time.time()
+        if event == "job.ack":
+            self.timers.cancel(job.job_id)
+            await self.store.mark_acked(job.job_id, now)
+            return None
+        self.timers.cancel(job.job_id)
+        result = dict(report.data)
+        finished, changed = await self.store.finish_job(
+            job.job_id,
+            success=bool(report.success),
+            result=result,
+            error=None if report.success else (report.message or "printing failed"),
+            now=now,
+        )
+        if finished is not None:
+            self.pending.resolve(finished.correlation_id, result)
+        if changed and finished is not None:
+            self.completed += 1
+            await self._publish_company(finished.company, P.encode_event(COMPLETED_EVENT, finished.to_json()))
+        return None
+
+    # ---------------------------------------------------------------- dispatch
+
+    async def _dispatch(self, conn: WsConnection, job: Job) -> bool:
+        recorded = await self.store.record_dispatch(job.job_id, time.time())
+        if recorded is None:
+            return True  # finished meanwhile: nothing to send
+        if recorded.state is JobState.DISPATCHED:
+            wait = self.config.ack_timeout + self.retry.delay(recorded.attempts)
+            self.timers.schedule(job.job_id, trio.current_time() + wait)
+            self._wakeup.set()
+        message = {
+            "job_id": recorded.job_id,
+            "correlation_id": recorded.correlation_id,
+            "printer_id": recorded.printer_id,
+            "kind": recorded.kind,
+            "payload": recorded.payload,
+            "attempt": recorded.attempts,
+        }
+        self.dispatched += 1
+        return conn.send(P.encode_event(DISPATCH_EVENT, message))
+
+    async def _resend_due(self) -> None:
+        for job_id in self.timers.pop_due(trio.current_time()):
+            job = await self.store.get_job(job_id)
+            if job is None or job.state is not JobState.DISPATCHED:
+                continue
+            if self.retry.exhausted(job.attempts):
+                await self.store.expire_job(
+                    job_id, reason=f"no acknowledgement after {job.attempts} attempts", now=time.time()
+                )
+                log.warning("job expired", job_id=job_id, attempts=job.attempts)
+                continue
+            conn = self.hub.agent(job.company, job.agent_id)
+            if conn is None:
+                continue  # offline: redelivered on reconnect
+            await self._dispatch(conn, job)
+
+    async def expire_old(self) -> int:
+        """Queued jobs older than `job_ttl` never reached their agent: mark them expired."""
+        n = 0
+        cutoff = time.time() - self.config.job_ttl
+        for job in await self.store.unfinished_jobs():
+            if job.state is JobState.QUEUED and job.created_at < cutoff:
+                if await self.store.expire_job(
+                    job.job_id, reason="not delivered within job_ttl", now=time.time()
+                ):
+                    n += 1
+        return n
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        next_expiry = trio.current_time()
+        while True:
+            nxt = self.timers.next_at()
+            wake = min(nxt if nxt is not None else float("inf"), next_expiry)
+            with trio.move_on_at(wake):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            try:
+                await self._resend_due()
+                if trio.current_time() >= next_expiry:
+                    next_expiry = trio.current_time() + 60.0
+                    await self.expire_old()
+            except StoreError as exc:
+                log.warning("job maintenance postponed: store unavailable", error=str(exc))
+                await trio.sleep(1.0)

@@ -1,0 +1,305 @@
+"""Health, instance figures, Prometheus metrics: what the load balancer and operators read.
+
+`HealthPolicy` decides from a sample (no I/O); `HealthMonitor` takes the samples with psutil
+every `check_interval` so that `/monitoring/health` answers from memory in microseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import trio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from printd.config import HealthConfig
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSample:
+    at: float
+    memory_percent: float
+    rss_bytes: int
+    cpu_percent: float
+    error_rate: float
+    request_rate: float
+
+
+@dataclass(slots=True)
+class CheckResult:
+    status: str
+    value: float
+    threshold: float
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    config: HealthConfig
+
+    def evaluate(self, sample: HealthSample) -> dict[str, CheckResult]:
+        c = self.config
+
+        def check(value: float, limit: float) -> CheckResult:
+            return CheckResult("ok" if value < limit else "fail", round(value, 2), limit)
+
+        return {
+            "memory": check(sample.memory_percent, c.memory_percent),
+            "cpu": check(sample.cpu_percent, c.cpu_percent),
+            "errors": check(sample.error_rate, c.error_rate),
+        }
+
+
+@dataclass(slots=True)
+class Counters:
+    """Monotonic counts the monitor turns into rates between samples."""
+
+    read: Callable[[], tuple[int, int]]  # (requests, errors)
+    last: tuple[int, int] = (0, 0)
+    last_at: float = field(default_factory=time.monotonic)
+
+
+class HealthMonitor:
+    def __init__(self, config: HealthConfig, counters: Callable[[], tuple[int, int]]) -> None:
+        self.policy = HealthPolicy(config)
+        self.config = config
+        self._counters = Counters(counters)
+        self._proc = psutil.Process(os.getpid())
+        self._proc.cpu_percent(None)
+        self.started = time.time()
+        self.sample = self._take(first=True)
+
+    def _take(self, first: bool = False) -> HealthSample:
+        now = time.monotonic()
+        requests, errors = self._counters.read()
+        elapsed = max(now - self._counters.last_at, 1e-3)
+        d_req = requests - self._counters.last[0]
+        d_err = errors - self._counters.last[1]
+        self._counters.last = (requests, errors)
+        self._counters.last_at = now
+        return HealthSample(
+            at=time.time(),
+            memory_percent=psutil.virtual_memory().percent,
+            rss_bytes=self._proc.memory_info().rss,
+            cpu_percent=0.0 if first else self._proc.cpu_percent(None),
+            error_rate=0.0 if first else d_err / elapsed,
+            request_rate=0.0 if first else d_req / elapsed,
+        )
+
+    def refresh(self) -> HealthSample:
+        self.sample = self._take()
+        return self.sample
+
+    def checks(self) -> dict[str, CheckResult]:
+        return self.policy.evaluate(self.sample)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(self.config.check_interval)
+            self.refresh()
+
+
+class StatsCollector(Collector):
+    """Exposes the gateway's plain counters to Prometheus at scrape time."""
+
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Any]:
+        s = self._read()
+        conns = GaugeMetricFamily("printd_connections", "Open WebSocket connections by role", labels=["role"])
+        for role, n in s["connections"].items():
+            conns.add_metric([role], n)
+        yield conns
+        msgs = CounterMetricFamily("printd_ws_messages", "WebSocket messages", labels=["direction"])
+        msgs.add_metric(["in"], s["messages_in"])
+        msgs.add_metric(["out"], s["messages_out"])
+        yield msgs
+        wire = CounterMetricFamily(
+            "printd_ws_bytes", "WebSocket bytes, raw (application) vs wire", labels=["direction", "kind"]
+        )
+        for direction in ("in", "out"):
+            for kind in ("raw", "wire"):
+                wire.add_metric([direction, kind], s[f"bytes_{direction}_{kind}"])
+        yield wire
+        for name, doc in (
+            ("frame_errors", "Rejected WebSocket frames"),
+            ("slow_consumers", "Connections closed for reading too slowly"),
+            ("handshakes", "Completed WebSocket handshakes"),
+            ("rejected_upgrades", "Refused WebSocket upgrades (auth, origin, draining)"),
+            ("http_requests", "Plain HTTP requests"),
+            ("http_errors", "HTTP responses with an error status"),
+            ("status_batches", "Status batches published"),
+        ):
+            c = CounterMetricFamily(f"printd_{name}", doc)
+            c.add_metric([], s[name])
+            yield c
+        for name, doc in (
+            ("jobs_pending", "Correlated requests waiting for an agent"),
+            ("rss_bytes", "Resident memory"),
+        ):
+            if name in s:
+                g = GaugeMetricFamily(f"printd_{name}", doc)
+                g.add_metric([], s[name])
+                yield g
+
+
+def metrics_text(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
+
+
+class MonitoringApi:
+    """`/monitoring/*`: health for the load balancer, figures and metrics for operators,
+    circuits for inspection and (with an admin token) reset / force-open / disable."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def routes(self, router: Any) -> None:
+        router.add("GET", "/monitoring/health", self.health)
+        router.add("GET", "/monitoring/instance", self.instance)
+        router.add("GET", "/monitoring/metrics", self.metrics)
+        router.add("GET", "/monitoring/circuits", self.circuits)
+        for action in ("reset", "force-open", "disable"):
+            router.add("POST", f"/monitoring/circuits/{{name}}/{action}", self._circuit_action(action))
+
+    def counters(self) -> dict[str, Any]:
+        app = self.app
+        s = app.stats
+        return {
+            "connections": app.hub.counts_by_role(),
+            "messages_in": s.messages_in,
+            "messages_out": s.messages_out,
+            "bytes_in_raw": s.bytes_in_raw,
+            "bytes_in_wire": s.bytes_in_wire,
+            "bytes_out_raw": s.bytes_out_raw,
+            "bytes_out_wire": s.bytes_out_wire,
+            "frame_errors": s.frame_errors,
+            "slow_consumers": s.slow_consumers,
+            "handshakes": s.handshakes,
+            "rejected_upgrades": s.rejected_upgrades,
+            "http_requests": app.listener.http_requests,
+            "http_errors": app.listener.http_errors,
+            "status_batches": app.status.batches_sent,
+            "jobs_pending": len(app.pending),
+            "rss_bytes": app.health.sample.rss_bytes,
+        }
+
+    async def health(self, req: Any) -> Any:
+        from printd.http.router import json_response
+
+        app = self.app
+        checks = app.health.checks()
+        failed = [name for name, c in checks.items() if c.status != "ok"]
+        open_circuits = [
+            c["name"]
+            for c in app.circuits.snapshot(trio.current_time())["circuits"]
+            if c["state"] in ("open", "forced_open")
+        ]
+        status = "draining" if app.draining else ("degraded" if failed else "ok")
+        body = {
+            "status": status,
+            "instance": app.config.instance_id,
+            "uptime": round(time.time() - app.started_at, 3),
+            "timestamp": time.time(),
+            "checks": {
+                name: {"status": c.status, "value": c.value, "threshold": c.threshold}
+                for name, c in checks.items()
+            },
+            "circuits_open": open_circuits,
+            "connections": len(app.hub.connections),
+        }
+        return json_response(200 if status == "ok" else 503, body)
+
+    async def instance(self, req: Any) -> Any:
+        from printd.http.router import json_response
+
+        app = self.app
+        sample = app.health.refresh() if time.time() - app.health.sample.at > 1.0 else app.health.sample
+        c = self.counters()
+
+        def saving(raw: int, wire: int) -> float | None:
+            return round(100.0 * (1 - wire / raw), 1) if raw else None
+
+        return json_response(
+            200,
+            {
+                "instance": app.config.instance_id,
+                "mode": app.config.mode,
+                "uptime": round(time.time() - app.started_at, 3),
+                "draining": app.draining,
+                "connections": c["connections"],
+                "messages": {"in": c["messages_in"], "out": c["messages_out"]},
+                "bytes": {
+                    "in": {
+                        "raw": c["bytes_in_raw"],
+                        "wire": c["bytes_in_wire"],
+                        "saving_pct": saving(c["bytes_in_raw"], c["bytes_in_wire"]),
+                    },
+                    "out": {
+                        "raw": c["bytes_out_raw"],
+                        "wire": c["bytes_out_wire"],
+                        "saving_pct": saving(c["bytes_out_raw"], c["bytes_out_wire"]),
+                    },
+                },
+                "status": {"batches": c["status_batches"], "printers": app.status.batcher.printers()},
+                "jobs": {
+                    "pending_requests": c["jobs_pending"],
+                    "awaiting_ack": len(app.jobs.timers),
+                    "dispatched": app.jobs.dispatched,
+                    "redelivered": app.jobs.redelivered,
+                    "completed": app.jobs.completed,
+                },
+                "memory": {"rss_bytes": sample.rss_bytes, "system_percent": sample.memory_percent},
+                "cpu_percent": sample.cpu_percent,
+                "rates": {
+                    "requests_per_s": round(sample.request_rate, 3),
+                    "errors_per_s": round(sample.error_rate, 3),
+                },
+                "errors": {
+                    "frame_errors": c["frame_errors"],
+                    "slow_consumers": c["slow_consumers"],
+                    "http_errors": c["http_errors"],
+                },
+            },
+        )
+
+    async def metrics(self, req: Any) -> Any:
+        from printd.http.router import HttpResponse
+
+        return HttpResponse(200, metrics_text(self.app.metrics), "text/plain; version=0.0.4; charset=utf-8")
+
+    async def circuits(self, req: Any) -> Any:
+        from printd.http.router import json_response
+
+        return json_response(200, self.app.circuits.snapshot(trio.current_time()))
+
+    def _circuit_action(self, action: str) -> Any:
+        async def handler(req: Any) -> Any:
+            from printd.auth import AuthError, bearer_token
+            from printd.http.router import HttpError, json_response
+
+            try:
+                self.app.verifier.verify(
+                    bearer_token(req.headers.get("authorization"), None), roles=("admin",)
+                )
+            except AuthError as exc:
+                raise HttpError(exc.status, exc.message) from None
+            name = req.params["name"]
+            registry = self.app.circuits
+            try:
+                {"reset": registry.reset, "force-open": registry.force_open, "disable": registry.disable}[
+                    action
+                ](name)
+            except KeyError:
+                raise HttpError(404, f"no circuit named {name!r}; see GET /monitoring/circuits") from None
+            snap = next(c for c in registry.snapshot(trio.current_time())["circuits"] if c["name"] == name)
+            return json_response(200, {"action": action, "circuit": snap})
+
+        return handler

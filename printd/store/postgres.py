@@ -1,0 +1,135 @@
+"""PostgreSQL backend: a sync psycopg pool driven from trio worker threads.
+
+psycopg's async API does not run under trio, so each call takes a pooled connection in a
+thread. Threads are not abandoned on cancellation (the task waits for its transaction to end);
+``statement_timeout`` bounds that wait. Transactions run at READ COMMITTED: a guarded
+``UPDATE ... WHERE state IN (...)`` re-checks the row after waiting on its lock, which is
+all the compare-and-set needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg_pool
+import trio
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import Jsonb
+
+from printd.store.base import StoreError, StoreUnavailable
+from printd.store.sql import Dialect, SqlStore, Tx
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT_S = 5  # libpq connect_timeout (whole seconds, min 2)
+GETCONN_TIMEOUT_S = 5.0  # wait for a pooled connection, so a dead server fails fast
+
+
+def _run_script(cursor: Any, script: str) -> None:
+    cursor.execute(script)  # no parameters: psycopg sends it as one multi-statement query
+
+
+DIALECT = Dialect(
+    name="postgres",
+    format_params=True,
+    dump_json=Jsonb,
+    load_json=lambda value: value,  # psycopg already decodes jsonb
+    run_script=_run_script,
+    table_exists_sql="SELECT 1 WHERE to_regclass(?) IS NOT NULL",
+    # Scoped to the schema, so migrators of unrelated schemas do not wait for each other.
+    migration_lock_sql=(
+        "SELECT pg_advisory_xact_lock(hashtext('printd.migrate:' || COALESCE(current_schema(), '')))"
+    ),
+)
+
+
+class PostgresStore(SqlStore):
+    """Store in a PostgreSQL database reached through ``url``."""
+
+    dialect = DIALECT
+
+    def __init__(self, url: str, *, pool_size: int = 10, statement_timeout_ms: int = 5000) -> None:
+        if pool_size < 1:
+            raise StoreError("pool_size must be at least 1")
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.Error:
+            raise StoreError("invalid PostgreSQL URL") from None  # the message could echo a password
+        self._url = url
+        self._secret = str(params.get("password") or "")
+        self._target = "postgresql://{}@{}:{}/{}".format(
+            params.get("user", ""), params.get("host", ""), params.get("port", 5432), params.get("dbname", "")
+        )
+        # Appended to the URL's own options (e.g. a search_path), which a plain kwarg would replace.
+        options = f"{params.get('options', '')} -c statement_timeout={int(statement_timeout_ms)}".strip()
+        self._kwargs: dict[str, Any] = {
+            "autocommit": True,  # transactions are explicit, see _in_tx
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "options": options,
+            "application_name": "printd",
+        }
+        self._pool_size = pool_size
+        self._pool: psycopg_pool.ConnectionPool | None = None
+        self._limiter = trio.CapacityLimiter(pool_size)
+
+    async def open(self) -> None:
+        if self._pool is None:
+            self._pool = await trio.to_thread.run_sync(self._connect, limiter=self._limiter)
+
+    def _connect(self) -> psycopg_pool.ConnectionPool:
+        try:
+            # One direct attempt first: fails at once with the real reason (refused, auth, ...)
+            # where the pool would retry quietly until its timeout.
+            psycopg.connect(self._url, **self._kwargs).close()
+            pool = psycopg_pool.ConnectionPool(
+                self._url,
+                kwargs=self._kwargs,
+                min_size=1,
+                max_size=self._pool_size,
+                open=False,
+                timeout=GETCONN_TIMEOUT_S,
+                check=psycopg_pool.ConnectionPool.check_connection,  # drop connections a restart broke
+                name="printd-store",
+            )
+            try:
+                pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
+            except BaseException:
+                pool.close()  # stop its reconnect workers
+                raise
+        except psycopg.Error as exc:
+            raise self._map_error(exc) from (None if self._leaks(exc) else exc)
+        return pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await trio.to_thread.run_sync(pool.close, limiter=self._limiter)
+
+    async def _run(self, fn: Callable[[Tx], T], *, write: bool) -> T:
+        # Reads and writes alike run in a READ COMMITTED transaction; ``write`` is not needed.
+        pool = self._pool
+        if pool is None:
+            raise StoreError("store is not open")
+        return await trio.to_thread.run_sync(self._in_tx, pool, fn, limiter=self._limiter)
+
+    def _in_tx(self, pool: psycopg_pool.ConnectionPool, fn: Callable[[Tx], T]) -> T:
+        try:
+            with pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+                return fn(Tx(cursor, self.dialect))
+        except psycopg_pool.PoolClosed:
+            raise StoreError("store is closed") from None
+        except psycopg.Error as exc:
+            raise self._map_error(exc) from (None if self._leaks(exc) else exc)
+
+    def _leaks(self, exc: BaseException) -> bool:
+        return bool(self._secret) and self._secret in str(exc)
+
+    def _map_error(self, exc: psycopg.Error) -> StoreError:
+        message = str(exc).strip()
+        if self._secret:
+            message = message.replace(self._secret, "***")
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return StoreUnavailable(f"PostgreSQL unavailable at {self._target}: {message}")
+        return StoreError(f"PostgreSQL error: {message}")
