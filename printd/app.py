@@ -196,8 +196,9 @@ class App:
         """Refuse new clients, flush the last batches, close every WebSocket with 1001, and give
         them `shutdown_grace` seconds to go before the rest is cancelled."""
         self.draining = True
-        self.gateway.drain()
-        await self.status.flush()
+        self.gateway.accepting = False
+        await self.status.flush()  # the last window's updates go out before the close frames
+        self.hub.close_all()
         with trio.move_on_after(self.config.server.shutdown_grace):
             await self.hub.wait_empty()
         accept_scope.cancel()

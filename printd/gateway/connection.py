@@ -27,6 +27,8 @@ from printd.config import CompressionConfig
 
 _ids = itertools.count(1)
 _MAX_WRITE = 256 * 1024
+#: Seconds a peer has to answer our close frame before the socket is dropped.
+CLOSE_TIMEOUT = 3.0
 
 
 @dataclass(slots=True)
@@ -107,6 +109,7 @@ class WsConnection:
         "last_seen",
         "last_ping",
         "closing",
+        "eof",
         "compressed",
         "_out",
         "_out_bytes",
@@ -139,6 +142,7 @@ class WsConnection:
         self.last_seen = now
         self.last_ping = now
         self.closing = False
+        self.eof = False
         self.compressed = bool(proto.extensions)
         self._out: deque[bytes] = deque()
         self._out_bytes = 0
@@ -157,7 +161,8 @@ class WsConnection:
             if chunk:
                 self._out.append(chunk)
                 self._out_bytes += len(chunk)
-            # an empty chunk means "close the TCP connection"; the reader handles it
+            else:  # the engine's signal that the closing handshake is done: close TCP
+                self.eof = True
 
     def queue(self, payload: bytes) -> bool:
         """Queue one text message; False (and the connection closes) when the queue overflows."""
@@ -199,6 +204,13 @@ class WsConnection:
         if self.proto.state is State.OPEN:
             self.proto.send_close(code, reason)
         self.send_pending()
+        self._spawn(self._abort_if_still_open)
+
+    async def _abort_if_still_open(self) -> None:
+        """A peer that does not complete the closing handshake in time loses the TCP connection."""
+        await trio.sleep(CLOSE_TIMEOUT)
+        if self.proto.state is not State.CLOSED:
+            self.abort()
 
     async def flush(self) -> None:
         """Write everything queued; only one task writes at a time, others return at once."""

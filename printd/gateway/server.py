@@ -214,24 +214,16 @@ class Gateway:
                         conn.close(P.CLOSE_UNSUPPORTED, "binary frames are not supported; send JSON text")
                 if proto.parser_exc is not None and not conn.closing:
                     # the engine already queued the close frame (1009 too big, 1002 protocol error)
-                    conn.closing = True
                     code = proto.close_sent.code if proto.close_sent else P.CLOSE_PROTOCOL_ERROR
-                    stats.closes[code] = stats.closes.get(code, 0) + 1
+                    conn.close(code, "")
                 await conn.flush()
-                if proto.state is State.CLOSED or proto.close_expected():
-                    await self._finish_close(conn)
-                    return
+                if conn.eof or proto.state is State.CLOSED:
+                    return  # closing handshake done: the server closes TCP first (RFC 6455)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
         finally:
             conn.closing = True
             stream.socket.close()
-
-    async def _finish_close(self, conn: WsConnection) -> None:
-        """After the close handshake, give the peer a moment to close TCP first (RFC 6455)."""
-        with trio.move_on_after(2.0):
-            while await conn.stream.receive_some(4096):
-                pass
 
     async def _on_text(self, conn: WsConnection, frame: Frame) -> P.FrameError | None:
         env = P.parse_frame(bytes(frame.data))
@@ -269,8 +261,3 @@ class Gateway:
         if env.id is not None:
             conn.queue(P.encode_ack(env.id))
         return None
-
-    def drain(self) -> None:
-        """Stop taking upgrades and ask every client to go (1001)."""
-        self.accepting = False
-        self.hub.close_all()

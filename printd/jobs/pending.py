@@ -243,7 +243,7 @@ class PendingWaiters(Generic[V]):
         task_status.started()
         while True:
             await trio.sleep(self.sweep_interval)
-            pass
+            self.sweep()
 
     def _forget(self, waiter: Waiter[V]) -> None:
         entry = self.requests.get(waiter.correlation_id)

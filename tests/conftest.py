@@ -1,0 +1,163 @@
+"""Shared fixtures: real printd processes on loopback ports, tokens, the store backends.
+
+Integration tests never fake a dependency: each `printd` here is a subprocess with its own data
+directory, talking to the real SQLite file or the real PostgreSQL server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import tomli_w
+from psycopg import sql
+
+from printd.auth import mint_token
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "integration-test-secret-0123456789abcdef"
+PG_URL = os.environ.get("PRINTD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def token(role: str, company: str = "acme", *, sub: str | None = None, branch: str | None = None, ttl: int = 3600) -> str:
+    if role == "agent" and branch is None:
+        branch = "b1"
+    return mint_token(SECRET, role=role, company=company, sub=sub or f"{role}-1", branch=branch, ttl=ttl)
+
+
+class Printd:
+    """One printd subprocess. `start()` waits until /monitoring/health answers."""
+
+    def __init__(self, data_dir: Path, *, config: dict[str, Any] | None = None, env: dict[str, str] | None = None):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.config = config or {}
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / f"printd-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> Printd:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.data_dir / "printd.toml"
+        cfg = {"data_dir": str(self.data_dir), "log_level": "info", **self.config}
+        cfg.setdefault("server", {})
+        cfg["server"] = {"port": self.port, "host": "127.0.0.1", **cfg["server"]}
+        cfg_path.write_text(tomli_w.dumps(cfg))
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PORT", "REDIS_URL", "CORS_ORIGINS")}
+        env.update({"JWT_SECRET": SECRET, "PYTHONUNBUFFERED": "1", **self.env})
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "printd", "run", "--config", str(cfg_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.data_dir,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"printd exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/monitoring/health", timeout=1).status_code in (200, 503):
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"printd did not become ready:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def get(self, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.get(self.url + path, headers=headers, timeout=20, **kw)
+
+    def post(self, path: str, token: str | None = None, json: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
+        h = {"Authorization": f"Bearer {token}"} if token else {}
+        h.update(headers or {})
+        return httpx.post(self.url + path, headers=h, json=json, timeout=30)
+
+
+@pytest.fixture
+def printd_factory(tmp_path: Path) -> Iterator[Any]:
+    """Start printd processes; all are killed at the end of the test."""
+    started: list[Printd] = []
+
+    def make(name: str = "p1", *, start: bool = True, **kw: Any) -> Printd:
+        p = Printd(tmp_path / name, **kw)
+        started.append(p)
+        return p.start() if start else p
+
+    yield make
+    for p in started:
+        p.kill()
+
+
+@pytest.fixture
+def printd(printd_factory: Any) -> Printd:
+    p: Printd = printd_factory()
+    return p
+
+
+@pytest.fixture
+def pg_database_url() -> Iterator[str]:
+    """A fresh schema on the real PostgreSQL server, as a DATABASE_URL; dropped afterwards."""
+    schema = f"it_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Environment that selects the store backend for a printd under test."""
+    if request.param == "sqlite":
+        return {}
+    url: str = request.getfixturevalue("pg_database_url")
+    return {"DATABASE_URL": url}
