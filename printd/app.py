@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from printd import systemd
 from printd.auth import TokenVerifier, resolve_secret
-from printd.breakers import BreakerMetrics, CircuitOpenError, CircuitRegistry
+from printd.breakers import BreakerMetrics, CircuitRegistry
 from printd.cache import TTLCache
 from printd.cluster.bus import LocalBus
 from printd.config import Config, redact_url
@@ -34,7 +34,7 @@ from printd.printers import PrinterRegistry
 from printd.ratelimit import LocalRateLimiter, PrinterTestLimits, PrinterTestQuota
 from printd.status import StatusFanout, company_topic
 from printd.store import Store, StoreUnavailable, open_store
-from printd.store.guarded import GuardedStore
+from printd.store.guarded import GuardedStore, StoreCircuitOpen
 
 log = structlog.get_logger("printd")
 VERSION = "0.1.0"
@@ -70,7 +70,9 @@ class App:
             stale_after=config.jobs.pending_stale_after,
             sweep_interval=config.jobs.pending_sweep_interval,
         )
-        self.jobs = JobService(self.store, self.hub, config.jobs, self.pending, self._publish_company)
+        self.jobs = JobService(
+            self.store, self.hub, config.jobs, self.pending, self._publish_company, self.circuits
+        )
         self.printers = PrinterRegistry(self.store)
         self.gateway = Gateway(
             config, self.verifier, self.hub, self.status, self.printers, self.jobs, self.stats
@@ -117,10 +119,13 @@ class App:
                     params,
                 )
             )
-        except CircuitOpenError as exc:
+        except StoreCircuitOpen as exc:
             retry = str(max(1, math.ceil(exc.retry_after)))
             raise HttpError(
-                503, str(exc), headers=[("Retry-After", retry)], extra={"circuit": exc.circuit}
+                503,
+                f"the database is unavailable ({exc})",
+                headers=[("Retry-After", retry)],
+                extra={"circuit": exc.circuit},
             ) from None
         except StoreUnavailable:
             raise HttpError(

@@ -91,6 +91,9 @@ class HealthMonitor:
             request_rate=0.0 if first else d_req / elapsed,
         )
 
+    def live_rss(self) -> int:
+        return int(self._proc.memory_info().rss)
+
     def refresh(self) -> HealthSample:
         self.sample = self._take()
         return self.sample
@@ -221,7 +224,7 @@ class MonitoringApi:
         from printd.http.router import json_response
 
         app = self.app
-        sample = app.health.refresh() if time.time() - app.health.sample.at > 1.0 else app.health.sample
+        sample = app.health.sample  # read, never refresh: health's rate window stays check_interval
         c = self.counters()
 
         def saving(raw: int, wire: int) -> float | None:
@@ -256,7 +259,7 @@ class MonitoringApi:
                     "redelivered": app.jobs.redelivered,
                     "completed": app.jobs.completed,
                 },
-                "memory": {"rss_bytes": sample.rss_bytes, "system_percent": sample.memory_percent},
+                "memory": {"rss_bytes": app.health.live_rss(), "system_percent": sample.memory_percent},
                 "cpu_percent": sample.cpu_percent,
                 "rates": {
                     "requests_per_s": round(sample.request_rate, 3),

@@ -126,7 +126,9 @@ class Gateway:
             raise UpgradeRejected(403, f"origin {origin!r} is not allowed")
         query = parse_qs(target.partition("?")[2])
         try:
-            token = bearer_token(headers.get("authorization"), query["token"][0] if "token" in query else None)
+            token = bearer_token(
+                headers.get("authorization"), query["token"][0] if "token" in query else None
+            )
             claims = self.verifier.verify(token, roles=WS_ROLES)
         except AuthError as exc:
             raise UpgradeRejected(exc.status, exc.message) from None

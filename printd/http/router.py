@@ -6,7 +6,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 import orjson
 
@@ -114,5 +114,5 @@ class Router:
             if handler is None:
                 allow = ", ".join(sorted(methods))
                 raise HttpError(405, f"{method} is not allowed on {path}", headers=[("Allow", allow)])
-            return handler, m.groupdict()
+            return handler, {k: unquote(v) for k, v in m.groupdict().items()}
         raise HttpError(404, f"no such endpoint: {path}")

@@ -105,7 +105,11 @@ class JobsApi:
                 "this Idempotency-Key was used for a different job",
                 extra={"job_id": job.job_id, "correlation_id": job.correlation_id},
             )
-        body_out: dict[str, Any] = {"job_id": job.job_id, "correlation_id": job.correlation_id, "state": str(job.state)}
+        body_out: dict[str, Any] = {
+            "job_id": job.job_id,
+            "correlation_id": job.correlation_id,
+            "state": str(job.state),
+        }
         if not created:
             fresh = await self.store.get_job(job.job_id, company)
             body_out["state"] = str((fresh or job).state)

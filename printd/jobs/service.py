@@ -9,7 +9,10 @@ The rules, in the order that makes them safe:
 - agents de-duplicate by `job_id` (a MUST in docs/protocol.md): a redelivered job that already
   printed is answered with its stored result, never printed again;
 - the store's guarded transitions ignore a late or repeated result, so a finished job never
-  changes and `job.completed` goes out once.
+  changes and `job.completed` goes out once;
+- each branch has a `dispatch:<company>:<branch>` circuit: an agent that stops acknowledging
+  opens it, and its jobs wait in the store (queued) instead of being sent into the void; the
+  circuit's half-open trials find out when the agent works again.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import structlog
 import trio
 
+from printd.breakers import Admission, Circuit, CircuitRegistry
 from printd.config import JobsConfig
 from printd.gateway import protocol as P
 from printd.gateway.connection import WsConnection
@@ -105,6 +109,7 @@ class JobService:
         config: JobsConfig,
         pending: PendingWaiters[dict[str, Any]],
         publish_company: Any,
+        circuits: CircuitRegistry,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -114,6 +119,9 @@ class JobService:
         self.timers = AckTimers()
         self._publish_company = publish_company
         self._wakeup = trio.Event()
+        self.circuits = circuits
+        self._admissions: dict[str, tuple[Circuit, Admission, float]] = {}
+        self._redeliver: set[WsConnection] = set()
         self.dispatched = 0
         self.redelivered = 0
         self.completed = 0
@@ -146,8 +154,18 @@ class JobService:
         if created:
             conn = self.hub.agent(company, job.agent_id)
             if conn is not None:
-                await self._dispatch(conn, job)
+                await self._dispatch_accepted(conn, job)
         return job, created
+
+    async def _dispatch_accepted(self, conn: WsConnection, job: Job) -> None:
+        """First send of a job that is already persisted: a store failure here must not turn
+        into an error for the caller (who would retry and create a second job)."""
+        try:
+            await self._dispatch(conn, job)
+        except StoreError as exc:
+            log.warning("dispatch postponed: store unavailable", job_id=job.job_id, error=str(exc))
+            self._redeliver.add(conn)
+            self._wakeup.set()
 
     def agent_online(self, company: str, agent_id: str) -> bool:
         return self.hub.agent(company, agent_id) is not None
@@ -174,7 +192,7 @@ class JobService:
                 expired or job, error=f"agent {printer.agent_id!r} of this printer is offline", status=503
             )
         waiter = self.pending.register(job.correlation_id)
-        await self._dispatch(conn, job)
+        await self._dispatch_accepted(conn, job)
         try:
             result = await waiter.wait(self.config.test_timeout)
         except PendingTimeout:
@@ -189,27 +207,62 @@ class JobService:
     # ---------------------------------------------------------------- agent side
 
     async def agent_connected(self, conn: WsConnection) -> None:
-        """Send every unfinished job of this agent, in order: queued ones and redeliveries."""
+        """Send every unfinished job of this agent, in order: queued ones and redeliveries.
+
+        With the store down the agent stays connected (status still flows) and the delivery
+        is retried by the maintenance loop until it succeeds.
+        """
+        if not await self._try_deliver_all(conn):
+            self._wakeup.set()
+
+    async def _try_deliver_all(self, conn: WsConnection) -> bool:
+        """Deliver, or remember the agent for the maintenance loop's next try."""
+        try:
+            await self._deliver_all(conn)
+            return True
+        except StoreError as exc:
+            log.warning("delivery postponed: store unavailable", agent=conn.agent_id, error=str(exc))
+            self._redeliver.add(conn)
+            return False
+
+    async def _deliver_all(self, conn: WsConnection) -> None:
         jobs = await self.store.deliverable_jobs(conn.company, conn.agent_id)
         for job in jobs:
+            if conn.closing:
+                break  # the agent is gone again; its next connection starts over
             if job.state is not JobState.QUEUED:
                 self.redelivered += 1
-            if not await self._dispatch(conn, job):
-                break
+            await self._dispatch(conn, job)
 
     async def agent_disconnected(self, conn: WsConnection) -> None:
-        """Nothing to undo: unfinished jobs stay in the store and go out on reconnect."""
+        """Unfinished jobs stay in the store and go out on reconnect; a lost connection says
+        nothing about whether the agent would have acknowledged, so the circuit is not told."""
+        for job_id, (circuit, _, _) in list(self._admissions.items()):
+            if circuit.name.startswith(f"dispatch:{conn.company}:{conn.claims.branch}"):
+                self._report_dispatch(job_id, delivered=None)
 
     async def job_report(self, conn: WsConnection, event: str, report: P.JobReport) -> P.FrameError | None:
+        try:
+            return await self._record_report(conn, event, report)
+        except StoreError:
+            # not recorded: the job is redelivered once the store is back, and the agent answers
+            # the redelivery from its de-duplication record
+            self._redeliver.add(conn)
+            self._wakeup.set()
+            return P.FrameError(P.ERR_UNAVAILABLE, "store unavailable; the job will be redelivered")
+
+    async def _record_report(
+        self, conn: WsConnection, event: str, report: P.JobReport
+    ) -> P.FrameError | None:
         job = await self.store.get_job(report.job_id, conn.company)
         if job is None or job.agent_id != conn.agent_id:
             return P.FrameError(P.ERR_FORBIDDEN, f"job {report.job_id!r} is not dispatched to this agent")
         now = time.time()
+        self._report_dispatch(job.job_id, delivered=True)
+        self.timers.cancel(job.job_id)
         if event == "job.ack":
-            self.timers.cancel(job.job_id)
             await self.store.mark_acked(job.job_id, now)
             return None
-        self.timers.cancel(job.job_id)
         result = dict(report.data)
         finished, changed = await self.store.finish_job(
             job.job_id,
@@ -227,14 +280,45 @@ class JobService:
 
     # ---------------------------------------------------------------- dispatch
 
+    def dispatch_circuit(self, job: Job) -> Circuit:
+        return self.circuits.get_or_create(f"dispatch:{job.company}:{job.branch}")
+
+    def _report_dispatch(self, job_id: str, *, delivered: bool | None) -> None:
+        """Tell the branch's circuit how a dispatch went: acked, unanswered, or unknown (None)."""
+        entry = self._admissions.pop(job_id, None)
+        if entry is None:
+            return
+        circuit, admission, sent_at = entry
+        now = trio.current_time()
+        if delivered is None:
+            circuit.breaker.release(now, admission)
+        elif delivered:
+            circuit.breaker.on_success(now, now - sent_at, admission)
+        else:
+            circuit.breaker.on_failure(now, now - sent_at, admission)
+
     async def _dispatch(self, conn: WsConnection, job: Job) -> bool:
+        """Record and send one dispatch; False when it could not go out now (it stays due)."""
+        circuit = self.dispatch_circuit(job)
+        now = trio.current_time()
+        admission = circuit.breaker.try_acquire(now)
+        if not admission.allowed:
+            # the branch's agent is not acknowledging: keep the job where it is and try later
+            self.timers.schedule(job.job_id, now + max(admission.retry_after, 0.5))
+            self._wakeup.set()
+            return False
         recorded = await self.store.record_dispatch(job.job_id, time.time())
         if recorded is None:
+            circuit.breaker.release(now, admission)
             return True  # finished meanwhile: nothing to send
         if recorded.state is JobState.DISPATCHED:
+            self._report_dispatch(job.job_id, delivered=None)
+            self._admissions[job.job_id] = (circuit, admission, now)
             wait = self.config.ack_timeout + self.retry.delay(recorded.attempts)
-            self.timers.schedule(job.job_id, trio.current_time() + wait)
+            self.timers.schedule(job.job_id, now + wait)
             self._wakeup.set()
+        else:
+            circuit.breaker.release(now, admission)  # a redelivery of an acked job proves nothing
         message = {
             "job_id": recorded.job_id,
             "correlation_id": recorded.correlation_id,
@@ -249,8 +333,11 @@ class JobService:
     async def _resend_due(self) -> None:
         for job_id in self.timers.pop_due(trio.current_time()):
             job = await self.store.get_job(job_id)
-            if job is None or job.state is not JobState.DISPATCHED:
+            if job is None or job.state not in (JobState.QUEUED, JobState.DISPATCHED):
+                self._report_dispatch(job_id, delivered=None)
                 continue
+            if job.state is JobState.DISPATCHED:
+                self._report_dispatch(job_id, delivered=False)  # no ack within the timeout
             if self.retry.exhausted(job.attempts):
                 await self.store.expire_job(
                     job_id, reason=f"no acknowledgement after {job.attempts} attempts", now=time.time()
@@ -261,6 +348,12 @@ class JobService:
             if conn is None:
                 continue  # offline: redelivered on reconnect
             await self._dispatch(conn, job)
+
+    async def _retry_deliveries(self) -> None:
+        for conn in list(self._redeliver):
+            self._redeliver.discard(conn)
+            if not conn.closing:
+                await self._try_deliver_all(conn)
 
     async def expire_old(self) -> int:
         """Queued jobs older than `job_ttl` never reached their agent: mark them expired."""
@@ -280,10 +373,13 @@ class JobService:
         while True:
             nxt = self.timers.next_at()
             wake = min(nxt if nxt is not None else float("inf"), next_expiry)
+            if self._redeliver:
+                wake = min(wake, trio.current_time() + 1.0)
             with trio.move_on_at(wake):
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
             try:
+                await self._retry_deliveries()
                 await self._resend_due()
                 if trio.current_time() >= next_expiry:
                     next_expiry = trio.current_time() + 60.0

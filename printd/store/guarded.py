@@ -10,11 +10,21 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from printd.breakers import Circuit
+from printd.breakers import Circuit, CircuitOpenError
 from printd.jobs.model import Job, JobState, Printer
-from printd.store.base import Store
+from printd.store.base import Store, StoreUnavailable
 
 T = TypeVar("T")
+
+
+class StoreCircuitOpen(StoreUnavailable):
+    """The store's circuit is open: the call was not even tried. Callers treat it like any
+    other unavailability; `retry_after` says when the next trial is due."""
+
+    def __init__(self, exc: CircuitOpenError) -> None:
+        super().__init__(str(exc))
+        self.retry_after = exc.retry_after
+        self.circuit = exc.circuit
 
 
 class GuardedStore(Store):
@@ -23,8 +33,11 @@ class GuardedStore(Store):
         self.circuit = circuit
 
     async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        async with self.circuit.guard():
-            return await fn(*args, **kwargs)
+        try:
+            async with self.circuit.guard():
+                return await fn(*args, **kwargs)
+        except CircuitOpenError as exc:
+            raise StoreCircuitOpen(exc) from None
 
     async def open(self) -> None:
         await self.inner.open()

@@ -1,0 +1,250 @@
+"""Durable jobs end to end: real printd, real store (SQLite and PostgreSQL), scripted agents."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import trio
+
+from printctl.wsclient import WsClient, ws_url
+from tests.conftest import Printd, token
+
+SVC = token("service", "acme", sub="pos-1")
+
+
+class ScriptedAgent:
+    """An agent whose every ack and result the test decides."""
+
+    def __init__(self, client: WsClient, backlog: list[dict[str, Any]]) -> None:
+        self.client = client
+        self.backlog = backlog
+
+    @staticmethod
+    async def _next(client: WsClient, backlog: list[dict[str, Any]], event: str, timeout: float) -> dict[str, Any]:
+        """The next message with this event; others are kept, in order, for later calls."""
+        for i, msg in enumerate(backlog):
+            if msg["event"] == event:
+                return backlog.pop(i)
+        with trio.fail_after(timeout):
+            while True:
+                msg = await client.recv()
+                if msg["event"] == event:
+                    return msg  # type: ignore[no-any-return]
+                backlog.append(msg)
+
+    @classmethod
+    async def connect(
+        cls, p: Printd, printers: tuple[str, ...] = ("p1",), *, company: str = "acme", sub: str = "agent-1"
+    ) -> ScriptedAgent:
+        client = await WsClient.connect(ws_url(p.url), token=token("agent", company, sub=sub))
+        assert (await client.recv(5))["event"] == "hello"
+        backlog: list[dict[str, Any]] = []
+        for i, printer in enumerate(printers):
+            await client.send("printer.status", {"printer_id": printer, "status": "online"}, id=i)
+            assert (await cls._next(client, backlog, "ack", 5))["id"] == i  # registered in the store
+        return cls(client, backlog)
+
+    async def dispatch(self, timeout: float = 10) -> dict[str, Any]:
+        msg = await self._next(self.client, self.backlog, "job.dispatch", timeout)
+        data: dict[str, Any] = msg["data"]
+        return data
+
+    async def ack(self, job: dict[str, Any]) -> None:
+        await self.client.send("job.ack", {"job_id": job["job_id"], "correlation_id": job["correlation_id"]})
+
+    async def result(self, job: dict[str, Any], success: bool = True, message: str = "printed") -> None:
+        data = {"job_id": job["job_id"], "correlation_id": job["correlation_id"], "success": success, "message": message}
+        await self.client.send("job.result", data, id=99)
+        await self._next(self.client, self.backlog, "ack", 5)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def submit(p: Printd, printer: str = "p1", payload: dict[str, Any] | None = None, key: str | None = None, tok: str = SVC) -> Any:
+    headers = {"Idempotency-Key": key} if key else None
+    return p.post("/api/v1/jobs", tok, {"printer_id": printer, "payload": payload or {"text": "2x burger"}}, headers)
+
+
+async def wait_state(p: Printd, job_id: str, state: str, timeout: float = 10) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = p.get(f"/api/v1/jobs/{job_id}", SVC).json()
+        if job.get("state") == state:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} is {job.get('state')}, expected {state}")
+        await trio.sleep(0.05)
+
+
+async def test_lifecycle_and_completion_pushed_to_dashboard(printd_factory: Any, backend: dict[str, str]) -> None:
+    p = printd_factory(env=backend)
+    dash = await WsClient.connect(ws_url(p.url), token=token("dashboard", "acme"))
+    agent = await ScriptedAgent.connect(p)
+    r = submit(p)
+    assert r.status_code == 202
+    body = r.json()
+    assert body["state"] in ("queued", "dispatched") and body["correlation_id"]
+    job = await agent.dispatch()
+    assert job["job_id"] == body["job_id"] and job["correlation_id"] == body["correlation_id"]
+    assert job["payload"] == {"text": "2x burger"} and job["attempt"] == 1 and job["kind"] == "print"
+    await agent.ack(job)
+    await wait_state(p, job["job_id"], "acked")
+    await agent.result(job)
+    done = await wait_state(p, job["job_id"], "printed")
+    assert [h["state"] for h in done["history"]] == ["queued", "dispatched", "acked", "printed"]
+    assert done["attempts"] == 1 and done["finished_at"] >= done["created_at"]
+    completed = await dash.recv_event("job.completed")
+    assert completed["data"]["job_id"] == job["job_id"] and completed["data"]["state"] == "printed"
+    # a late duplicate result changes nothing and is not pushed again
+    await agent.result(job, success=False, message="late duplicate")
+    assert p.get(f"/api/v1/jobs/{job['job_id']}", SVC).json()["state"] == "printed"
+    with trio.move_on_after(0.5):
+        msg = await dash.recv_event("job.completed")
+        pytest.fail(f"job.completed pushed twice: {msg}")
+    listed = p.get("/api/v1/jobs?printer=p1&state=printed", SVC).json()
+    assert [j["job_id"] for j in listed["jobs"]] == [job["job_id"]]
+    await agent.close()
+    await dash.close()
+
+
+async def test_idempotency_key_returns_the_same_job(printd: Printd) -> None:
+    agent = await ScriptedAgent.connect(printd)
+    first = submit(printd, key="order-42")
+    second = submit(printd, key="order-42")
+    assert first.status_code == second.status_code == 202
+    assert first.json()["job_id"] == second.json()["job_id"] and second.json()["idempotent_replay"] is True
+    job = await agent.dispatch()
+    assert job["job_id"] == first.json()["job_id"]
+    with trio.move_on_after(0.5):
+        extra = await agent.dispatch()
+        pytest.fail(f"second dispatch for one idempotency key: {extra}")
+    conflict = submit(printd, payload={"text": "something else"}, key="order-42")
+    assert conflict.status_code == 409 and conflict.json()["job_id"] == job["job_id"]
+    await agent.close()
+
+
+async def test_offline_agent_gets_queued_jobs_in_order_on_connect(printd_factory: Any, backend: dict[str, str]) -> None:
+    p = printd_factory(env=backend)
+    agent = await ScriptedAgent.connect(p, ("p1", "p2"))
+    await agent.close()
+    await trio.sleep(0.2)
+    ids = [submit(p, "p1" if i % 2 else "p2", {"n": i}).json()["job_id"] for i in range(6)]
+    assert all(p.get(f"/api/v1/jobs/{j}", SVC).json()["state"] == "queued" for j in ids)
+    printers = {x["printer_id"]: x for x in p.get("/api/v1/printers", SVC).json()["printers"]}
+    assert printers["p1"]["agent_online"] is False
+    agent = await ScriptedAgent.connect(p, ("p1", "p2"))
+    got = [await agent.dispatch() for _ in ids]
+    assert [j["job_id"] for j in got] == ids  # in acceptance order, so in order per printer
+    await agent.close()
+
+
+async def test_cut_after_printing_before_result_is_redelivered_not_reprinted(printd: Printd) -> None:
+    agent = await ScriptedAgent.connect(printd)
+    job_id = submit(printd).json()["job_id"]
+    job = await agent.dispatch()
+    await agent.ack(job)
+    await wait_state(printd, job_id, "acked")
+    await agent.client.stream.aclose()  # the connection dies before the result is sent
+    agent = await ScriptedAgent.connect(printd)
+    again = await agent.dispatch()
+    assert again["job_id"] == job_id and again["attempt"] == 2  # redelivered to the agent
+    await agent.result(again)  # the agent answers from its record instead of printing
+    done = await wait_state(printd, job_id, "printed")
+    assert done["attempts"] == 2
+    await agent.close()
+
+
+async def test_unacknowledged_dispatch_is_retried_with_backoff(printd_factory: Any) -> None:
+    p = printd_factory(config={"jobs": {"ack_timeout": 0.3, "retry_initial": 0.2, "retry_max": 0.5, "max_attempts": 3}})
+    agent = await ScriptedAgent.connect(p)
+    job_id = submit(p).json()["job_id"]
+    first = await agent.dispatch()
+    second = await agent.dispatch(timeout=5)
+    assert first["job_id"] == second["job_id"] == job_id and (first["attempt"], second["attempt"]) == (1, 2)
+    await agent.dispatch(timeout=5)
+    expired = await wait_state(p, job_id, "expired")  # max_attempts without an ack
+    assert "no acknowledgement" in expired["error"]
+    await agent.close()
+
+
+async def test_synchronous_printer_test(printd_factory: Any) -> None:
+    p = printd_factory(config={"jobs": {"test_timeout": 1.0}})
+    agent = await ScriptedAgent.connect(p, ("p1", "p2"))
+
+    async def answer() -> None:
+        job = await agent.dispatch()
+        await agent.ack(job)
+        await agent.result(job, message="test page ok")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answer)
+        r = await trio.to_thread.run_sync(lambda: p.post("/api/v1/printers/p1/test", SVC, {}))
+    assert r.status_code == 200
+    body = r.json()
+    assert body["success"] is True and body["message"] == "test page ok" and body["correlation_id"]
+    # the agent ignores the next test: 504 with the correlation id
+    r = await trio.to_thread.run_sync(lambda: p.post("/api/v1/printers/p2/test", SVC, {}))
+    assert r.status_code == 504 and r.json()["correlation_id"] and "no result" in r.json()["message"]
+    await agent.close()
+    await trio.sleep(0.2)
+    r = p.post("/api/v1/printers/p1/test", SVC, {})
+    assert r.status_code == 503 and "offline" in r.json()["message"] and r.json()["correlation_id"]
+
+
+async def test_printer_tests_are_rate_limited(printd_factory: Any) -> None:
+    p = printd_factory(config={"jobs": {"test_timeout": 0.2}})
+    agent = await ScriptedAgent.connect(p, tuple(f"p{i}" for i in range(4)))
+    codes = [p.post("/api/v1/printers/p0/test", SVC, {}).status_code for _ in range(6)]
+    assert codes[:5] == [504] * 5 and codes[5] == 429  # 5 per printer per minute
+    r = p.post("/api/v1/printers/p0/test", SVC, {})
+    assert 1 <= int(r.headers["Retry-After"]) <= 60 and "per printer" in r.json()["message"]
+    codes = [p.post(f"/api/v1/printers/p{1 + i % 3}/test", SVC, {}).status_code for i in range(6)]
+    assert codes[:5] == [504] * 5 and codes[5] == 429  # 10 per branch per minute
+    await agent.close()
+
+
+async def test_cross_company_access_is_refused(printd: Printd) -> None:
+    agent = await ScriptedAgent.connect(printd)
+    job_id = submit(printd).json()["job_id"]
+    other = token("service", "globex", sub="pos-9")
+    assert printd.get(f"/api/v1/jobs/{job_id}", other).status_code == 404
+    assert submit(printd, tok=other).status_code == 404  # acme's printer does not exist for globex
+    assert printd.get("/api/v1/printers", other).json()["printers"] == []
+    r = printd.post("/api/v1/jobs", SVC, {"printer_id": "p1", "company": "globex"})
+    assert r.status_code == 403
+    assert printd.get("/api/v1/jobs", token("dashboard", "acme")).status_code == 403
+    assert printd.get("/api/v1/jobs").status_code == 401
+    await agent.close()
+
+
+async def test_bad_input_gets_4xx_and_writes_nothing(printd: Printd) -> None:
+    agent = await ScriptedAgent.connect(printd)
+    url = printd.url + "/api/v1/jobs"
+    import httpx
+
+    h = {"Authorization": f"Bearer {SVC}"}
+    assert httpx.post(url, headers=h, content=b"{not json").status_code == 400
+    assert httpx.post(url, headers=h, json=[1, 2]).status_code == 400
+    assert submit(printd, printer="nope").status_code == 404
+    assert printd.post("/api/v1/jobs", SVC, {"printer_id": "p1", "kind": "fax"}).status_code == 400
+    assert submit(printd, payload={"blob": "x" * 300_000}).status_code == 413
+    assert submit(printd, key="bad key with spaces").status_code == 400
+    assert httpx.post(url, headers=h, content=b"x" * 1_100_000).status_code == 413
+    assert printd.get("/api/v1/jobs?limit=0", SVC).status_code == 400
+    assert printd.get("/api/v1/jobs", SVC).json()["jobs"] == []  # nothing half-written
+    with trio.move_on_after(0.3):
+        pytest.fail(f"dispatch for a refused job: {await agent.dispatch()}")
+    await agent.close()
+
+
+async def test_fleet_health_is_cached(printd: Printd) -> None:
+    agent = await ScriptedAgent.connect(printd, ("p1", "p2"))
+    submit(printd)
+    first = printd.get("/api/v1/fleet/health", SVC).json()
+    second = printd.get("/api/v1/fleet/health", SVC).json()
+    assert first["cached"] is False and second["cached"] is True
+    assert first["printers"]["total"] == 2 and first["jobs"]["by_state"]["queued"] + first["jobs"]["by_state"]["dispatched"] == 1
+    await agent.close()
