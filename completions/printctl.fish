@@ -1,0 +1,1 @@
+complete --command printctl --no-files --arguments "(env _PRINTCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) printctl)" --condition "env _PRINTCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) printctl"

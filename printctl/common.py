@@ -1,0 +1,80 @@
+"""What every printctl command shares: where printd is, the token, output, exit codes.
+
+Exit codes scripts can trust: 0 ok, 1 check failed (or printd unreachable), 2 usage/config error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import orjson
+import typer
+from rich.console import Console
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+
+DEFAULT_URL = "http://127.0.0.1:3001"
+
+console = Console()
+err_console = Console(stderr=True)
+
+UrlOpt = Annotated[
+    str,
+    typer.Option(
+        "--url", envvar="PRINTD_URL", help="printd base URL (env PRINTD_URL).", show_default=DEFAULT_URL
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token", envvar="PRINTD_TOKEN", help="Bearer token (env PRINTD_TOKEN).", show_default=False
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait for printd.")]
+
+
+def default_url(url: str | None) -> str:
+    return (url or os.environ.get("PRINTD_URL") or DEFAULT_URL).rstrip("/")
+
+
+def fail(message: str, code: int = EXIT_CHECK_FAILED) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def request(
+    method: str,
+    url: str,
+    path: str,
+    *,
+    token: str | None = None,
+    json_body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> httpx.Response:
+    """One HTTP call to printd; unreachable printd -> exit 1 with a clear message."""
+    h = dict(headers or {})
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    try:
+        return httpx.request(method, default_url(url) + path, json=json_body, headers=h, timeout=timeout)
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach printd at {default_url(url)}: {exc}")
+
+
+def error_message(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+        return f"HTTP {resp.status_code}: {body.get('message', body)}"
+    except ValueError:
+        return f"HTTP {resp.status_code}: {resp.text[:200]}"

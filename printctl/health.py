@@ -1,0 +1,231 @@
+"""`printctl health` and `printctl instance`: what /monitoring says about one printd."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated, Any
+
+import httpx
+import orjson
+import typer
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+
+from printctl.common import (
+    DEFAULT_URL,
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    JsonOpt,
+    TimeoutOpt,
+    UrlOpt,
+    console,
+    default_url,
+    emit_json,
+    error_message,
+    fail,
+    request,
+)
+
+STATUS_COLOURS = {"ok": "green", "degraded": "yellow", "draining": "yellow", "unreachable": "red"}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours}h {minutes}m"
+    if hours:
+        return f"{hours}h {minutes}m {s}s"
+    if minutes:
+        return f"{minutes}m {s}s"
+    return f"{seconds:.1f}s"
+
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def fetch_health(url: str, timeout: float) -> dict[str, Any]:
+    """The /monitoring/health body; status 'unreachable' (with the error) when printd can't answer."""
+    try:
+        resp = httpx.get(default_url(url) + "/monitoring/health", timeout=timeout)
+    except httpx.HTTPError as exc:
+        return {"status": "unreachable", "url": default_url(url), "error": f"cannot reach printd: {exc}"}
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or "status" not in body:
+        return {"status": "unreachable", "url": default_url(url), "error": error_message(resp)}
+    return body
+
+
+def health_table(body: dict[str, Any]) -> RenderableType:
+    """A Rich view of one health answer."""
+    status = str(body.get("status", "unknown"))
+    colour = STATUS_COLOURS.get(status, "red")
+    title = f"printd health: [{colour}]{status}[/{colour}]"
+    if status == "unreachable":
+        table = Table(title=title, show_header=False)
+        table.add_row("url", str(body.get("url", "")))
+        table.add_row("error", f"[red]{body.get('error', '')}[/red]")
+        return table
+    summary = Table(title=title, show_header=False)
+    summary.add_column("key", style="bold")
+    summary.add_column("value")
+    summary.add_row("instance", str(body.get("instance", "-")))
+    summary.add_row("uptime", _duration(body.get("uptime")))
+    summary.add_row("connections", str(body.get("connections", "-")))
+    open_circuits = body.get("circuits_open") or []
+    summary.add_row(
+        "open circuits", f"[red]{', '.join(open_circuits)}[/red]" if open_circuits else "[green]none[/green]"
+    )
+    checks = Table(title="checks")
+    checks.add_column("check")
+    checks.add_column("status")
+    checks.add_column("value", justify="right")
+    checks.add_column("threshold", justify="right")
+    for name, check in (body.get("checks") or {}).items():
+        ok = check.get("status") == "ok"
+        checks.add_row(
+            name,
+            "[green]ok[/green]" if ok else f"[red]{check.get('status')}[/red]",
+            str(check.get("value")),
+            str(check.get("threshold")),
+        )
+    return Group(summary, checks)
+
+
+def _exit_code(body: dict[str, Any]) -> int:
+    return EXIT_OK if body.get("status") == "ok" else EXIT_CHECK_FAILED
+
+
+def health(
+    url: UrlOpt = DEFAULT_URL,
+    json_out: JsonOpt = False,
+    watch: Annotated[
+        float | None,
+        typer.Option("--watch", help="Refresh every N seconds until Ctrl-C (JSON: one line each).", min=0.1),
+    ] = None,
+    timeout: TimeoutOpt = 5.0,
+) -> None:
+    """Is printd healthy? Exit 0 when status is ok, 1 when degraded, draining or unreachable.
+
+    Example: printctl health --url http://printd-1:3001 --watch 5
+    """
+    if watch is None:
+        body = fetch_health(url, timeout)
+        if json_out:
+            emit_json(body)
+        elif body.get("status") == "unreachable":
+            fail(f"{body.get('error')} (is printd running there? check --url or PRINTD_URL)")
+        else:
+            console.print(health_table(body))
+        raise typer.Exit(_exit_code(body))
+    code = EXIT_OK
+    try:
+        if json_out:
+            while True:
+                body = fetch_health(url, timeout)
+                code = _exit_code(body)
+                sys.stdout.write(orjson.dumps(body).decode() + "\n")
+                sys.stdout.flush()
+                time.sleep(watch)
+        else:
+            body = fetch_health(url, timeout)
+            with Live(health_table(body), console=console, refresh_per_second=4) as live:
+                while True:
+                    code = _exit_code(body)
+                    time.sleep(watch)
+                    body = fetch_health(url, timeout)
+                    live.update(health_table(body))
+    except KeyboardInterrupt:
+        pass
+    raise typer.Exit(code)
+
+
+def instance_tables(body: dict[str, Any]) -> RenderableType:
+    """Rich tables for one /monitoring/instance answer."""
+    draining = body.get("draining")
+    head = Table(title=f"instance {body.get('instance', '-')}", show_header=False)
+    head.add_column("key", style="bold")
+    head.add_column("value")
+    head.add_row("mode", str(body.get("mode", "-")))
+    head.add_row("uptime", _duration(body.get("uptime")))
+    head.add_row("draining", "[yellow]yes[/yellow]" if draining else "no")
+    memory = body.get("memory") or {}
+    head.add_row("memory (rss)", _bytes(memory.get("rss_bytes")))
+    head.add_row("system memory", f"{memory.get('system_percent', '-')} %")
+    head.add_row("cpu", f"{body.get('cpu_percent', '-')} %")
+    rates = body.get("rates") or {}
+    head.add_row("requests/s", str(rates.get("requests_per_s", "-")))
+    head.add_row("errors/s", str(rates.get("errors_per_s", "-")))
+
+    conns = Table(title="connections by role")
+    conns.add_column("role")
+    conns.add_column("open", justify="right")
+    connections = body.get("connections") or {}
+    for role, n in sorted(connections.items()):
+        conns.add_row(role, str(n))
+    conns.add_row("[bold]total[/bold]", f"[bold]{sum(connections.values())}[/bold]")
+
+    traffic = Table(title="WebSocket traffic")
+    traffic.add_column("direction")
+    traffic.add_column("messages", justify="right")
+    traffic.add_column("raw", justify="right")
+    traffic.add_column("wire", justify="right")
+    traffic.add_column("saving", justify="right")
+    messages = body.get("messages") or {}
+    for direction in ("in", "out"):
+        b = (body.get("bytes") or {}).get(direction) or {}
+        saving = b.get("saving_pct")
+        traffic.add_row(
+            direction,
+            str(messages.get(direction, "-")),
+            _bytes(b.get("raw")),
+            _bytes(b.get("wire")),
+            "-" if saving is None else f"{saving} %",
+        )
+
+    jobs = Table(title="jobs")
+    jobs.add_column("figure")
+    jobs.add_column("count", justify="right")
+    for key, value in (body.get("jobs") or {}).items():
+        jobs.add_row(key.replace("_", " "), str(value))
+    status = body.get("status") or {}
+    jobs.add_row("status batches", str(status.get("batches", "-")))
+    for key, value in (body.get("errors") or {}).items():
+        jobs.add_row(key.replace("_", " "), f"[red]{value}[/red]" if value else "0")
+    return Group(head, conns, traffic, jobs)
+
+
+def instance(url: UrlOpt = DEFAULT_URL, json_out: JsonOpt = False, timeout: TimeoutOpt = 10.0) -> None:
+    """This instance's figures: connections by role, messages, compression saving, jobs, memory, rates.
+
+    Example: printctl instance --url http://printd-1:3001 --json | jq .bytes
+    """
+    resp = request("GET", url, "/monitoring/instance", timeout=timeout)
+    if resp.status_code != 200:
+        fail(error_message(resp))
+    try:
+        body = resp.json()
+    except ValueError:
+        fail(f"{default_url(url)} did not answer JSON: is --url a printd?", EXIT_USAGE)
+    if json_out:
+        emit_json(body)
+    else:
+        console.print(instance_tables(body))

@@ -1,0 +1,133 @@
+"""`printctl printers`: the company's printers and their agents; test-print one."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from printctl.circuits import check_path_segment
+from printctl.common import (
+    DEFAULT_URL,
+    EXIT_CHECK_FAILED,
+    JsonOpt,
+    TimeoutOpt,
+    TokenOpt,
+    UrlOpt,
+    console,
+    emit_json,
+    err_console,
+    request,
+)
+from printctl.jobs import CompanyOpt, api, describe_error, payload_from, query_string, styled_state, when
+
+app = typer.Typer(
+    help="Printers: list them with their agents' state; send a test print. Needs a service or admin token.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+STATUS_STYLES = {"online": "green", "ready": "green", "ok": "green", "offline": "red", "error": "red"}
+
+
+@app.command("list")
+def list_printers(
+    branch: Annotated[
+        str | None, typer.Option("--branch", help="Only this branch.", show_default=False)
+    ] = None,
+    company: CompanyOpt = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+    timeout: TimeoutOpt = 10.0,
+) -> None:
+    """List printers with their last reported status and whether their agent is connected.
+
+    Example: printctl printers list --branch branch-7
+    """
+    body = api(
+        "GET", url, "/api/v1/printers" + query_string(company=company, branch=branch), token, timeout=timeout
+    )
+    if json_out:
+        emit_json(body)
+        return
+    table = Table(title=f"printers ({body.get('count', 0)})")
+    for column in ("printer", "branch", "agent", "agent online", "status", "updated"):
+        table.add_column(column)
+    for p in body.get("printers", []):
+        status = str(p.get("status"))
+        style = STATUS_STYLES.get(status.lower())
+        table.add_row(
+            str(p.get("printer_id")),
+            str(p.get("branch")),
+            str(p.get("agent_id")),
+            "[green]yes[/green]" if p.get("agent_online") else "[red]no[/red]",
+            f"[{style}]{status}[/{style}]" if style else status,
+            when(p.get("updated_at")),
+        )
+    console.print(table)
+
+
+@app.command("test")
+def test(
+    printer_id: Annotated[str, typer.Argument(help="Printer id, as shown by `printctl printers list`.")],
+    text: Annotated[
+        str | None,
+        typer.Option("--text", help="Text of the test page (default: the server's).", show_default=False),
+    ] = None,
+    payload: Annotated[
+        str | None, typer.Option("--payload", help="Test payload as a JSON object.", show_default=False)
+    ] = None,
+    company: CompanyOpt = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+    timeout: TimeoutOpt = 30.0,
+) -> None:
+    """Print a test page and wait for the agent's answer; exit 1 unless the printer reports success.
+
+    Example: printctl printers test kitchen-1 --text "printd test"
+    """
+    check_path_segment("ID", printer_id)
+    body: dict[str, Any] = {}
+    if text is not None or payload is not None:
+        body["payload"] = payload_from(payload, text)
+    if company is not None:
+        body["company"] = company
+    resp = request(
+        "POST", url, f"/api/v1/printers/{printer_id}/test", token=token, json_body=body, timeout=timeout
+    )
+    try:
+        answer: Any = resp.json()
+    except ValueError:
+        answer = None
+    if resp.status_code != 200 or not isinstance(answer, dict):
+        if json_out and isinstance(answer, dict):
+            emit_json({"status": resp.status_code, **answer})
+        err_console.print(
+            f"[red]error:[/red] test of {printer_id} failed: {describe_error(resp)}", highlight=False
+        )
+        raise typer.Exit(EXIT_CHECK_FAILED)
+    if json_out:
+        emit_json(answer)
+    else:
+        ok = bool(answer.get("success"))
+        verdict = "[green]printed[/green]" if ok else "[red]failed[/red]"
+        table = Table(title=f"test of {printer_id}: {verdict}", show_header=False)
+        table.add_column("field", style="bold")
+        table.add_column("value")
+        table.add_row("success", "yes" if ok else "no")
+        table.add_row("message", str(answer.get("message") or "-"))
+        table.add_row("state", styled_state(str(answer.get("state"))))
+        table.add_row("job_id", str(answer.get("job_id")))
+        table.add_row("correlation_id", str(answer.get("correlation_id")))
+        console.print(table)
+    if not answer.get("success"):
+        if not json_out:
+            err_console.print(
+                f"[red]error:[/red] printer {printer_id} reported a failure "
+                f"(correlation id {answer.get('correlation_id')})",
+                highlight=False,
+            )
+        raise typer.Exit(EXIT_CHECK_FAILED)

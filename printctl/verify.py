@@ -1,0 +1,52 @@
+"""`printctl verify-prints`: was any accepted job lost or printed twice?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from printctl.checker import compare, read_job_ids, read_prints
+from printctl.common import EXIT_CHECK_FAILED, EXIT_USAGE, JsonOpt, console, emit_json, fail
+
+
+def verify_prints(
+    accepted: Annotated[
+        Path, typer.Option("--accepted", help="File of accepted jobs (JSON lines with job_id, or ids).")
+    ],
+    prints: Annotated[list[Path], typer.Argument(help="Agents' output directories or prints.jsonl files.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Compare accepted jobs with the agents' print logs; exit 1 on any lost, duplicated or unexpected print.
+
+    Example: printctl verify-prints --accepted accepted.jsonl ./prints-agent-1 ./prints-agent-2
+    """
+    if not accepted.exists():
+        fail(f"{accepted}: no such file", EXIT_USAGE)
+    report = compare(read_job_ids(accepted), read_prints(prints))
+    if json_out:
+        emit_json(report.to_json())
+    else:
+        table = Table(title="exactly-once check")
+        table.add_column("accepted", justify="right")
+        table.add_column("printed", justify="right")
+        table.add_column("lost", justify="right")
+        table.add_column("duplicated", justify="right")
+        table.add_column("unexpected", justify="right")
+        colour = "green" if report.ok else "red"
+        table.add_row(
+            str(report.accepted),
+            str(report.printed),
+            f"[{colour}]{len(report.lost)}[/]",
+            f"[{colour}]{len(report.duplicated)}[/]",
+            f"[{colour}]{len(report.unexpected)}[/]",
+        )
+        console.print(table)
+        for job in report.lost[:20]:
+            console.print(f"  lost: {job}")
+        for job, n in list(report.duplicated.items())[:20]:
+            console.print(f"  printed {n} times: {job}")
+    if not report.ok:
+        raise typer.Exit(EXIT_CHECK_FAILED)
