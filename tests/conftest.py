@@ -36,7 +36,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def token(role: str, company: str = "acme", *, sub: str | None = None, branch: str | None = None, ttl: int = 3600) -> str:
+def token(
+    role: str, company: str = "acme", *, sub: str | None = None, branch: str | None = None, ttl: int = 3600
+) -> str:
     if role == "agent" and branch is None:
         branch = "b1"
     return mint_token(SECRET, role=role, company=company, sub=sub or f"{role}-1", branch=branch, ttl=ttl)
@@ -45,7 +47,9 @@ def token(role: str, company: str = "acme", *, sub: str | None = None, branch: s
 class Printd:
     """One printd subprocess. `start()` waits until /monitoring/health answers."""
 
-    def __init__(self, data_dir: Path, *, config: dict[str, Any] | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self, data_dir: Path, *, config: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    ):
         self.data_dir = data_dir
         self.port = free_port()
         self.config = config or {}
@@ -64,7 +68,11 @@ class Printd:
         cfg.setdefault("server", {})
         cfg["server"] = {"port": self.port, "host": "127.0.0.1", **cfg["server"]}
         cfg_path.write_text(tomli_w.dumps(cfg))
-        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PORT", "REDIS_URL", "CORS_ORIGINS")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("DATABASE_URL", "PORT", "REDIS_URL", "CORS_ORIGINS")
+        }
         env.update({"JWT_SECRET": SECRET, "PYTHONUNBUFFERED": "1", **self.env})
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -113,7 +121,9 @@ class Printd:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.get(self.url + path, headers=headers, timeout=20, **kw)
 
-    def post(self, path: str, token: str | None = None, json: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
+    def post(
+        self, path: str, token: str | None = None, json: Any = None, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         h = {"Authorization": f"Bearer {token}"} if token else {}
         h.update(headers or {})
         return httpx.post(self.url + path, headers=h, json=json, timeout=30)

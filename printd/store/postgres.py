@@ -23,8 +23,8 @@ from printd.store.sql import Dialect, SqlStore, Tx
 
 T = TypeVar("T")
 
-CONNECT_TIMEOUT_S = 5  # libpq connect_timeout (whole seconds, min 2)
-GETCONN_TIMEOUT_S = 5.0  # wait for a pooled connection, so a dead server fails fast
+CONNECT_TIMEOUT_S = 2  # libpq connect_timeout (whole seconds, min 2)
+GETCONN_TIMEOUT_S = 2.0  # wait for a pooled connection, so a dead server fails fast
 
 
 def _run_script(cursor: Any, script: str) -> None:

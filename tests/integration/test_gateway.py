@@ -190,7 +190,11 @@ async def test_bad_frames_get_error_events_then_1008(printd: Printd) -> None:
     assert err["data"]["code"] == "invalid_data" and "printer_id" in err["data"]["message"]
     await agent.send("no.such.event", id=3)
     err = await agent.recv(5)
-    assert err == {"event": "error", "id": 3, "data": {"code": "unknown_event", "message": "unknown event 'no.such.event'"}}
+    assert err == {
+        "event": "error",
+        "id": 3,
+        "data": {"code": "unknown_event", "message": "unknown event 'no.such.event'"},
+    }
     with pytest.raises(ConnectionClosed) as exc:  # the abuse continues: default budget is 20/min
         for _ in range(30):
             await agent.send_raw(b"[]")
@@ -279,7 +283,11 @@ async def test_updates_within_a_window_arrive_as_one_latest_state(printd: Printd
     assert [p["seq"] for p in first["data"]["printers"]] == [-1]
     # ten updates of one printer in one write: they land in one 100 ms window
     for i in range(10):
-        agent.proto.send_text(orjson.dumps({"event": "printer.status", "data": {"printer_id": "p1", "status": "busy", "seq": i}}))
+        agent.proto.send_text(
+            orjson.dumps(
+                {"event": "printer.status", "data": {"printer_id": "p1", "status": "busy", "seq": i}}
+            )
+        )
     await agent._flush()
     batch = await dash.recv_event("printer.status.batch")
     items = batch["data"]["printers"]
@@ -356,7 +364,9 @@ def test_production_refuses_default_secret_and_missing_origins(tmp_path: Any) ->
 
     env = {k: v for k, v in os.environ.items() if k not in ("JWT_SECRET", "CORS_ORIGINS")}
     run = [sys.executable, "-m", "printd", "run", "--production", "--data-dir", str(tmp_path), "--port", "0"]
-    r = subprocess.run(run, env={**env, "JWT_SECRET": "change-me"}, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        run, env={**env, "JWT_SECRET": "change-me"}, capture_output=True, text=True, timeout=30
+    )
     assert r.returncode == 2 and "JWT_SECRET" in r.stderr and "change-me" not in r.stderr
     secret = "s" * 40
     r = subprocess.run(run, env={**env, "JWT_SECRET": secret}, capture_output=True, text=True, timeout=30)

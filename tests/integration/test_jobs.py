@@ -22,7 +22,9 @@ class ScriptedAgent:
         self.backlog = backlog
 
     @staticmethod
-    async def _next(client: WsClient, backlog: list[dict[str, Any]], event: str, timeout: float) -> dict[str, Any]:
+    async def _next(
+        client: WsClient, backlog: list[dict[str, Any]], event: str, timeout: float
+    ) -> dict[str, Any]:
         """The next message with this event; others are kept, in order, for later calls."""
         for i, msg in enumerate(backlog):
             if msg["event"] == event:
@@ -55,7 +57,12 @@ class ScriptedAgent:
         await self.client.send("job.ack", {"job_id": job["job_id"], "correlation_id": job["correlation_id"]})
 
     async def result(self, job: dict[str, Any], success: bool = True, message: str = "printed") -> None:
-        data = {"job_id": job["job_id"], "correlation_id": job["correlation_id"], "success": success, "message": message}
+        data = {
+            "job_id": job["job_id"],
+            "correlation_id": job["correlation_id"],
+            "success": success,
+            "message": message,
+        }
         await self.client.send("job.result", data, id=99)
         await self._next(self.client, self.backlog, "ack", 5)
 
@@ -63,9 +70,17 @@ class ScriptedAgent:
         await self.client.close()
 
 
-def submit(p: Printd, printer: str = "p1", payload: dict[str, Any] | None = None, key: str | None = None, tok: str = SVC) -> Any:
+def submit(
+    p: Printd,
+    printer: str = "p1",
+    payload: dict[str, Any] | None = None,
+    key: str | None = None,
+    tok: str = SVC,
+) -> Any:
     headers = {"Idempotency-Key": key} if key else None
-    return p.post("/api/v1/jobs", tok, {"printer_id": printer, "payload": payload or {"text": "2x burger"}}, headers)
+    return p.post(
+        "/api/v1/jobs", tok, {"printer_id": printer, "payload": payload or {"text": "2x burger"}}, headers
+    )
 
 
 async def wait_state(p: Printd, job_id: str, state: str, timeout: float = 10) -> dict[str, Any]:
@@ -79,7 +94,9 @@ async def wait_state(p: Printd, job_id: str, state: str, timeout: float = 10) ->
         await trio.sleep(0.05)
 
 
-async def test_lifecycle_and_completion_pushed_to_dashboard(printd_factory: Any, backend: dict[str, str]) -> None:
+async def test_lifecycle_and_completion_pushed_to_dashboard(
+    printd_factory: Any, backend: dict[str, str]
+) -> None:
     p = printd_factory(env=backend)
     dash = await WsClient.connect(ws_url(p.url), token=token("dashboard", "acme"))
     agent = await ScriptedAgent.connect(p)
@@ -126,7 +143,9 @@ async def test_idempotency_key_returns_the_same_job(printd: Printd) -> None:
     await agent.close()
 
 
-async def test_offline_agent_gets_queued_jobs_in_order_on_connect(printd_factory: Any, backend: dict[str, str]) -> None:
+async def test_offline_agent_gets_queued_jobs_in_order_on_connect(
+    printd_factory: Any, backend: dict[str, str]
+) -> None:
     p = printd_factory(env=backend)
     agent = await ScriptedAgent.connect(p, ("p1", "p2"))
     await agent.close()
@@ -158,7 +177,9 @@ async def test_cut_after_printing_before_result_is_redelivered_not_reprinted(pri
 
 
 async def test_unacknowledged_dispatch_is_retried_with_backoff(printd_factory: Any) -> None:
-    p = printd_factory(config={"jobs": {"ack_timeout": 0.3, "retry_initial": 0.2, "retry_max": 0.5, "max_attempts": 3}})
+    p = printd_factory(
+        config={"jobs": {"ack_timeout": 0.3, "retry_initial": 0.2, "retry_max": 0.5, "max_attempts": 3}}
+    )
     agent = await ScriptedAgent.connect(p)
     job_id = submit(p).json()["job_id"]
     first = await agent.dispatch()
@@ -246,5 +267,8 @@ async def test_fleet_health_is_cached(printd: Printd) -> None:
     first = printd.get("/api/v1/fleet/health", SVC).json()
     second = printd.get("/api/v1/fleet/health", SVC).json()
     assert first["cached"] is False and second["cached"] is True
-    assert first["printers"]["total"] == 2 and first["jobs"]["by_state"]["queued"] + first["jobs"]["by_state"]["dispatched"] == 1
+    assert (
+        first["printers"]["total"] == 2
+        and first["jobs"]["by_state"]["queued"] + first["jobs"]["by_state"]["dispatched"] == 1
+    )
     await agent.close()
