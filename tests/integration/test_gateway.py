@@ -23,7 +23,8 @@ async def raw_upgrade(port: int, tok: str, extra: str = "") -> tuple[trio.Socket
     key = base64.b64encode(os.urandom(16)).decode()
     await stream.send_all(
         (
-            f"GET /printing-ws?token={tok} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"GET /printing-ws?token={tok} HTTP/1.1\r\nHost: x\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
         ).encode()
     )

@@ -1,0 +1,29 @@
+# The two commands the README leads with: `make run` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint venv clean
+
+$(BIN)/printd: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+venv: $(BIN)/printd
+
+run: venv  ## install, then run printd on its embedded default (SQLite in ./var, 127.0.0.1:3001)
+	$(BIN)/printd run
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: venv  ## install, make sure PostgreSQL and Redis run, then the whole suite
+	scripts/ensure-services
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
