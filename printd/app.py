@@ -9,6 +9,7 @@ import math
 import resource
 import signal
 import time
+from functools import partial
 from typing import Any
 
 import structlog
@@ -147,10 +148,10 @@ class App:
                 self.gateway.bind(nursery)
                 await nursery.start(self.status.run)
                 await nursery.start(
-                    lambda task_status: self.hub.run_heartbeats(
+                    partial(
+                        self.hub.run_heartbeats,
                         ping_interval=cfg.server.ping_interval,
                         ping_timeout=cfg.server.ping_timeout,
-                        task_status=task_status,
                     )
                 )
                 await nursery.start(self.pending.run)

@@ -18,7 +18,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from printd.auth import AuthError, bearer_token
 from printd.config import HealthConfig
+from printd.http.router import HttpError, HttpRequest, HttpResponse, Router, json_response
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +166,7 @@ class MonitoringApi:
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    def routes(self, router: Any) -> None:
+    def routes(self, router: Router) -> None:
         router.add("GET", "/monitoring/health", self.health)
         router.add("GET", "/monitoring/instance", self.instance)
         router.add("GET", "/monitoring/metrics", self.metrics)
@@ -194,9 +196,7 @@ class MonitoringApi:
             "rss_bytes": app.health.sample.rss_bytes,
         }
 
-    async def health(self, req: Any) -> Any:
-        from printd.http.router import json_response
-
+    async def health(self, req: HttpRequest) -> HttpResponse:
         app = self.app
         checks = app.health.checks()
         failed = [name for name, c in checks.items() if c.status != "ok"]
@@ -220,9 +220,7 @@ class MonitoringApi:
         }
         return json_response(200 if status == "ok" else 503, body)
 
-    async def instance(self, req: Any) -> Any:
-        from printd.http.router import json_response
-
+    async def instance(self, req: HttpRequest) -> HttpResponse:
         app = self.app
         sample = app.health.sample  # read, never refresh: health's rate window stays check_interval
         c = self.counters()
@@ -273,21 +271,14 @@ class MonitoringApi:
             },
         )
 
-    async def metrics(self, req: Any) -> Any:
-        from printd.http.router import HttpResponse
-
+    async def metrics(self, req: HttpRequest) -> HttpResponse:
         return HttpResponse(200, metrics_text(self.app.metrics), "text/plain; version=0.0.4; charset=utf-8")
 
-    async def circuits(self, req: Any) -> Any:
-        from printd.http.router import json_response
-
+    async def circuits(self, req: HttpRequest) -> HttpResponse:
         return json_response(200, self.app.circuits.snapshot(trio.current_time()))
 
     def _circuit_action(self, action: str) -> Any:
-        async def handler(req: Any) -> Any:
-            from printd.auth import AuthError, bearer_token
-            from printd.http.router import HttpError, json_response
-
+        async def handler(req: HttpRequest) -> HttpResponse:
             try:
                 self.app.verifier.verify(
                     bearer_token(req.headers.get("authorization"), None), roles=("admin",)

@@ -9,7 +9,6 @@ holds up the others, which are written by their own flush tasks.
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,9 +91,11 @@ class DeflateFactory(ServerExtensionFactory):
         return response, _SmallMessagesPlain(ext, self._min_size)
 
 
-def make_protocol(max_message_bytes: int, compression: CompressionConfig) -> ServerProtocol:
+def make_protocol(
+    max_message_bytes: int, compression: CompressionConfig, state: State = State.CONNECTING
+) -> ServerProtocol:
     extensions = [DeflateFactory(compression)] if compression.enabled else None
-    return ServerProtocol(extensions=extensions, max_size=max_message_bytes)
+    return ServerProtocol(extensions=extensions, max_size=max_message_bytes, state=state)
 
 
 class WsConnection:
@@ -144,7 +145,7 @@ class WsConnection:
         self.closing = False
         self.eof = False
         self.compressed = bool(proto.extensions)
-        self._out: deque[bytes] = deque()
+        self._out: list[bytes] = []  # an empty deque costs ~600 bytes per connection
         self._out_bytes = 0
         self._flushing = False
         self._max_queue = max_queue_bytes
@@ -163,6 +164,11 @@ class WsConnection:
                 self._out_bytes += len(chunk)
             else:  # the engine's signal that the closing handshake is done: close TCP
                 self.eof = True
+
+    def queue_raw(self, data: bytes) -> None:
+        """Bytes that are not a WebSocket message (the handshake's 101 response)."""
+        self._out.append(data)
+        self._out_bytes += len(data)
 
     def queue(self, payload: bytes) -> bool:
         """Queue one text message; False (and the connection closes) when the queue overflows."""
@@ -222,12 +228,15 @@ class WsConnection:
         self._flushing = True
         try:
             while self._out:
-                parts = []
                 size = 0
-                while self._out and size < _MAX_WRITE:
-                    chunk = self._out.popleft()
-                    parts.append(chunk)
+                n = 0
+                for chunk in self._out:
+                    if size >= _MAX_WRITE:
+                        break
                     size += len(chunk)
+                    n += 1
+                parts = self._out[:n]
+                del self._out[:n]
                 self._out_bytes -= size
                 data = parts[0] if len(parts) == 1 else b"".join(parts)
                 with trio.move_on_after(self._write_timeout) as scope:

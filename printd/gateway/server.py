@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
@@ -18,6 +19,7 @@ import trio
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from printd.auth import AuthError, Claims, TokenVerifier, bearer_token
 from printd.config import Config
@@ -48,6 +50,14 @@ class JobEvents(Protocol):
     async def job_report(
         self, conn: WsConnection, event: str, report: P.JobReport
     ) -> P.FrameError | None: ...
+
+
+@dataclass(slots=True)
+class AcceptedUpgrade:
+    """An upgrade that passed the checks: its raw request bytes (consumed by `serve`) and claims."""
+
+    raw: bytes
+    claims: Claims
 
 
 class UpgradeRejected(Exception):
@@ -113,6 +123,32 @@ class Gateway:
         """The nursery that runs flush tasks started from other tasks (fan-out, dispatch)."""
         self._nursery = nursery
 
+    def _handshake(self, raw: bytes) -> tuple[ServerProtocol, bytes] | None:
+        """Run the opening handshake on one engine, then start the session on a fresh one.
+
+        websockets' `ServerProtocol.parse()` is a generator whose frame keeps the parsed request
+        (headers and all, ~1.7 KB) alive for the connection's lifetime. The session engine is
+        built with `state=OPEN` and the negotiated extensions, so an idle connection keeps only
+        what it needs. Bytes the client sent after its request head go to the session engine.
+        """
+        handshake = make_protocol(self.config.server.max_message_bytes, self.config.compression)
+        head_end = raw.find(b"\r\n\r\n") + 4
+        handshake.receive_data(raw[:head_end])
+        request = next((e for e in handshake.events_received() if isinstance(e, Request)), None)
+        if request is None:
+            return None  # h11 accepted the head; the engine should too
+        response = handshake.accept(request)
+        handshake.send_response(response)
+        if response.status_code != 101:
+            return None
+        session = make_protocol(
+            self.config.server.max_message_bytes, self.config.compression, state=State.OPEN
+        )
+        session.extensions = handshake.extensions
+        if head_end < len(raw):
+            session.receive_data(raw[head_end:])
+        return session, b"".join(handshake.data_to_send())
+
     def _spawn(self, fn: Callable[[], Any]) -> None:
         assert self._nursery is not None
         self._nursery.start_soon(fn)
@@ -136,24 +172,19 @@ class Gateway:
             raise UpgradeRejected(403, "a WebSocket connection needs a token for one company")
         return claims
 
-    async def serve(self, stream: trio.SocketStream, raw_request: bytes, claims: Claims) -> None:
+    async def serve(self, stream: trio.SocketStream, upgrade: AcceptedUpgrade) -> None:
         """Complete the handshake on the raw request bytes, then run the read loop."""
-        proto = make_protocol(self.config.server.max_message_bytes, self.config.compression)
-        proto.receive_data(raw_request)
-        request = next((e for e in proto.events_received() if isinstance(e, Request)), None)
-        if request is None:
-            # h11 accepted the head; the engine should too. Answer 400 rather than hang.
+        raw, upgrade.raw = upgrade.raw, b""
+        accepted = self._handshake(raw)
+        del raw
+        if accepted is None:
+            self.stats.rejected_upgrades += 1
             await stream.send_all(
                 b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
             )
             return
-        response = proto.accept(request)
-        proto.send_response(response)
-        if response.status_code != 101:
-            self.stats.rejected_upgrades += 1
-            for chunk in proto.data_to_send():
-                await stream.send_all(chunk)
-            return
+        claims = upgrade.claims
+        proto, response = accepted
         self.stats.handshakes += 1
         conn = WsConnection(
             stream,
@@ -164,6 +195,8 @@ class Gateway:
             write_timeout=self.config.server.write_timeout,
             spawn=self._spawn,
         )
+        conn.queue_raw(response)  # the 101, sent with the hello in one write
+        del accepted, response
         self.hub.add(conn)
         try:
             await self._session(conn)

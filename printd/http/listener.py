@@ -14,8 +14,9 @@ import h11
 import structlog
 import trio
 
+from printd.auth import Claims
 from printd.config import ServerConfig
-from printd.gateway.server import WS_PATH, Gateway, UpgradeRejected
+from printd.gateway.server import WS_PATH, AcceptedUpgrade, Gateway, UpgradeRejected
 from printd.http.router import HttpError, HttpRequest, HttpResponse
 
 log = structlog.get_logger("printd.http")
@@ -46,7 +47,11 @@ class Listener:
     async def handle(self, stream: trio.SocketStream) -> None:
         self.open_connections += 1
         try:
-            await self._handle(stream)
+            upgrade = await self._handle(stream)
+            if upgrade is not None:
+                # run the session here, after _handle's frame (h11 state, headers, buffers) is gone:
+                # an idle connection then costs only what the WebSocket session needs
+                await self.gateway.serve(stream, upgrade)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:  # one connection's bug must never end the accept loop
@@ -57,7 +62,8 @@ class Listener:
                 scope.shield = True
                 await stream.aclose()
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.SocketStream) -> AcceptedUpgrade | None:
+        """Serve plain HTTP requests; return (raw request, claims) for an accepted upgrade."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         raw = bytearray()  # bytes of the current request, for the WebSocket engine
         first = True
@@ -73,33 +79,33 @@ class Listener:
             if scope.cancelled_caught:
                 if conn.their_state is h11.SEND_BODY or (conn.their_state is h11.IDLE and raw):
                     await self._send_error(stream, conn, HttpError(408, "request not received in time"))
-                return
+                return None
             if event is None or isinstance(event, h11.ConnectionClosed):
-                return
+                return None
             if isinstance(event, HttpError):
                 await self._send_error(stream, conn, event)
-                return
+                return None
             assert isinstance(event, h11.Request)
             first = False
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
             target = event.target.decode("latin-1")
             path = target.partition("?")[0]
             if path == WS_PATH and "websocket" in headers.get("upgrade", "").lower():
-                await self._upgrade(stream, conn, bytes(raw), target, headers)
-                return
+                claims = await self._authorize_upgrade(stream, conn, target, headers)
+                return AcceptedUpgrade(bytes(raw), claims) if claims is not None else None
             body = await self._read_body(stream, conn, headers)
             if isinstance(body, HttpError):
                 await self._send_error(stream, conn, body)
-                return
+                return None
             request = HttpRequest(event.method.decode(), target, path, headers, body, client)
             response = await self._dispatch(request)
             await self._send(stream, conn, response, head_only=request.method == "HEAD")
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                return
+                return None
             try:
                 conn.start_next_cycle()
             except h11.LocalProtocolError:
-                return
+                return None
             raw = bytearray(conn.trailing_data[0])
 
     async def _next_event(
@@ -163,23 +169,18 @@ class Listener:
             self.http_errors += 1
         return response
 
-    async def _upgrade(
-        self,
-        stream: trio.SocketStream,
-        conn: h11.Connection,
-        raw: bytes,
-        target: str,
-        headers: dict[str, str],
-    ) -> None:
+    async def _authorize_upgrade(
+        self, stream: trio.SocketStream, conn: h11.Connection, target: str, headers: dict[str, str]
+    ) -> Claims | None:
+        """Token, role, Origin and draining checks; a refusal is a plain HTTP answer."""
         try:
             if headers.get("sec-websocket-version") is None or "sec-websocket-key" not in headers:
                 raise UpgradeRejected(400, "not a valid WebSocket upgrade request")
-            claims = self.gateway.authorize(target, headers)
+            return self.gateway.authorize(target, headers)
         except UpgradeRejected as exc:
             self.gateway.stats.rejected_upgrades += 1
             await self._send_error(stream, conn, HttpError(exc.status, exc.message))
-            return
-        await self.gateway.serve(stream, raw, claims)
+            return None
 
     async def _send(
         self,
