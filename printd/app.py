@@ -9,6 +9,7 @@ import math
 import resource
 import signal
 import time
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -24,7 +25,7 @@ from printd.cluster.bus import LocalBus
 from printd.config import Config, redact_url
 from printd.gateway.connection import GatewayStats
 from printd.gateway.hub import Hub
-from printd.gateway.server import Gateway
+from printd.gateway.server import Gateway, origin_allowed
 from printd.http.listener import Listener
 from printd.http.router import HttpError, HttpRequest, HttpResponse, Router
 from printd.jobs.api import JobsApi
@@ -39,6 +40,11 @@ from printd.store.guarded import GuardedStore, StoreCircuitOpen
 
 log = structlog.get_logger("printd")
 VERSION = "0.1.0"
+CORS_PREFLIGHT = (
+    ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+    ("Access-Control-Allow-Headers", "Authorization, Content-Type, Idempotency-Key"),
+    ("Access-Control-Max-Age", "600"),
+)
 
 
 class App:
@@ -106,20 +112,29 @@ class App:
         return self.listener.http_requests, self.listener.http_errors + self.stats.frame_errors
 
     async def handle_http(self, request: HttpRequest) -> HttpResponse:
-        """Route a request; a dependency that is down becomes 503 + Retry-After, not a hang."""
+        """Route a request, answer CORS for allowed browser origins, and turn a dependency that
+        is down into 503 + Retry-After (never a hang)."""
+        origin = request.headers.get("origin")
+        cors = origin is not None and origin_allowed(
+            origin, self.config.auth.cors_origins, self.config.production
+        )
+        try:
+            if request.method == "OPTIONS" and origin is not None:
+                if not cors:
+                    raise HttpError(403, f"origin {origin!r} is not allowed")
+                response = HttpResponse(204, headers=list(CORS_PREFLIGHT))
+            else:
+                response = await self._route(request)
+        except HttpError as exc:
+            response = exc.response()
+        if cors and origin is not None:
+            response.headers += [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        return response
+
+    async def _route(self, request: HttpRequest) -> HttpResponse:
         handler, params = self.router.resolve(request.method, request.path)
         try:
-            return await handler(
-                HttpRequest(
-                    request.method,
-                    request.target,
-                    request.path,
-                    request.headers,
-                    request.body,
-                    request.client,
-                    params,
-                )
-            )
+            return await handler(replace(request, params=params))
         except StoreCircuitOpen as exc:
             retry = str(max(1, math.ceil(exc.retry_after)))
             raise HttpError(
@@ -152,6 +167,7 @@ class App:
                         self.hub.run_heartbeats,
                         ping_interval=cfg.server.ping_interval,
                         ping_timeout=cfg.server.ping_timeout,
+                        leeway=cfg.auth.leeway,  # the same grace the upgrade's token check allows
                     )
                 )
                 await nursery.start(self.pending.run)

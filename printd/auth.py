@@ -126,16 +126,19 @@ class TokenVerifier:
         return Claims(sub=sub, role=role, company=company, branch=branch, exp=float(payload["exp"]))
 
 
-def bearer_token(authorization: str | None, query_token: str | None) -> str:
-    """The token from `Authorization: Bearer ...` or `?token=`; 401 when neither is there."""
+def bearer_token(authorization: str | None, query_token: str | None, *, query_allowed: bool = False) -> str:
+    """The token from `Authorization: Bearer ...` (or `?token=` where allowed); 401 when missing."""
     if authorization:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise AuthError(401, "Authorization header must be 'Bearer <token>'")
         return value.strip()
-    if query_token:
+    if query_token and query_allowed:
         return query_token
-    raise AuthError(401, "missing token: send 'Authorization: Bearer <token>' or ?token=")
+    where = (
+        "'Authorization: Bearer <token>' or ?token=" if query_allowed else "'Authorization: Bearer <token>'"
+    )
+    raise AuthError(401, f"missing token: send {where}")
 
 
 def resolve_secret(config: Config, *, create: bool = True) -> tuple[str, str]:

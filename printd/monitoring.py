@@ -280,12 +280,18 @@ class MonitoringApi:
     def _circuit_action(self, action: str) -> Any:
         async def handler(req: HttpRequest) -> HttpResponse:
             try:
-                self.app.verifier.verify(
+                claims = self.app.verifier.verify(
                     bearer_token(req.headers.get("authorization"), None), roles=("admin",)
                 )
             except AuthError as exc:
                 raise HttpError(exc.status, exc.message) from None
             name = req.params["name"]
+            if claims.company != "*" and not name.startswith(f"dispatch:{claims.company}:"):
+                raise HttpError(
+                    403,
+                    f"circuit {name!r} is shared by every company: it needs an all-companies admin token "
+                    "(printctl token --role admin --company '*')",
+                )
             registry = self.app.circuits
             try:
                 {"reset": registry.reset, "force-open": registry.force_open, "disable": registry.disable}[

@@ -76,7 +76,9 @@ class Hub:
             counts[conn.role] = counts.get(conn.role, 0) + 1
         return counts
 
-    def sweep(self, now: float, wall_now: float, *, ping_interval: float, ping_timeout: float) -> None:
+    def sweep(
+        self, now: float, wall_now: float, *, ping_interval: float, ping_timeout: float, leeway: float = 0.0
+    ) -> None:
         """Ping the quiet, close the silent and the expired. One pass over all connections."""
         for conn in list(self.connections):
             if conn.closing:
@@ -84,7 +86,7 @@ class Hub:
             if now - conn.last_seen > ping_timeout:
                 conn.close(CLOSE_HEARTBEAT_TIMEOUT, f"no traffic for {ping_timeout:g} s")
                 conn.abort()
-            elif conn.claims.exp < wall_now:
+            elif conn.claims.exp + leeway < wall_now:
                 conn.close(CLOSE_TOKEN_EXPIRED, "token expired; reconnect with a fresh token")
             elif now - conn.last_ping >= ping_interval and now - conn.last_seen >= ping_interval:
                 conn.last_ping = now
@@ -105,6 +107,7 @@ class Hub:
         *,
         ping_interval: float,
         ping_timeout: float,
+        leeway: float = 0.0,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         step = min(5.0, ping_interval / 5)
@@ -112,5 +115,9 @@ class Hub:
         while True:
             await trio.sleep(step)
             self.sweep(
-                trio.current_time(), time.time(), ping_interval=ping_interval, ping_timeout=ping_timeout
+                trio.current_time(),
+                time.time(),
+                ping_interval=ping_interval,
+                ping_timeout=ping_timeout,
+                leeway=leeway,
             )

@@ -163,7 +163,9 @@ class Gateway:
         query = parse_qs(target.partition("?")[2])
         try:
             token = bearer_token(
-                headers.get("authorization"), query["token"][0] if "token" in query else None
+                headers.get("authorization"),
+                query["token"][0] if "token" in query else None,
+                query_allowed=True,
             )
             claims = self.verifier.verify(token, roles=WS_ROLES)
         except AuthError as exc:
@@ -241,10 +243,12 @@ class Gateway:
                             continue
                         err = await self._on_text(conn, ev)
                         if err is not None:
-                            stats.frame_errors += 1
                             conn.queue(P.encode_error(err))
-                            if budget.spend(conn.last_seen):
-                                conn.close(P.CLOSE_POLICY, "too many invalid frames")
+                            # our outage is not the client's abuse: it does not spend the budget
+                            if err.code != P.ERR_UNAVAILABLE:
+                                stats.frame_errors += 1
+                                if budget.spend(conn.last_seen):
+                                    conn.close(P.CLOSE_POLICY, "too many invalid frames")
                     elif ev.opcode is Opcode.BINARY:
                         conn.close(P.CLOSE_UNSUPPORTED, "binary frames are not supported; send JSON text")
                 if proto.parser_exc is not None and not conn.closing:
@@ -278,9 +282,11 @@ class Gateway:
             if isinstance(report, P.FrameError):
                 return report
             err = await self.jobs.job_report(conn, event, report)
-            if err is None and env.id is not None:
-                conn.queue(P.encode_ack(env.id))
-            return err
+            if err is None:
+                if env.id is not None:
+                    conn.queue(P.encode_ack(env.id))
+                return None
+            return P.FrameError(err.code, err.message, env.id)  # answer the frame the client sent
         return P.FrameError(P.ERR_UNKNOWN_EVENT, f"unknown event {event!r}", env.id)
 
     async def _on_status(self, conn: WsConnection, env: P.Envelope) -> P.FrameError | None:

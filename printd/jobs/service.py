@@ -37,6 +37,8 @@ from printd.store import Store, StoreError
 log = structlog.get_logger("printd.jobs")
 
 DISPATCH_EVENT = "job.dispatch"
+#: Unfinished jobs sent to an agent when it connects: all of them in practice, bounded anyway.
+MAX_REDELIVERY = 20_000
 COMPLETED_EVENT = "job.completed"
 
 
@@ -187,7 +189,7 @@ class JobService:
         )
         conn = self.hub.agent(company, printer.agent_id)
         if conn is None:
-            expired = await self.store.expire_job(job.job_id, reason="agent offline", now=time.time())
+            expired = await self._expire(job.job_id, "agent offline")
             return TestOutcome(
                 expired or job, error=f"agent {printer.agent_id!r} of this printer is offline", status=503
             )
@@ -226,7 +228,7 @@ class JobService:
             return False
 
     async def _deliver_all(self, conn: WsConnection) -> None:
-        jobs = await self.store.deliverable_jobs(conn.company, conn.agent_id)
+        jobs = await self.store.deliverable_jobs(conn.company, conn.agent_id, limit=MAX_REDELIVERY)
         for job in jobs:
             if conn.closing:
                 break  # the agent is gone again; its next connection starts over
@@ -238,7 +240,7 @@ class JobService:
         """Unfinished jobs stay in the store and go out on reconnect; a lost connection says
         nothing about whether the agent would have acknowledged, so the circuit is not told."""
         for job_id, (circuit, _, _) in list(self._admissions.items()):
-            if circuit.name.startswith(f"dispatch:{conn.company}:{conn.claims.branch}"):
+            if circuit.name == f"dispatch:{conn.company}:{conn.claims.branch}":
                 self._report_dispatch(job_id, delivered=None)
 
     async def job_report(self, conn: WsConnection, event: str, report: P.JobReport) -> P.FrameError | None:
@@ -274,9 +276,19 @@ class JobService:
         if finished is not None:
             self.pending.resolve(finished.correlation_id, result)
         if changed and finished is not None:
-            self.completed += 1
-            await self._publish_company(finished.company, P.encode_event(COMPLETED_EVENT, finished.to_json()))
+            await self._announce(finished)
         return None
+
+    async def _announce(self, job: Job) -> None:
+        """`job.completed` to the company's dashboards: once, when the job reaches its end."""
+        self.completed += 1
+        await self._publish_company(job.company, P.encode_event(COMPLETED_EVENT, job.to_json()))
+
+    async def _expire(self, job_id: str, reason: str) -> Job | None:
+        expired = await self.store.expire_job(job_id, reason=reason, now=time.time())
+        if expired is not None:
+            await self._announce(expired)
+        return expired
 
     # ---------------------------------------------------------------- dispatch
 
@@ -339,9 +351,7 @@ class JobService:
             if job.state is JobState.DISPATCHED:
                 self._report_dispatch(job_id, delivered=False)  # no ack within the timeout
             if self.retry.exhausted(job.attempts):
-                await self.store.expire_job(
-                    job_id, reason=f"no acknowledgement after {job.attempts} attempts", now=time.time()
-                )
+                await self._expire(job_id, f"no acknowledgement after {job.attempts} attempts")
                 log.warning("job expired", job_id=job_id, attempts=job.attempts)
                 continue
             conn = self.hub.agent(job.company, job.agent_id)
@@ -361,9 +371,7 @@ class JobService:
         cutoff = time.time() - self.config.job_ttl
         for job in await self.store.unfinished_jobs():
             if job.state is JobState.QUEUED and job.created_at < cutoff:
-                if await self.store.expire_job(
-                    job.job_id, reason="not delivered within job_ttl", now=time.time()
-                ):
+                if await self._expire(job.job_id, "not delivered within job_ttl"):
                     n += 1
         return n
 

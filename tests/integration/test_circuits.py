@@ -15,7 +15,7 @@ from tests.conftest import Printd, token
 from tests.integration.test_jobs import SVC, ScriptedAgent, submit, wait_state
 from tests.toxiproxy import TcpProxy
 
-ADMIN = token("admin", "acme", sub="ops-1")
+ADMIN = token("admin", "*", sub="ops-1")
 
 
 def circuit(p: Printd, name: str) -> dict[str, Any]:
@@ -115,6 +115,9 @@ async def test_admin_actions_from_printctl_take_effect_and_need_an_admin(printd:
     assert res.returncode == 0
     assert "store" in res.stdout
     assert printd.post("/monitoring/circuits/nope/reset", ADMIN).status_code == 404
+    company_admin = token("admin", "acme", sub="ops-acme")  # may not touch what all companies share
+    r = printd.post("/monitoring/circuits/store/force-open", company_admin)
+    assert r.status_code == 403 and "all-companies" in r.json()["message"]
     await agent.close()
 
 
