@@ -272,3 +272,45 @@ async def test_fleet_health_is_cached(printd: Printd) -> None:
         and first["jobs"]["by_state"]["queued"] + first["jobs"]["by_state"]["dispatched"] == 1
     )
     await agent.close()
+
+
+async def test_report_for_someone_elses_job_is_refused_with_the_frame_id(printd: Printd) -> None:
+    agent = await ScriptedAgent.connect(printd)
+    job_id = submit(printd).json()["job_id"]
+    await agent.dispatch()
+    intruder = await ScriptedAgent.connect(printd, ("x1",), sub="agent-2")
+    await intruder.client.send("job.result", {"job_id": job_id, "success": True}, id=41)
+    err = await intruder._next(intruder.client, intruder.backlog, "error", 5)
+    assert err["id"] == 41 and err["data"]["code"] == "forbidden"
+    assert printd.get(f"/api/v1/jobs/{job_id}", SVC).json()["state"] == "dispatched"
+    await intruder.close()
+    await agent.close()
+
+
+async def test_expired_jobs_are_announced_to_dashboards(printd_factory: Any) -> None:
+    p = printd_factory(
+        config={"jobs": {"ack_timeout": 0.2, "retry_initial": 0.1, "retry_max": 0.1, "max_attempts": 2}}
+    )
+    dash = await WsClient.connect(ws_url(p.url), token=token("dashboard", "acme"))
+    agent = await ScriptedAgent.connect(p)
+    job_id = submit(p).json()["job_id"]
+    done = await dash.recv_event("job.completed", timeout=10)
+    assert done["data"]["job_id"] == job_id and done["data"]["state"] == "expired"
+    await agent.close()
+    await dash.close()
+
+
+def test_cors_for_allowed_browser_origins_only(printd_factory: Any) -> None:
+    import httpx
+
+    p = printd_factory(config={"auth": {"cors_origins": ["https://dash.example.com"]}})
+    ok = httpx.options(p.url + "/api/v1/jobs", headers={"Origin": "https://dash.example.com"})
+    assert ok.status_code == 204 and ok.headers["access-control-allow-origin"] == "https://dash.example.com"
+    assert "Idempotency-Key" in ok.headers["access-control-allow-headers"]
+    bad = httpx.options(p.url + "/api/v1/jobs", headers={"Origin": "https://evil.example"})
+    assert bad.status_code == 403 and "access-control-allow-origin" not in bad.headers
+    r = httpx.get(
+        p.url + "/api/v1/jobs",
+        headers={"Origin": "https://dash.example.com", "Authorization": f"Bearer {SVC}"},
+    )
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://dash.example.com"
