@@ -26,11 +26,19 @@ class PrinterRegistry:
         self._known: dict[tuple[str, str], tuple[str, str | None, str]] = {}
         self.write_errors = 0
 
+    def is_known(self, conn: WsConnection, update: StatusUpdate) -> bool:
+        """True when the store already has this printer with this agent, branch and status."""
+        return self._known.get((conn.company, update.printer_id)) == (
+            conn.agent_id,
+            conn.claims.branch,
+            update.status,
+        )
+
     async def printer_seen(self, conn: WsConnection, update: StatusUpdate) -> None:
+        if self.is_known(conn, update):
+            return
         key = (conn.company, update.printer_id)
         fingerprint = (conn.agent_id, conn.claims.branch, update.status)
-        if self._known.get(key) == fingerprint:
-            return
         details = {k: v for k, v in update.data.items() if k not in _DETAIL_SKIP and k != "ts"}
         try:
             await self.store.upsert_printer(

@@ -9,6 +9,7 @@ holds up the others, which are written by their own flush tasks.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +116,7 @@ class WsConnection:
         "_out",
         "_out_bytes",
         "_flushing",
+        "write_since",
         "_max_queue",
         "_write_timeout",
         "_stats",
@@ -148,6 +150,7 @@ class WsConnection:
         self._out: list[bytes] = []  # an empty deque costs ~600 bytes per connection
         self._out_bytes = 0
         self._flushing = False
+        self.write_since = 0.0
         self._max_queue = max_queue_bytes
         self._write_timeout = write_timeout
         self._stats = stats
@@ -239,12 +242,7 @@ class WsConnection:
                 del self._out[:n]
                 self._out_bytes -= size
                 data = parts[0] if len(parts) == 1 else b"".join(parts)
-                with trio.move_on_after(self._write_timeout) as scope:
-                    await self.stream.send_all(data)
-                if scope.cancelled_caught:
-                    # the peer stopped reading entirely; a close frame could not reach it either
-                    self._stats.slow_consumers += 1
-                    self.abort()
+                if not await self._write(data):
                     return
                 self._stats.bytes_out_wire += size
                 self._collect()
@@ -252,6 +250,35 @@ class WsConnection:
             self.abort()
         finally:
             self._flushing = False
+
+    async def _write(self, data: bytes) -> bool:
+        """Write with one non-blocking syscall; only a full socket buffer waits in trio (and the
+        heartbeat sweep drops a peer that keeps it full past `write_timeout`)."""
+        fd = self.stream.socket.fileno()
+        if fd < 0:
+            return False
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.abort()
+            return False
+        if sent < len(data):
+            self.write_since = trio.current_time()
+            try:
+                await self.stream.send_all(memoryview(data)[sent:])
+            finally:
+                self.write_since = 0.0
+        return True
+
+    def abort_if_stalled(self, now: float) -> bool:
+        """Drop a peer that has not read for `write_timeout` (a close frame could not reach it)."""
+        if self.write_since != 0.0 and now - self.write_since > self._write_timeout:
+            self._stats.slow_consumers += 1
+            self.abort()
+            return True
+        return False
 
     def abort(self) -> None:
         """Drop the TCP connection now (the reader task sees it closed and cleans up)."""

@@ -81,7 +81,7 @@ class Hub:
     ) -> None:
         """Ping the quiet, close the silent and the expired. One pass over all connections."""
         for conn in list(self.connections):
-            if conn.closing:
+            if conn.abort_if_stalled(now) or conn.closing:
                 continue
             if now - conn.last_seen > ping_timeout:
                 conn.close(CLOSE_HEARTBEAT_TIMEOUT, f"no traffic for {ping_timeout:g} s")

@@ -56,7 +56,7 @@ class FrameError:
     id: int | None = None
 
 
-def parse_frame(payload: bytes | str) -> Envelope | FrameError:
+def parse_frame(payload: bytes | bytearray | memoryview | str) -> Envelope | FrameError:
     """One text frame -> an Envelope, or the error to send back."""
     try:
         obj = orjson.loads(payload)

@@ -7,8 +7,9 @@ sit behind `JobEvents` and `PrinterEvents`, so this module knows the wire, not t
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs
@@ -36,6 +37,8 @@ WS_ROLES = ("agent", "dashboard", "admin")
 
 class PrinterEvents(Protocol):
     """What the printer registry does with an agent's status."""
+
+    def is_known(self, conn: WsConnection, update: P.StatusUpdate) -> bool: ...
 
     async def printer_seen(self, conn: WsConnection, update: P.StatusUpdate) -> None: ...
 
@@ -224,9 +227,28 @@ class Gateway:
         stream = conn.stream
         stats = self.stats
         budget = ErrorBudget(self.config.server.error_budget)
+        sock = stream.socket
+        streak = 0
         try:
             while True:
-                data = await stream.receive_some(65536)
+                # Read with a plain non-blocking syscall and wait only on EAGAIN: trio's
+                # receive_some would add a failed recv before each wait and a scheduler pass
+                # after each success. A checkpoint every few immediate reads keeps it fair.
+                fd = sock.fileno()
+                if fd < 0:
+                    return
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    streak = 0
+                    await trio.lowlevel.wait_readable(sock)
+                    continue
+                except OSError:
+                    return
+                streak += 1
+                if streak >= 8:
+                    streak = 0
+                    await trio.lowlevel.checkpoint()
                 if not data:
                     proto.receive_eof()
                     return
@@ -241,7 +263,9 @@ class Gateway:
                         stats.bytes_in_raw += len(ev.data)
                         if conn.closing:
                             continue
-                        err = await self._on_text(conn, ev)
+                        err = self._on_text(conn, ev)
+                        if err is not None and err.__class__ is not P.FrameError:
+                            err = await err  # type: ignore[misc]
                         if err is not None:
                             conn.queue(P.encode_error(err))
                             # our outage is not the client's abuse: it does not spend the budget
@@ -264,8 +288,12 @@ class Gateway:
             conn.closing = True
             stream.socket.close()
 
-    async def _on_text(self, conn: WsConnection, frame: Frame) -> P.FrameError | None:
-        env = P.parse_frame(bytes(frame.data))
+    def _on_text(
+        self, conn: WsConnection, frame: Frame
+    ) -> P.FrameError | None | Awaitable[P.FrameError | None]:
+        """Handle one message. Pings and status updates of known printers are handled right
+        here, without a coroutine; work that needs the store comes back as an awaitable."""
+        env = P.parse_frame(frame.data)
         if isinstance(env, P.FrameError):
             return env
         event = env.event
@@ -276,29 +304,43 @@ class Gateway:
         if conn.role != "agent":
             return P.FrameError(P.ERR_UNKNOWN_EVENT, f"unknown event {event!r} for a {conn.role}", env.id)
         if event == "printer.status":
-            return await self._on_status(conn, env)
+            update = P.parse_status(env)
+            if isinstance(update, P.FrameError):
+                return update
+            if not self.printers.is_known(conn, update):
+                return self._register_then_publish(conn, env, update)
+            self._publish_status(conn, env, update)
+            return None
         if event in ("job.ack", "job.result"):
             report = P.parse_job_report(env)
             if isinstance(report, P.FrameError):
                 return report
-            err = await self.jobs.job_report(conn, event, report)
-            if err is None:
-                if env.id is not None:
-                    conn.queue(P.encode_ack(env.id))
-                return None
-            return P.FrameError(err.code, err.message, env.id)  # answer the frame the client sent
+            return self._job_report(conn, env, report)
         return P.FrameError(P.ERR_UNKNOWN_EVENT, f"unknown event {event!r}", env.id)
 
-    async def _on_status(self, conn: WsConnection, env: P.Envelope) -> P.FrameError | None:
-        update = P.parse_status(env)
-        if isinstance(update, P.FrameError):
-            return update
+    async def _job_report(
+        self, conn: WsConnection, env: P.Envelope, report: P.JobReport
+    ) -> P.FrameError | None:
+        err = await self.jobs.job_report(conn, env.event, report)
+        if err is None:
+            if env.id is not None:
+                conn.queue(P.encode_ack(env.id))
+            return None
+        return P.FrameError(err.code, err.message, env.id)  # answer the frame the client sent
+
+    async def _register_then_publish(
+        self, conn: WsConnection, env: P.Envelope, update: P.StatusUpdate
+    ) -> P.FrameError | None:
         await self.printers.printer_seen(conn, update)
-        item = dict(update.data)
+        self._publish_status(conn, env, update)
+        return None
+
+    def _publish_status(self, conn: WsConnection, env: P.Envelope, update: P.StatusUpdate) -> None:
+        """Decorate and encode the item once, here; batches splice these bytes."""
+        item = update.data
         item["branch"] = conn.claims.branch
         item["agent_id"] = conn.agent_id
         item["at"] = time.time()
         self.status.update(conn.company, update.printer_id, orjson.dumps(item))
         if env.id is not None:
             conn.queue(P.encode_ack(env.id))
-        return None
