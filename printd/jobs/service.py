@@ -39,6 +39,8 @@ log = structlog.get_logger("printd.jobs")
 DISPATCH_EVENT = "job.dispatch"
 #: Unfinished jobs sent to an agent when it connects: all of them in practice, bounded anyway.
 MAX_REDELIVERY = 20_000
+#: Seconds before a delivery that failed on the store is tried again.
+STORE_RETRY_DELAY = 1.0
 COMPLETED_EVENT = "job.completed"
 
 
@@ -89,6 +91,17 @@ class AckTimers:
         return len(self._due)
 
 
+class DeliveryPump:
+    """The state of one agent's delivery task: work was asked for, and of which kind."""
+
+    __slots__ = ("conn", "kicked", "redeliver")
+
+    def __init__(self, conn: WsConnection, *, redeliver: bool) -> None:
+        self.conn = conn
+        self.kicked = True
+        self.redeliver = redeliver
+
+
 class TestOutcome:
     """What a synchronous printer test ended with."""
 
@@ -123,7 +136,8 @@ class JobService:
         self._wakeup = trio.Event()
         self.circuits = circuits
         self._admissions: dict[str, tuple[Circuit, Admission, float]] = {}
-        self._redeliver: set[WsConnection] = set()
+        self._pumps: dict[tuple[str, str], DeliveryPump] = {}
+        self._nursery: trio.Nursery | None = None
         self.dispatched = 0
         self.redelivered = 0
         self.completed = 0
@@ -154,20 +168,12 @@ class JobService:
             now=time.time(),
         )
         if created:
+            # the agent's pump sends it; a store failure from here on is the pump's to retry,
+            # never an error for the caller (who would retry and create a second job)
             conn = self.hub.agent(company, job.agent_id)
             if conn is not None:
-                await self._dispatch_accepted(conn, job)
+                self._kick(conn)
         return job, created
-
-    async def _dispatch_accepted(self, conn: WsConnection, job: Job) -> None:
-        """First send of a job that is already persisted: a store failure here must not turn
-        into an error for the caller (who would retry and create a second job)."""
-        try:
-            await self._dispatch(conn, job)
-        except StoreError as exc:
-            log.warning("dispatch postponed: store unavailable", job_id=job.job_id, error=str(exc))
-            self._redeliver.add(conn)
-            self._wakeup.set()
 
     def agent_online(self, company: str, agent_id: str) -> bool:
         return self.hub.agent(company, agent_id) is not None
@@ -194,7 +200,7 @@ class JobService:
                 expired or job, error=f"agent {printer.agent_id!r} of this printer is offline", status=503
             )
         waiter = self.pending.register(job.correlation_id)
-        await self._dispatch_accepted(conn, job)
+        self._kick(conn)
         try:
             result = await waiter.wait(self.config.test_timeout)
         except PendingTimeout:
@@ -209,32 +215,53 @@ class JobService:
     # ---------------------------------------------------------------- agent side
 
     async def agent_connected(self, conn: WsConnection) -> None:
-        """Send every unfinished job of this agent, in order: queued ones and redeliveries.
+        """Send every unfinished job of this agent, in order: queued ones and redeliveries."""
+        self._kick(conn, redeliver=True)
 
-        With the store down the agent stays connected (status still flows) and the delivery
-        is retried by the maintenance loop until it succeeds.
-        """
-        if not await self._try_deliver_all(conn):
-            self._wakeup.set()
+    def _kick(self, conn: WsConnection, *, redeliver: bool = False) -> None:
+        """Make sure the agent's delivery pump runs (and, with `redeliver`, resends everything
+        unfinished rather than just the queued jobs)."""
+        key = (conn.company, conn.agent_id)
+        pump = self._pumps.get(key)
+        if pump is not None and pump.conn is conn:
+            pump.kicked = True
+            pump.redeliver |= redeliver
+            return
+        pump = DeliveryPump(conn, redeliver=redeliver)
+        self._pumps[key] = pump
+        assert self._nursery is not None, "JobService.run() is not running"
+        self._nursery.start_soon(self._run_pump, key, pump)
 
-    async def _try_deliver_all(self, conn: WsConnection) -> bool:
-        """Deliver, or remember the agent for the maintenance loop's next try."""
+    async def _run_pump(self, key: tuple[str, str], pump: DeliveryPump) -> None:
+        """One task per agent sends its jobs in acceptance order (store `seq`), so a job accepted
+        while older ones are still going out can never overtake them on the same printer."""
+        conn = pump.conn
         try:
-            await self._deliver_all(conn)
-            return True
-        except StoreError as exc:
-            log.warning("delivery postponed: store unavailable", agent=conn.agent_id, error=str(exc))
-            self._redeliver.add(conn)
-            return False
-
-    async def _deliver_all(self, conn: WsConnection) -> None:
-        jobs = await self.store.deliverable_jobs(conn.company, conn.agent_id, limit=MAX_REDELIVERY)
-        for job in jobs:
-            if conn.closing:
-                break  # the agent is gone again; its next connection starts over
-            if job.state is not JobState.QUEUED:
-                self.redelivered += 1
-            await self._dispatch(conn, job)
+            while pump.kicked and not conn.closing:
+                pump.kicked = False
+                redeliver, pump.redeliver = pump.redeliver, False
+                try:
+                    jobs = await self.store.deliverable_jobs(
+                        conn.company, conn.agent_id, limit=MAX_REDELIVERY, queued_only=not redeliver
+                    )
+                    for job in jobs:
+                        if conn.closing:
+                            return  # the agent is gone again; its next connection starts over
+                        if job.state is not JobState.QUEUED:
+                            self.redelivered += 1
+                        held = await self._dispatch(conn, job)
+                        if held is not None:  # the branch's circuit is open: try again later
+                            pump.kicked = True
+                            await trio.sleep(held)
+                            break
+                except StoreError as exc:
+                    log.warning("delivery postponed: store unavailable", agent=conn.agent_id, error=str(exc))
+                    pump.kicked = True
+                    pump.redeliver |= redeliver
+                    await trio.sleep(STORE_RETRY_DELAY)
+        finally:
+            if self._pumps.get(key) is pump:
+                del self._pumps[key]
 
     async def agent_disconnected(self, conn: WsConnection) -> None:
         """Unfinished jobs stay in the store and go out on reconnect; a lost connection says
@@ -249,8 +276,7 @@ class JobService:
         except StoreError:
             # not recorded: the job is redelivered once the store is back, and the agent answers
             # the redelivery from its de-duplication record
-            self._redeliver.add(conn)
-            self._wakeup.set()
+            self._kick(conn, redeliver=True)
             return P.FrameError(P.ERR_UNAVAILABLE, "store unavailable; the job will be redelivered")
 
     async def _record_report(
@@ -309,20 +335,18 @@ class JobService:
         else:
             circuit.breaker.on_failure(now, now - sent_at, admission)
 
-    async def _dispatch(self, conn: WsConnection, job: Job) -> bool:
-        """Record and send one dispatch; False when it could not go out now (it stays due)."""
+    async def _dispatch(self, conn: WsConnection, job: Job) -> float | None:
+        """Record and send one dispatch. Returns None when done with it, or the seconds to wait
+        when the branch's circuit holds it back (the job stays where it is, nothing is lost)."""
         circuit = self.dispatch_circuit(job)
         now = trio.current_time()
         admission = circuit.breaker.try_acquire(now)
         if not admission.allowed:
-            # the branch's agent is not acknowledging: keep the job where it is and try later
-            self.timers.schedule(job.job_id, now + max(admission.retry_after, 0.5))
-            self._wakeup.set()
-            return False
+            return max(admission.retry_after, 0.5)
         recorded = await self.store.record_dispatch(job.job_id, time.time())
         if recorded is None:
             circuit.breaker.release(now, admission)
-            return True  # finished meanwhile: nothing to send
+            return None  # finished meanwhile: nothing to send
         if recorded.state is JobState.DISPATCHED:
             self._report_dispatch(job.job_id, delivered=None)
             self._admissions[job.job_id] = (circuit, admission, now)
@@ -340,7 +364,8 @@ class JobService:
             "attempt": recorded.attempts,
         }
         self.dispatched += 1
-        return conn.send(P.encode_event(DISPATCH_EVENT, message))
+        conn.send(P.encode_event(DISPATCH_EVENT, message))
+        return None
 
     async def _resend_due(self) -> None:
         for job_id in self.timers.pop_due(trio.current_time()):
@@ -357,13 +382,9 @@ class JobService:
             conn = self.hub.agent(job.company, job.agent_id)
             if conn is None:
                 continue  # offline: redelivered on reconnect
-            await self._dispatch(conn, job)
-
-    async def _retry_deliveries(self) -> None:
-        for conn in list(self._redeliver):
-            self._redeliver.discard(conn)
-            if not conn.closing:
-                await self._try_deliver_all(conn)
+            held = await self._dispatch(conn, job)
+            if held is not None:
+                self.timers.schedule(job_id, trio.current_time() + held)
 
     async def expire_old(self) -> int:
         """Queued jobs older than `job_ttl` never reached their agent: mark them expired."""
@@ -376,18 +397,21 @@ class JobService:
         return n
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        """Own the agents' delivery pumps and run the maintenance loop (ack timers, expiry)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await self._maintain()
+
+    async def _maintain(self) -> None:
         next_expiry = trio.current_time()
         while True:
             nxt = self.timers.next_at()
             wake = min(nxt if nxt is not None else float("inf"), next_expiry)
-            if self._redeliver:
-                wake = min(wake, trio.current_time() + 1.0)
             with trio.move_on_at(wake):
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
             try:
-                await self._retry_deliveries()
                 await self._resend_due()
                 if trio.current_time() >= next_expiry:
                     next_expiry = trio.current_time() + 60.0

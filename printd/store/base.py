@@ -135,7 +135,9 @@ class Store(ABC):
         """Give up on a live job (-> expired, error=reason); None if terminal or unknown."""
 
     @abstractmethod
-    async def deliverable_jobs(self, company: str, agent_id: str, limit: int = 500) -> list[Job]:
+    async def deliverable_jobs(
+        self, company: str, agent_id: str, limit: int = 500, *, queued_only: bool = False
+    ) -> list[Job]:
         """Live jobs for an agent in seq order: what it must get on (re)connect."""
 
     @abstractmethod

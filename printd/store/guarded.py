@@ -132,8 +132,12 @@ class GuardedStore(Store):
     async def expire_job(self, job_id: str, *, reason: str, now: float) -> Job | None:
         return await self._call(self.inner.expire_job, job_id, reason=reason, now=now)
 
-    async def deliverable_jobs(self, company: str, agent_id: str, limit: int = 500) -> list[Job]:
-        return await self._call(self.inner.deliverable_jobs, company, agent_id, limit)
+    async def deliverable_jobs(
+        self, company: str, agent_id: str, limit: int = 500, *, queued_only: bool = False
+    ) -> list[Job]:
+        return await self._call(
+            self.inner.deliverable_jobs, company, agent_id, limit, queued_only=queued_only
+        )
 
     async def unfinished_jobs(self, limit: int = 10000) -> list[Job]:
         return await self._call(self.inner.unfinished_jobs, limit)

@@ -380,9 +380,15 @@ class SqlStore(Store):
             write=True,
         )
 
-    async def deliverable_jobs(self, company: str, agent_id: str, limit: int = 500) -> list[Job]:
-        where = f"company = ? AND agent_id = ? AND state IN {LIVE_SQL}"
-        return await self._run(lambda tx: _jobs(tx, where, (company, agent_id), "seq", limit), write=False)
+    async def deliverable_jobs(
+        self, company: str, agent_id: str, limit: int = 500, *, queued_only: bool = False
+    ) -> list[Job]:
+        params: tuple[Any, ...]
+        if queued_only:
+            where, params = "company = ? AND agent_id = ? AND state = ?", (company, agent_id, JobState.QUEUED)
+        else:
+            where, params = f"company = ? AND agent_id = ? AND state IN {LIVE_SQL}", (company, agent_id)
+        return await self._run(lambda tx: _jobs(tx, where, params, "seq", limit), write=False)
 
     async def unfinished_jobs(self, limit: int = 10000) -> list[Job]:
         return await self._run(lambda tx: _jobs(tx, f"state IN {LIVE_SQL}", (), "seq", limit), write=False)

@@ -314,3 +314,25 @@ def test_cors_for_allowed_browser_origins_only(printd_factory: Any) -> None:
         headers={"Origin": "https://dash.example.com", "Authorization": f"Bearer {SVC}"},
     )
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://dash.example.com"
+
+
+async def test_jobs_accepted_during_a_backlog_redelivery_do_not_overtake_it(printd: Printd) -> None:
+    agent = await ScriptedAgent.connect(printd)
+    await agent.close()
+    await trio.sleep(0.2)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for i in range(300):  # a backlog while the agent is away
+            pool.submit(submit, printd, "p1", {"n": i})
+    # new orders keep coming while the agent reconnects and its backlog goes out
+    pool = concurrent.futures.ThreadPoolExecutor(4)
+    futures = [pool.submit(submit, printd, "p1", {"n": 300 + i}) for i in range(80)]
+    agent = await ScriptedAgent.connect(printd)
+    codes = await trio.to_thread.run_sync(lambda: [f.result().status_code for f in futures])
+    pool.shutdown()
+    assert codes == [202] * 80
+    got = [(await agent.dispatch())["job_id"] for _ in range(380)]
+    accepted = [j["job_id"] for j in reversed(printd.get("/api/v1/jobs?limit=1000", SVC).json()["jobs"])]
+    assert got == accepted  # one printer, one order: the store's acceptance order
+    await agent.close()

@@ -337,6 +337,8 @@ async def test_deliverable_jobs_in_seq_order_for_one_agent(store: Store) -> None
         mine_other_printer.job_id,
     ]
     assert [j.job_id for j in await store.deliverable_jobs("acme", "agent-2")] == [other_agent.job_id]
+    waiting = await store.deliverable_jobs("acme", "agent-1", queued_only=True)
+    assert [j.job_id for j in waiting] == [queued.job_id, mine_other_printer.job_id]
     assert [j.job_id for j in await store.deliverable_jobs("other", "agent-1")] == [other_company.job_id]
 
 
