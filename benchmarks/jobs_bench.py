@@ -187,7 +187,13 @@ async def bench(args: argparse.Namespace, port: int) -> list[dict[str, Any]]:
             if job_id in completed:
                 h.record_value(max(1, int((completed[job_id] - t0) * 1e6)))
         out.append(
-            {"measure": "round_trip", "rate": args.rate, "submitted": len(sent), "completed": h.get_total_count(), **percentiles(h)}
+            {
+                "measure": "round_trip",
+                "rate": args.rate,
+                "submitted": len(sent),
+                "completed": h.get_total_count(),
+                **percentiles(h),
+            }
         )
 
         # 2. sustained throughput: closed loop, every client submits as fast as answered
@@ -210,7 +216,7 @@ async def bench(args: argparse.Namespace, port: int) -> list[dict[str, Any]]:
                 n3.start_soon(closed_loop, conn)
         t_sent = time.perf_counter()
         with trio.move_on_after(30):
-            while len(completed) < len(sent):
+            while len(completed) < len(sent):  # noqa: ASYNC110 - polls a dict the dashboard task fills
                 await trio.sleep(0.05)
         t_done = max(completed.values()) if completed else t_sent
         out.append(

@@ -279,7 +279,7 @@ class Gateway:
                     # the engine already queued the close frame (1009 too big, 1002 protocol error)
                     code = proto.close_sent.code if proto.close_sent else P.CLOSE_PROTOCOL_ERROR
                     conn.close(code, "")
-                await conn.flush()
+                conn.send_pending()
                 if conn.eof or proto.state is State.CLOSED:
                     return  # closing handshake done: the server closes TCP first (RFC 6455)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

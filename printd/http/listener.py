@@ -25,6 +25,14 @@ HttpApp = Callable[[HttpRequest], Awaitable[HttpResponse]]
 MAX_HEAD = 16 * 1024
 
 
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "?"
+
+
 class Listener:
     def __init__(self, config: ServerConfig, gateway: Gateway, app: HttpApp, server_name: str) -> None:
         self.config = config
@@ -67,11 +75,6 @@ class Listener:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         raw = bytearray()  # bytes of the current request, for the WebSocket engine
         first = True
-        try:
-            peer = stream.socket.getpeername()
-            client = f"{peer[0]}:{peer[1]}"
-        except OSError:
-            client = "?"
         while True:
             timeout = self.config.handshake_timeout if first else self.config.keepalive_timeout
             with trio.move_on_after(timeout) as scope:
@@ -97,7 +100,7 @@ class Listener:
             if isinstance(body, HttpError):
                 await self._send_error(stream, conn, body)
                 return None
-            request = HttpRequest(event.method.decode(), target, path, headers, body, client)
+            request = HttpRequest(event.method.decode(), target, path, headers, body, _peer(stream))
             response = await self._dispatch(request)
             await self._send(stream, conn, response, head_only=request.method == "HEAD")
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:

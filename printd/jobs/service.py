@@ -39,6 +39,8 @@ log = structlog.get_logger("printd.jobs")
 DISPATCH_EVENT = "job.dispatch"
 #: Unfinished jobs sent to an agent when it connects: all of them in practice, bounded anyway.
 MAX_REDELIVERY = 20_000
+#: Seconds agents connecting together wait so that one query finds which of them have work.
+ARRIVAL_BATCH_DELAY = 0.005
 #: Seconds before a delivery that failed on the store is tried again.
 STORE_RETRY_DELAY = 1.0
 COMPLETED_EVENT = "job.completed"
@@ -137,6 +139,8 @@ class JobService:
         self.circuits = circuits
         self._admissions: dict[str, tuple[Circuit, Admission, float]] = {}
         self._pumps: dict[tuple[str, str], DeliveryPump] = {}
+        self._arrivals: list[WsConnection] = []
+        self._arrived = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.dispatched = 0
         self.redelivered = 0
@@ -215,8 +219,33 @@ class JobService:
     # ---------------------------------------------------------------- agent side
 
     async def agent_connected(self, conn: WsConnection) -> None:
-        """Send every unfinished job of this agent, in order: queued ones and redeliveries."""
-        self._kick(conn, redeliver=True)
+        """Send every unfinished job of this agent, in order: queued ones and redeliveries.
+
+        Agents arriving together (a restart brings thousands) are looked up in one query, and
+        only those with unfinished jobs start a delivery.
+        """
+        self._arrivals.append(conn)
+        self._arrived.set()
+
+    async def _sort_arrivals(self) -> None:
+        while True:
+            await self._arrived.wait()
+            self._arrived = trio.Event()
+            await trio.sleep(ARRIVAL_BATCH_DELAY)  # let a crowd of reconnects gather
+            arrivals = [c for c in self._arrivals if not c.closing]
+            self._arrivals = []
+            try:
+                with_work = await self.store.agents_with_live_jobs(
+                    [(c.company, c.agent_id) for c in arrivals]
+                )
+            except StoreError as exc:
+                log.warning(
+                    "delivery check postponed: store unavailable", agents=len(arrivals), error=str(exc)
+                )
+                with_work = {(c.company, c.agent_id) for c in arrivals}  # their pumps retry
+            for conn in arrivals:
+                if (conn.company, conn.agent_id) in with_work:
+                    self._kick(conn, redeliver=True)
 
     def _kick(self, conn: WsConnection, *, redeliver: bool = False) -> None:
         """Make sure the agent's delivery pump runs (and, with `redeliver`, resends everything
@@ -400,6 +429,7 @@ class JobService:
         """Own the agents' delivery pumps and run the maintenance loop (ack timers, expiry)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._sort_arrivals)
             task_status.started()
             await self._maintain()
 

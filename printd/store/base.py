@@ -12,6 +12,7 @@ one query.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -139,6 +140,11 @@ class Store(ABC):
         self, company: str, agent_id: str, limit: int = 500, *, queued_only: bool = False
     ) -> list[Job]:
         """Live jobs for an agent in seq order: what it must get on (re)connect."""
+
+    @abstractmethod
+    async def agents_with_live_jobs(self, agents: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (company, agent_id) have unfinished jobs: one query for a crowd of
+        agents connecting at once, so only those with work start a delivery."""
 
     @abstractmethod
     async def unfinished_jobs(self, limit: int = 10000) -> list[Job]:

@@ -7,7 +7,7 @@ piling up worker threads behind a dead connection. Lifecycle calls are not guard
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from printd.breakers import Circuit, CircuitOpenError
@@ -138,6 +138,9 @@ class GuardedStore(Store):
         return await self._call(
             self.inner.deliverable_jobs, company, agent_id, limit, queued_only=queued_only
         )
+
+    async def agents_with_live_jobs(self, agents: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        return await self._call(self.inner.agents_with_live_jobs, agents)
 
     async def unfinished_jobs(self, limit: int = 10000) -> list[Job]:
         return await self._call(self.inner.unfinished_jobs, limit)

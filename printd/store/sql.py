@@ -390,6 +390,27 @@ class SqlStore(Store):
             where, params = f"company = ? AND agent_id = ? AND state IN {LIVE_SQL}", (company, agent_id)
         return await self._run(lambda tx: _jobs(tx, where, params, "seq", limit), write=False)
 
+    async def agents_with_live_jobs(self, agents: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        wanted = set(agents)
+        ids = sorted({agent_id for _, agent_id in wanted})
+
+        def run(tx: Tx) -> set[tuple[str, str]]:
+            found: set[tuple[str, str]] = set()
+            for i in range(0, len(ids), 500):  # well under every backend's parameter limit
+                chunk = ids[i : i + 500]
+                marks = ", ".join("?" * len(chunk))
+                rows = tx.all(
+                    f"SELECT DISTINCT company, agent_id FROM jobs"
+                    f" WHERE agent_id IN ({marks}) AND state IN {LIVE_SQL}",
+                    chunk,
+                )
+                found.update(
+                    (company, agent_id) for company, agent_id in rows if (company, agent_id) in wanted
+                )
+            return found
+
+        return await self._run(run, write=False) if ids else set()
+
     async def unfinished_jobs(self, limit: int = 10000) -> list[Job]:
         return await self._run(lambda tx: _jobs(tx, f"state IN {LIVE_SQL}", (), "seq", limit), write=False)
 

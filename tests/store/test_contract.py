@@ -448,3 +448,15 @@ async def test_job_survives_close_and_reopen(store_url: str) -> None:
             now=3.0,
         )
         assert not created and again.job_id == job.job_id
+
+
+async def test_agents_with_live_jobs(store: Store) -> None:
+    live = await new_job(store)
+    done = await new_job(store, agent_id="agent-2")
+    await store.finish_job(done.job_id, success=True, result=None, error=None, now=2.0)
+    await new_job(store, company="other", agent_id="agent-3")
+    asked = [("acme", "agent-1"), ("acme", "agent-2"), ("acme", "agent-3"), ("acme", "nobody")]
+    assert await store.agents_with_live_jobs(asked) == {("acme", live.agent_id)}
+    assert await store.agents_with_live_jobs([]) == set()
+    many = [("acme", f"a{i}") for i in range(1200)] + [("acme", "agent-1")]  # more than one chunk
+    assert await store.agents_with_live_jobs(many) == {("acme", "agent-1")}
