@@ -21,9 +21,11 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: venv  ## install, make sure PostgreSQL and Redis run, then the whole suite
+test: venv  ## install, make sure PostgreSQL and Redis run, then the whole suite (SQLite, then PostgreSQL)
 	scripts/ensure-services
 	$(BIN)/pytest -q
+	@echo "== integration suite again, every printd on PostgreSQL =="
+	PRINTD_TEST_BACKEND=postgres $(BIN)/pytest -q tests/integration -k "not sqlite and not postgres"
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from printd import systemd
 from printd.auth import TokenVerifier, resolve_secret
-from printd.breakers import BreakerMetrics, CircuitRegistry
+from printd.breakers import BreakerMetrics, CircuitRegistry, CircuitState
 from printd.cache import TTLCache
 from printd.cluster.bus import LocalBus
 from printd.config import Config, redact_url
@@ -61,6 +61,7 @@ class App:
             config.circuits.overrides,
             metrics=BreakerMetrics(self.metrics),
             failure_exceptions=(StoreUnavailable, OSError, trio.TooSlowError),
+            listeners=[log_transition],
         )
         self.raw_store: Store = open_store(
             config.database_url,
@@ -225,6 +226,12 @@ class App:
             await self.hub.wait_empty()
         accept_scope.cancel()
         log.info("drained", remaining=len(self.hub.connections))
+
+
+def log_transition(name: str, old: CircuitState, new: CircuitState, now: float, reason: str) -> None:
+    """Every circuit transition is logged (and counted by BreakerMetrics)."""
+    level = log.warning if new in (CircuitState.OPEN, CircuitState.FORCED_OPEN) else log.info
+    level("circuit transition", circuit=name, old=str(old), new=str(new), reason=reason)
 
 
 def raise_fd_limit() -> None:

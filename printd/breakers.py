@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -708,8 +708,10 @@ class CircuitRegistry:
         metrics: BreakerMetrics | None = None,
         failure_exceptions: tuple[type[BaseException], ...] = (Exception,),
         clock: Callable[[], float] = trio.current_time,
+        listeners: Sequence[TransitionListener] = (),
     ) -> None:
         self.defaults = defaults if defaults is not None else BreakerConfig()
+        self.listeners = tuple(listeners)
         self.overrides = dict(overrides or {})
         self.metrics = metrics
         self.failure_exceptions = failure_exceptions
@@ -730,6 +732,8 @@ class CircuitRegistry:
         circuit = self._circuits.get(name)
         if circuit is None:
             breaker = CircuitBreaker(name, config if config is not None else self.config_for(name))
+            for listener in self.listeners:
+                breaker.add_listener(listener)
             if self.metrics is not None:
                 self.metrics.watch(breaker, self.clock())
             circuit = Circuit(breaker, failure_exceptions=self.failure_exceptions, clock=self.clock)

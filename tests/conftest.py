@@ -129,19 +129,44 @@ class Printd:
         return httpx.post(self.url + path, headers=h, json=json, timeout=30)
 
 
+#: `PRINTD_TEST_BACKEND=postgres` runs every printd of the integration suite on PostgreSQL (a
+#: fresh schema each) instead of its embedded SQLite: `make test` runs the suite both ways.
+TEST_BACKEND = os.environ.get("PRINTD_TEST_BACKEND", "sqlite")
+
+
 @pytest.fixture
 def printd_factory(tmp_path: Path) -> Iterator[Any]:
-    """Start printd processes; all are killed at the end of the test."""
+    """Start printd processes; all are killed (and their PostgreSQL schemas dropped) at the end."""
     started: list[Printd] = []
+    schemas: list[str] = []
 
     def make(name: str = "p1", *, start: bool = True, **kw: Any) -> Printd:
-        p = Printd(tmp_path / name, **kw)
+        env = dict(kw.pop("env", None) or {})
+        if TEST_BACKEND == "postgres" and "DATABASE_URL" not in env:
+            schema = f"it_{uuid.uuid4().hex[:12]}"
+            schemas.append(schema)
+            env["DATABASE_URL"] = _new_schema_url(schema)
+        p = Printd(tmp_path / name, env=env, **kw)
         started.append(p)
         return p.start() if start else p
 
     yield make
     for p in started:
         p.kill()
+    for schema in schemas:
+        _drop_schema(schema)
+
+
+def _new_schema_url(schema: str) -> str:
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    sep = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+
+
+def _drop_schema(schema: str) -> None:
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 @pytest.fixture
@@ -154,14 +179,10 @@ def printd(printd_factory: Any) -> Printd:
 def pg_database_url() -> Iterator[str]:
     """A fresh schema on the real PostgreSQL server, as a DATABASE_URL; dropped afterwards."""
     schema = f"it_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    sep = "&" if "?" in PG_URL else "?"
     try:
-        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+        yield _new_schema_url(schema)
     finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        _drop_schema(schema)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
