@@ -9,6 +9,8 @@ all the compare-and-set needs.
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -25,6 +27,7 @@ T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 2  # libpq connect_timeout (whole seconds, min 2)
 GETCONN_TIMEOUT_S = 2.0  # wait for a pooled connection, so a dead server fails fast
+IDLE_CHECK_AFTER_S = 2.0  # a connection idle longer than this is probed before use
 
 
 def _run_script(cursor: Any, script: str) -> None:
@@ -71,6 +74,9 @@ class PostgresStore(SqlStore):
             "application_name": "printd",
         }
         self._pool_size = pool_size
+        self._last_used: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._limiter = trio.CapacityLimiter(pool_size)
 
@@ -90,7 +96,7 @@ class PostgresStore(SqlStore):
                 max_size=self._pool_size,
                 open=False,
                 timeout=GETCONN_TIMEOUT_S,
-                check=psycopg_pool.ConnectionPool.check_connection,  # drop connections a restart broke
+                check=self._check_if_idle,  # drop connections a server restart broke
                 name="printd-store",
             )
             try:
@@ -114,10 +120,19 @@ class PostgresStore(SqlStore):
             raise StoreError("store is not open")
         return await trio.to_thread.run_sync(self._in_tx, pool, fn, limiter=self._limiter)
 
+    def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
+        """Probe a pooled connection before use only when it sat idle: one that just served a
+        call is alive, and probing every call would add a round trip to each of them."""
+        if time.monotonic() - self._last_used.get(conn, 0.0) > IDLE_CHECK_AFTER_S:
+            psycopg_pool.ConnectionPool.check_connection(conn)
+
     def _in_tx(self, pool: psycopg_pool.ConnectionPool, fn: Callable[[Tx], T]) -> T:
         try:
-            with pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-                return fn(Tx(cursor, self.dialect))
+            with pool.connection() as conn:
+                with conn.transaction(), conn.cursor() as cursor:
+                    result = fn(Tx(cursor, self.dialect))
+                self._last_used[conn] = time.monotonic()
+                return result
         except psycopg_pool.PoolClosed:
             raise StoreError("store is closed") from None
         except psycopg.Error as exc:
