@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,7 @@ class WsConnection:
         "company",
         "agent_id",
         "last_seen",
+        "connected_at",
         "last_ping",
         "closing",
         "eof",
@@ -143,6 +145,7 @@ class WsConnection:
         self.agent_id = claims.sub
         now = trio.current_time()
         self.last_seen = now
+        self.connected_at = time.time()  # wall clock, comparable with the store's timestamps
         self.last_ping = now
         self.closing = False
         self.eof = False

@@ -277,6 +277,8 @@ class JobService:
                         if conn.closing:
                             return  # the agent is gone again; its next connection starts over
                         if job.state is not JobState.QUEUED:
+                            if (job.dispatched_at or 0.0) >= conn.connected_at:
+                                continue  # already sent on this very connection
                             self.redelivered += 1
                         held = await self._dispatch(conn, job)
                         if held is not None:  # the branch's circuit is open: try again later
