@@ -184,27 +184,16 @@ class JobService:
 
     async def test_printer(self, company: str, printer_id: str, payload: dict[str, Any]) -> TestOutcome:
         """The synchronous test: dispatch and wait up to `test_timeout` for the agent's result."""
-        printer = await self.store.get_printer(company, printer_id)
-        if printer is None:
-            raise LookupError(printer_id)
-        job, _ = await self.store.create_job(
-            company=company,
-            branch=printer.branch,
-            printer_id=printer_id,
-            agent_id=printer.agent_id,
-            kind="test",
-            payload=payload,
-            idempotency_key=None,
-            now=time.time(),
+        job, _ = await self.submit(
+            company=company, printer_id=printer_id, kind="test", payload=payload, idempotency_key=None
         )
-        conn = self.hub.agent(company, printer.agent_id)
-        if conn is None:
+        if self.hub.agent(company, job.agent_id) is None:
             expired = await self._expire(job.job_id, "agent offline")
             return TestOutcome(
-                expired or job, error=f"agent {printer.agent_id!r} of this printer is offline", status=503
+                expired or job, error=f"agent {job.agent_id!r} of this printer is offline", status=503
             )
+        # registered before our next checkpoint, so before the agent's pump can even send the job
         waiter = self.pending.register(job.correlation_id)
-        self._kick(conn)
         try:
             result = await waiter.wait(self.config.test_timeout)
         except PendingTimeout:
