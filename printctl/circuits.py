@@ -15,10 +15,10 @@ from printctl.common import (
     TokenOpt,
     UrlOpt,
     console,
-    default_url,
     emit_json,
     error_message,
     fail,
+    get_json,
     request,
 )
 
@@ -89,13 +89,7 @@ def list_circuits(url: UrlOpt = DEFAULT_URL, json_out: JsonOpt = False, timeout:
 
     Example: printctl circuits list --url http://printd-1:3001
     """
-    resp = request("GET", url, "/monitoring/circuits", timeout=timeout)
-    if resp.status_code != 200:
-        fail(error_message(resp))
-    try:
-        body = resp.json()
-    except ValueError:
-        fail(f"{default_url(url)} did not answer JSON: is --url a printd?", EXIT_USAGE)
+    body = get_json(url, "/monitoring/circuits", timeout=timeout)
     if json_out:
         emit_json(body)
     else:

@@ -72,6 +72,18 @@ def request(
         fail(f"cannot reach printd at {default_url(url)}: {exc}")
 
 
+def get_json(url: str, path: str, *, timeout: float = 10.0) -> Any:
+    """GET a monitoring endpoint: an error status exits 1 with the server's message, an answer
+    that is not JSON exits 2 (the URL is probably not a printd)."""
+    resp = request("GET", url, path, timeout=timeout)
+    if resp.status_code != 200:
+        fail(error_message(resp))
+    try:
+        return resp.json()
+    except ValueError:
+        fail(f"{default_url(url)} did not answer JSON: is --url a printd?", EXIT_USAGE)
+
+
 def error_message(resp: httpx.Response) -> str:
     try:
         body = resp.json()

@@ -17,7 +17,6 @@ from printctl.common import (
     DEFAULT_URL,
     EXIT_CHECK_FAILED,
     EXIT_OK,
-    EXIT_USAGE,
     JsonOpt,
     TimeoutOpt,
     UrlOpt,
@@ -26,7 +25,7 @@ from printctl.common import (
     emit_json,
     error_message,
     fail,
-    request,
+    get_json,
 )
 
 STATUS_COLOURS = {"ok": "green", "degraded": "yellow", "draining": "yellow", "unreachable": "red"}
@@ -218,13 +217,7 @@ def instance(url: UrlOpt = DEFAULT_URL, json_out: JsonOpt = False, timeout: Time
 
     Example: printctl instance --url http://printd-1:3001 --json | jq .bytes
     """
-    resp = request("GET", url, "/monitoring/instance", timeout=timeout)
-    if resp.status_code != 200:
-        fail(error_message(resp))
-    try:
-        body = resp.json()
-    except ValueError:
-        fail(f"{default_url(url)} did not answer JSON: is --url a printd?", EXIT_USAGE)
+    body = get_json(url, "/monitoring/instance", timeout=timeout)
     if json_out:
         emit_json(body)
     else:
