@@ -22,13 +22,13 @@ import jwt
 import orjson
 
 from printd.config import Config
+from printd.inputs import ID_RULE, is_id
 
 ROLES = ("agent", "dashboard", "service", "admin")
 ALGORITHM = "HS256"
 SECRET_FILE = "jwt_secret"
 _TTL_RE = re.compile(r"^(\d+)([smhdw]?)$")
 _TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 
 
 class AuthError(Exception):
@@ -81,8 +81,8 @@ def mint_token(
     if role == "agent" and not branch:
         raise ValueError("an agent token needs --branch")
     for name, value in (("sub", sub), ("company", company), ("branch", branch)):
-        if value is not None and not (_ID_RE.match(value) or (name == "company" and value == "*")):
-            raise ValueError(f"bad {name} {value!r}: 1-128 characters of letters, digits and _ . : @ -")
+        if value is not None and not (is_id(value) or (name == "company" and value == "*")):
+            raise ValueError(f"bad {name} {value!r}: use {ID_RULE}")
     if company == "*" and role != "admin":
         raise ValueError("company '*' (all companies) is for admin tokens only")
     issued = int(now if now is not None else time.time())
@@ -139,6 +139,12 @@ class TokenVerifier:
             raise AuthError(401, "invalid token claims")
         if role == "agent" and branch is None:
             raise AuthError(401, "agent token lacks the 'branch' claim")
+        # the same id rules as at minting: a token signed elsewhere cannot smuggle in an id that
+        # would make two tenants' circuit or rate-limit keys equal (see printd.inputs)
+        if not is_id(sub) or not (is_id(company) or company == "*") or not (branch is None or is_id(branch)):
+            raise AuthError(401, f"invalid token claims: ids must be {ID_RULE}")
+        if company == "*" and role != "admin":
+            raise AuthError(403, "company '*' (all companies) is for admin tokens only")
         if role not in roles:
             raise AuthError(403, f"role {role!r} may not use this endpoint (allowed: {', '.join(roles)})")
         return Claims(sub=sub, role=role, company=company, branch=branch, exp=float(exp))
