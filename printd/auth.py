@@ -21,7 +21,7 @@ from typing import Any
 import jwt
 import orjson
 
-from printd.config import Config
+from printd.config import GENERATE_SECRET, MIN_PRODUCTION_SECRET_LEN, Config, ConfigError
 from printd.inputs import ID_RULE, is_id
 
 ROLES = ("agent", "dashboard", "service", "admin")
@@ -200,19 +200,30 @@ def bearer_token(authorization: str | None, query_token: str | None, *, query_al
 
 
 def resolve_secret(config: Config, *, create: bool = True) -> tuple[str, str]:
-    """(secret, where it came from). Generates and stores one in development when absent."""
+    """(secret, where it came from). Generates and stores one in development when absent.
+
+    A secret file that is empty or short (truncated, hand-edited) is refused rather than used:
+    every token signed with it could be forged by guessing.
+    """
     if config.auth.jwt_secret:
         return config.auth.jwt_secret, "config"
     path = Path(config.data_dir) / SECRET_FILE
     if path.exists():
-        return path.read_text().strip(), str(path)
+        value = path.read_text().strip()
+        if len(value) < MIN_PRODUCTION_SECRET_LEN:
+            raise ConfigError(
+                f"the JWT secret file {path} is empty or shorter than {MIN_PRODUCTION_SECRET_LEN} "
+                f"characters; delete it to have printd generate a new one, or {GENERATE_SECRET} "
+                "and set JWT_SECRET"
+            )
+        return value, str(path)
     if config.production:
         raise AuthError(401, "JWT_SECRET is not set; production mode needs it")
     if not create:
         raise FileNotFoundError(
             f"no JWT secret: set JWT_SECRET, or start `printd run` once to generate {path}"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     value = secrets.token_hex(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -369,6 +369,6 @@ def test_production_refuses_default_secret_and_missing_origins(tmp_path: Any) ->
         run, env={**env, "JWT_SECRET": "change-me"}, capture_output=True, text=True, timeout=30
     )
     assert r.returncode == 2 and "JWT_SECRET" in r.stderr and "change-me" not in r.stderr
-    secret = "s" * 40
+    secret = "f1d2d2f924e986ac86fdf7b36c94bcdf32beec15a38d4e1b7b8a7c0e9d5a1f3c"
     r = subprocess.run(run, env={**env, "JWT_SECRET": secret}, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "CORS_ORIGINS" in r.stderr and secret not in r.stderr

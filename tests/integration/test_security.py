@@ -5,6 +5,11 @@ docs/security.md lists what these tests cover; keep the two in step.
 
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -109,3 +114,25 @@ async def test_a_service_token_for_all_companies_is_refused(printd: Printd) -> N
         r = printd.get(path, star)
         assert r.status_code == 403 and "admin tokens only" in r.json()["message"]
     assert printd.get("/api/v1/jobs?company=acme", ADMIN_ALL).status_code == 200
+
+
+# ------------------------------------------------------------------ item 9: secrets and files
+
+
+@pytest.mark.parametrize("content", ["", "\n", "tooshort\n"])
+def test_development_refuses_an_empty_or_short_secret_file(tmp_path: Path, content: str) -> None:
+    (tmp_path / "jwt_secret").write_text(content)
+    env = {k: v for k, v in os.environ.items() if k not in ("JWT_SECRET", "PRINTD_CONFIG")}
+    run = [sys.executable, "-m", "printd", "run", "--data-dir", str(tmp_path), "--port", "0"]
+    r = subprocess.run(run, env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert "jwt_secret is empty or shorter than 32" in r.stderr and "openssl rand -hex 32" in r.stderr
+
+
+def test_data_directory_is_0700_and_database_files_0600(printd_factory: Any, tmp_path: Path) -> None:
+    data = tmp_path / "fresh" / "data"
+    # no JWT_SECRET: development generates one; no DATABASE_URL: the embedded SQLite file
+    printd_factory(config={"data_dir": str(data)}, env={"JWT_SECRET": "", "DATABASE_URL": ""})
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for name in ("printd.db", "printd.db-wal", "jwt_secret"):
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
