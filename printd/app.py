@@ -110,7 +110,10 @@ class App:
         await self.bus.publish(company_topic(company), payload)
 
     def _request_counts(self) -> tuple[int, int]:
-        return self.listener.http_requests, self.listener.http_errors + self.stats.frame_errors
+        """(requests, server errors) for health: only the 5xx printd produced count. Refused
+        requests, upgrades and frames are the clients' doing; counting them let a few hundred
+        unauthenticated upgrades flip health to 503 and take the instance out of the pool."""
+        return self.listener.http_requests, self.listener.http_server_errors
 
     async def handle_http(self, request: HttpRequest) -> HttpResponse:
         """Route a request, answer CORS for allowed browser origins, and turn a dependency that

@@ -139,7 +139,9 @@ class StatsCollector(Collector):
             ("handshakes", "Completed WebSocket handshakes"),
             ("rejected_upgrades", "Refused WebSocket upgrades (auth, origin, draining)"),
             ("http_requests", "Plain HTTP requests"),
-            ("http_errors", "HTTP responses with an error status"),
+            ("http_errors", "HTTP responses with an error status (4xx and 5xx)"),
+            ("http_server_errors", "HTTP responses with a 5xx status (what health counts)"),
+            ("http_write_timeouts", "HTTP connections dropped: the client did not read within write_timeout"),
             ("status_batches", "Status batches published"),
         ):
             c = CounterMetricFamily(f"printd_{name}", doc)
@@ -191,6 +193,8 @@ class MonitoringApi:
             "rejected_upgrades": s.rejected_upgrades,
             "http_requests": app.listener.http_requests,
             "http_errors": app.listener.http_errors,
+            "http_server_errors": app.listener.http_server_errors,
+            "http_write_timeouts": app.listener.write_timeouts,
             "status_batches": app.status.batches_sent,
             "jobs_pending": len(app.pending),
             "rss_bytes": app.health.sample.rss_bytes,
@@ -211,6 +215,7 @@ class MonitoringApi:
             "instance": app.config.instance_id,
             "uptime": round(time.time() - app.started_at, 3),
             "timestamp": time.time(),
+            "sampled_at": app.health.sample.at,
             "checks": {
                 name: {"status": c.status, "value": c.value, "threshold": c.threshold}
                 for name, c in checks.items()
@@ -267,6 +272,8 @@ class MonitoringApi:
                     "frame_errors": c["frame_errors"],
                     "slow_consumers": c["slow_consumers"],
                     "http_errors": c["http_errors"],
+                    "http_server_errors": c["http_server_errors"],
+                    "http_write_timeouts": c["http_write_timeouts"],
                 },
             },
         )

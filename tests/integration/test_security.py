@@ -6,12 +6,15 @@ docs/security.md lists what these tests cover; keep the two in step.
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 
@@ -136,3 +139,113 @@ def test_data_directory_is_0700_and_database_files_0600(printd_factory: Any, tmp
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     for name in ("printd.db", "printd.db-wal", "jwt_secret"):
         assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+
+
+# ------------------------------------------------------------------ item 5: health counts own faults only
+
+
+def wait_for_sample_after(p: Printd, t: float, timeout: float = 10) -> httpx.Response:
+    """The first health answer whose sample was taken after `t` (explicit state, no sleep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = p.get("/monitoring/health")
+        if r.json()["sampled_at"] > t:
+            return r
+        time.sleep(0.05)
+    raise AssertionError("no health sample taken")
+
+
+async def test_refused_requests_do_not_make_health_degraded(printd_factory: Any) -> None:
+    p: Printd = printd_factory(config={"health": {"check_interval": 1.0, "error_rate": 5.0}})
+    agent = await ScriptedAgent.connect(p)
+    url = ws_url(p.url)
+    for _ in range(40):  # 400 upgrades without a token, 401s, 404s, malformed heads, bad frames
+        with pytest.raises(HandshakeRejected):
+            await WsClient.connect(url, token=None)
+        assert p.get("/api/v1/jobs").status_code == 401
+        assert p.get("/nope").status_code == 404
+        with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+            s.sendall(b"BLAH\x00 nonsense\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 400")
+    for i in range(15):
+        await agent.client.send("job.ack", {"job_id": "nope:nope"}, id=i)
+        assert (await agent._next(agent.client, agent.backlog, "error", 5))["id"] == i
+    r = wait_for_sample_after(p, time.time())
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "ok", body
+    assert body["checks"]["errors"]["value"] == 0
+    metrics = p.get("/monitoring/metrics", ADMIN_ALL).text
+    assert "printd_http_errors_total" in metrics and "printd_http_server_errors_total 0.0" in metrics
+    await agent.close()
+
+
+# ------------------------------------------------------------------ item 11: head limit and time
+
+
+def read_response(s: socket.socket) -> bytes:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+@pytest.mark.parametrize("pieces", [1, 8])
+def test_a_head_over_16_kib_gets_431_however_it_arrives(printd: Printd, pieces: int) -> None:
+    head = b"GET /monitoring/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 60_000 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", printd.port), timeout=10) as s:
+        size = -(-len(head) // pieces)
+        for i in range(0, len(head), size):
+            s.sendall(head[i : i + size])
+        assert read_response(s).startswith(b"HTTP/1.1 431")
+    # a head just under the limit is still served
+    ok = b"GET /monitoring/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 16_000 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", printd.port), timeout=10) as s:
+        s.sendall(ok)
+        assert read_response(s).startswith(b"HTTP/1.1 200")
+
+
+def test_the_next_head_on_a_keepalive_connection_gets_the_handshake_timeout(printd_factory: Any) -> None:
+    p: Printd = printd_factory(config={"server": {"handshake_timeout": 1.0, "keepalive_timeout": 60.0}})
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(b"GET /monitoring/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        s.sendall(b"GET /monitoring/health HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        assert b"HTTP/1.1 408" in read_response(s)
+        assert time.monotonic() - started < 8  # handshake_timeout (1 s), not keepalive_timeout (60 s)
+
+
+# ------------------------------------------------------------------ item 3: HTTP write timeout
+
+
+def test_a_client_that_pipelines_and_never_reads_is_dropped(printd_factory: Any) -> None:
+    p: Printd = printd_factory(config={"server": {"write_timeout": 1.0}})
+    request = b"GET /nope-" + b"x" * 2000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"  # ~2 KB 404s back
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", p.port))
+    s.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline and sent < 20_000:
+            try:
+                s.send(request)
+                sent += 1
+            except BlockingIOError:
+                break  # printd stopped reading: its writes are blocked on us
+            except OSError:
+                break  # already dropped
+        assert sent < 20_000
+        while time.monotonic() < deadline:
+            if "printd_http_write_timeouts_total 1.0" in p.get("/monitoring/metrics", ADMIN_ALL).text:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the stalled connection was not dropped")
+    finally:
+        s.close()
+    assert p.get("/monitoring/health").status_code == 200
