@@ -6,6 +6,7 @@ every `check_interval` so that `/monitoring/health` answers from memory in micro
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
+import structlog
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -21,6 +23,8 @@ from prometheus_client.registry import Collector
 from printd.auth import AuthError, bearer_token
 from printd.config import HealthConfig
 from printd.http.router import HttpError, HttpRequest, HttpResponse, Router, json_response
+
+log = structlog.get_logger("printd.monitoring")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,23 @@ class HealthPolicy:
 
 
 @dataclass(slots=True)
+class LogThrottle:
+    """One log line per `interval` for a failure that repeats (an fd shortage repeats every
+    accept and every sample); `allow` says how many lines were held back since the last one."""
+
+    interval: float = 30.0
+    last: float = -math.inf
+    held: int = 0
+
+    def allow(self, now: float) -> int | None:
+        if now - self.last < self.interval:
+            self.held += 1
+            return None
+        held, self.held, self.last = self.held, 0, now
+        return held
+
+
+@dataclass(slots=True)
 class Counters:
     """Monotonic counts the monitor turns into rates between samples."""
 
@@ -77,6 +98,10 @@ class HealthMonitor:
         self.sample = self._take(first=True)
 
     def _take(self, first: bool = False) -> HealthSample:
+        # psutil reads /proc files: with no fd left this raises OSError before any state changes
+        memory_percent = psutil.virtual_memory().percent
+        rss = self._proc.memory_info().rss
+        cpu = 0.0 if first else self._proc.cpu_percent(None)
         now = time.monotonic()
         requests, errors = self._counters.read()
         elapsed = max(now - self._counters.last_at, 1e-3)
@@ -86,15 +111,18 @@ class HealthMonitor:
         self._counters.last_at = now
         return HealthSample(
             at=time.time(),
-            memory_percent=psutil.virtual_memory().percent,
-            rss_bytes=self._proc.memory_info().rss,
-            cpu_percent=0.0 if first else self._proc.cpu_percent(None),
+            memory_percent=memory_percent,
+            rss_bytes=rss,
+            cpu_percent=cpu,
             error_rate=0.0 if first else d_err / elapsed,
             request_rate=0.0 if first else d_req / elapsed,
         )
 
     def live_rss(self) -> int:
-        return int(self._proc.memory_info().rss)
+        try:
+            return int(self._proc.memory_info().rss)
+        except OSError:
+            return self.sample.rss_bytes
 
     def refresh(self) -> HealthSample:
         self.sample = self._take()
@@ -104,10 +132,18 @@ class HealthMonitor:
         return self.policy.evaluate(self.sample)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Sample every `check_interval`. A failed sample (EMFILE when fds run out) keeps the last
+        one and is retried next time: it must never end the process."""
         task_status.started()
+        throttle = LogThrottle()
         while True:
             await trio.sleep(self.config.check_interval)
-            self.refresh()
+            try:
+                self.refresh()
+            except OSError as exc:
+                held = throttle.allow(time.monotonic())
+                if held is not None:
+                    log.warning("health sample failed; keeping the last one", error=str(exc), repeats=held)
 
 
 class StatsCollector(Collector):

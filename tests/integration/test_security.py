@@ -6,6 +6,7 @@ docs/security.md lists what these tests cover; keep the two in step.
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import stat
 import subprocess
@@ -249,3 +250,38 @@ def test_a_client_that_pipelines_and_never_reads_is_dropped(printd_factory: Any)
     finally:
         s.close()
     assert p.get("/monitoring/health").status_code == 200
+
+
+# ------------------------------------------------------------------ item 2: out of file descriptors
+
+
+def test_running_out_of_file_descriptors_does_not_end_printd(printd_factory: Any) -> None:
+    """printd raises its soft fd limit to the hard one at start; lowering both afterwards gives
+    the same low ceiling. The health sampler then fails with EMFILE (it used to end the process)."""
+    p: Printd = printd_factory(config={"health": {"check_interval": 0.2}})
+    assert p.proc is not None
+    used = len(os.listdir(f"/proc/{p.proc.pid}/fd"))
+    resource.prlimit(p.proc.pid, resource.RLIMIT_NOFILE, (used + 8, used + 8))
+    clients = []
+    try:
+        for _ in range(40):  # more connections than fds left: the rest wait in the backlog
+            clients.append(socket.create_connection(("127.0.0.1", p.port), timeout=5))
+        deadline = time.monotonic() + 15
+        while "health sample failed" not in p.log():
+            assert p.proc.poll() is None, p.log()
+            assert time.monotonic() < deadline, "the sampler never ran out of fds"
+            time.sleep(0.05)
+    finally:
+        for c in clients:
+            c.close()
+    deadline = time.monotonic() + 15
+    while True:  # the backlog drains, fds free up, printd answers again
+        try:
+            if p.get("/monitoring/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert p.proc.poll() is None, p.log()
+        assert time.monotonic() < deadline, p.log()
+        time.sleep(0.1)
+    assert p.proc.poll() is None
