@@ -90,6 +90,11 @@ COMMENTS: dict[str, str] = {
         "Env CORS_ORIGINS (comma-separated)."
     ),
     "auth.leeway": "Seconds of clock skew tolerated when checking token expiry.",
+    "auth.metrics_token": (
+        "Bearer token for /monitoring/instance, /metrics and /circuits (e.g. Prometheus' bearer_token);\n"
+        "unset = an all-companies admin token only. Production refuses a weak one. "
+        "Env PRINTD_METRICS_TOKEN."
+    ),
     "status.batch_delay": (
         "Seconds to batch printer status updates before fanning them out (0 = at once). "
         "Env STATUS_BATCH_DELAY (milliseconds)."
@@ -109,7 +114,10 @@ COMMENTS: dict[str, str] = {
     "ratelimit.window": "Rate-limit window in seconds.",
     "health.memory_percent": "System memory use (%) at or above which the instance is degraded.",
     "health.cpu_percent": "printd CPU use (%) at or above which the instance is degraded.",
-    "health.error_rate": "HTTP error answers + rejected frames per second at or above which it is degraded.",
+    "health.error_rate": (
+        "HTTP 5xx answers (printd's own faults) per second at or above which it is degraded;\n"
+        "refused requests, upgrades and frames do not count."
+    ),
     "health.check_interval": "Seconds between health samples.",
     "health.fleet_cache_ttl": "Seconds GET /api/v1/fleet/health answers from cache.",
     "store.database_url": (
@@ -142,6 +150,7 @@ COMMENTS: dict[str, str] = {
 EXAMPLES: dict[str, Any] = {
     "instance_id": "printd-1",
     "auth.jwt_secret": "<output of: openssl rand -hex 32>",
+    "auth.metrics_token": "<output of: openssl rand -hex 32>",
     "store.database_url": "postgresql://printd:PASSWORD@db.example.com:5432/printd",
     "redis.url": "redis://localhost:6379/0",
     "circuits.failure_rate_threshold": 50.0,

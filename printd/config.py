@@ -64,6 +64,9 @@ class AuthConfig:
     jwt_secret: str | None = None
     cors_origins: tuple[str, ...] = ()
     leeway: float = 30.0
+    #: Bearer token for /monitoring/{instance,metrics,circuits} (Prometheus' bearer_token), so a
+    #: scraper needs no JWT; an all-companies admin token works as well.
+    metrics_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +269,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any] | Any]:
         "HOST": ("server", "host"),
         "JWT_SECRET": ("auth", "jwt_secret"),
         "CORS_ORIGINS": ("auth", "cors_origins"),
+        "PRINTD_METRICS_TOKEN": ("auth", "metrics_token"),
         "DATABASE_URL": ("store", "database_url"),
         "REDIS_URL": ("redis", "url"),
         "INSTANCE_ID": (None, "instance_id"),
@@ -383,6 +387,12 @@ def validate(config: Config) -> None:
             raise ConfigError(
                 f"auth.jwt_secret (JWT_SECRET): production mode needs a random secret, and this one "
                 f"{problem}; {GENERATE_SECRET} and set JWT_SECRET"
+            )
+        metrics_token = config.auth.metrics_token
+        if metrics_token is not None and (problem := secret_weakness(metrics_token)) is not None:
+            raise ConfigError(
+                f"auth.metrics_token (PRINTD_METRICS_TOKEN): production mode needs a random token, "
+                f"and this one {problem}; {GENERATE_SECRET}"
             )
         if not config.auth.cors_origins:
             raise ConfigError(

@@ -6,6 +6,7 @@ every `check_interval` so that `/monitoring/health` answers from memory in micro
 
 from __future__ import annotations
 
+import hmac
 import math
 import os
 import time
@@ -23,8 +24,13 @@ from prometheus_client.registry import Collector
 from printd.auth import AuthError, bearer_token
 from printd.config import HealthConfig
 from printd.http.router import HttpError, HttpRequest, HttpResponse, Router, json_response
+from printd.inputs import dispatch_circuit_name
 
 log = structlog.get_logger("printd.monitoring")
+_MONITORING_AUTH = (
+    "send 'Authorization: Bearer <token>' with the metrics token (PRINTD_METRICS_TOKEN) or an "
+    "admin token: printctl token --role admin --company '*' --sub $USER --ttl 15m"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,11 +204,32 @@ def metrics_text(registry: CollectorRegistry) -> bytes:
 
 
 class MonitoringApi:
-    """`/monitoring/*`: health for the load balancer, figures and metrics for operators,
-    circuits for inspection and (with an admin token) reset / force-open / disable."""
+    """`/monitoring/*`: health for the load balancer (open), figures and metrics for operators,
+    circuits for inspection and (with an admin token) reset / force-open / disable.
+
+    Everything but health names tenants (circuit names, per-circuit series), so it needs the
+    `metrics_token` or an all-companies admin token; a company's admin sees its own circuits.
+    """
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        token = app.config.auth.metrics_token
+        self._metrics_token = token.encode() if token else None
+
+    def _operator(self, req: HttpRequest) -> str | None:
+        """None for the metrics token or an all-companies admin; the company of a company admin."""
+        try:
+            token = bearer_token(req.headers.get("authorization"), None)
+            if self._metrics_token is not None and hmac.compare_digest(token.encode(), self._metrics_token):
+                return None
+            claims = self.app.verifier.verify(token, roles=("admin",))
+        except AuthError as exc:
+            raise HttpError(exc.status, f"{exc.message} ({_MONITORING_AUTH})") from None
+        return None if claims.company == "*" else claims.company
+
+    def _all_companies(self, req: HttpRequest) -> None:
+        if self._operator(req) is not None:
+            raise HttpError(403, f"this endpoint covers every company: {_MONITORING_AUTH}")
 
     def routes(self, router: Router) -> None:
         router.add("GET", "/monitoring/health", self.health)
@@ -262,6 +289,7 @@ class MonitoringApi:
         return json_response(200 if status == "ok" else 503, body)
 
     async def instance(self, req: HttpRequest) -> HttpResponse:
+        self._all_companies(req)
         app = self.app
         sample = app.health.sample  # read, never refresh: health's rate window stays check_interval
         c = self.counters()
@@ -315,10 +343,22 @@ class MonitoringApi:
         )
 
     async def metrics(self, req: HttpRequest) -> HttpResponse:
+        self._all_companies(req)
         return HttpResponse(200, metrics_text(self.app.metrics), "text/plain; version=0.0.4; charset=utf-8")
 
     async def circuits(self, req: HttpRequest) -> HttpResponse:
-        return json_response(200, self.app.circuits.snapshot(trio.current_time()))
+        company = self._operator(req)
+        snapshot = self.app.circuits.snapshot(trio.current_time())
+        if company is not None:  # a company's admin: its own branches' circuits only
+            prefix = dispatch_circuit_name(company, "")
+            own = [c for c in snapshot["circuits"] if c["name"].startswith(prefix)]
+            rejecting = ("open", "forced_open")
+            snapshot = {
+                "total": len(own),
+                "open": sum(1 for c in own if c["state"] in rejecting),
+                "circuits": own,
+            }
+        return json_response(200, snapshot)
 
     def _circuit_action(self, action: str) -> Any:
         async def handler(req: HttpRequest) -> HttpResponse:
@@ -329,7 +369,8 @@ class MonitoringApi:
             except AuthError as exc:
                 raise HttpError(exc.status, exc.message) from None
             name = req.params["name"]
-            if claims.company != "*" and not name.startswith(f"dispatch:{claims.company}:"):
+            # unambiguous: ids hold no ":", so no other tenant's circuit starts with this prefix
+            if claims.company != "*" and not name.startswith(dispatch_circuit_name(claims.company, "")):
                 raise HttpError(
                     403,
                     f"circuit {name!r} is shared by every company: it needs an all-companies admin token "
@@ -342,6 +383,9 @@ class MonitoringApi:
                 ](name)
             except KeyError:
                 raise HttpError(404, f"no circuit named {name!r}; see GET /monitoring/circuits") from None
+            log.warning(
+                "circuit admin action", action=action, circuit=name, sub=claims.sub, company=claims.company
+            )
             snap = next(c for c in registry.snapshot(trio.current_time())["circuits"] if c["name"] == name)
             return json_response(200, {"action": action, "circuit": snap})
 

@@ -285,3 +285,47 @@ def test_running_out_of_file_descriptors_does_not_end_printd(printd_factory: Any
         assert time.monotonic() < deadline, p.log()
         time.sleep(0.1)
     assert p.proc.poll() is None
+
+
+# ------------------------------------------------------------------ item 12: monitoring names tenants
+
+
+METRICS_TOKEN = "7c4a8d09ca3762af61e59520943dc26494f8941b"
+
+
+async def test_monitoring_needs_a_token_except_health(printd_factory: Any) -> None:
+    p: Printd = printd_factory(env={"PRINTD_METRICS_TOKEN": METRICS_TOKEN})
+    agent = await ScriptedAgent.connect(p)
+    assert p.post("/monitoring/circuits/dispatch:acme:b1/reset", ADMIN_ALL).status_code == 404
+    submit(p)  # creates dispatch:acme:b1
+    await agent.dispatch()
+    other = await ScriptedAgent.connect(p, ("g1",), company="globex", sub="agent-g")
+    submit(p, "g1", tok=token("service", "globex", sub="pos-g"))
+    await other.dispatch()
+    paths = ("/monitoring/instance", "/monitoring/metrics", "/monitoring/circuits")
+    for path in paths:
+        r = p.get(path)
+        assert r.status_code == 401 and "PRINTD_METRICS_TOKEN" in r.json()["message"], path
+        assert "acme" not in r.text and "globex" not in r.text
+        assert p.get(path, SVC).status_code == 403
+        assert p.get(path, METRICS_TOKEN).status_code == 200
+        assert p.get(path, ADMIN_ALL).status_code == 200
+    assert 'circuit="dispatch:globex:b1"' in p.get("/monitoring/metrics", METRICS_TOKEN).text
+    assert p.get("/monitoring/health").status_code == 200  # load balancers need no token
+    acme_admin = token("admin", "acme", sub="ops-acme")
+    assert p.get("/monitoring/metrics", acme_admin).status_code == 403
+    names = {c["name"] for c in p.get("/monitoring/circuits", acme_admin).json()["circuits"]}
+    assert names == {"dispatch:acme:b1"}  # its own branches only: no store, no globex
+    r = p.post("/monitoring/circuits/dispatch:acme:b1/reset", acme_admin)
+    assert r.status_code == 200
+    assert "circuit admin action" in p.log() and "sub=ops-acme" in p.log()  # item 13: who did it
+    for cmd in (["instance", "--json"], ["circuits", "list", "--json"]):
+        env = {k: v for k, v in os.environ.items() if k not in ("PRINTD_TOKEN", "PRINTD_METRICS_TOKEN")}
+        run = [sys.executable, "-m", "printctl.main", *cmd, "--url", p.url]
+        r = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and "401" in r.stderr, r.stderr
+        env["PRINTD_METRICS_TOKEN"] = METRICS_TOKEN
+        r = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    await other.close()
+    await agent.close()

@@ -138,3 +138,13 @@ def test_generated_secrets_pass() -> None:
         for secret in (secrets.token_hex(32), base64.b64encode(os.urandom(32)).decode()):
             env = {"PRINTD_MODE": "production", "JWT_SECRET": secret, "CORS_ORIGINS": "https://d.example"}
             assert load_config(env=env).production
+
+
+def test_production_refuses_a_weak_metrics_token() -> None:
+    env = {"PRINTD_MODE": "production", "JWT_SECRET": GOOD_SECRET, "CORS_ORIGINS": "https://d.example"}
+    with pytest.raises(ConfigError, match="PRINTD_METRICS_TOKEN") as exc:
+        load_config(env={**env, "PRINTD_METRICS_TOKEN": "metrics"})
+    assert "openssl rand -hex 32" in str(exc.value) and "metrics'" not in str(exc.value)
+    token = "5994471abb01112afcc18159f6cc74b4f511b99806da59b3caf5a9c173cacfc5"
+    assert load_config(env={**env, "PRINTD_METRICS_TOKEN": token}).auth.metrics_token == token
+    assert load_config(env={"PRINTD_METRICS_TOKEN": "dev"}).auth.metrics_token == "dev"  # development
