@@ -130,12 +130,7 @@ class JobsApi:
         state = q.get("state")
         if state is not None and state not in {s.value for s in JobState}:
             raise HttpError(400, f"unknown state {state!r}; one of {', '.join(s.value for s in JobState)}")
-        try:
-            limit = int(q.get("limit", "100"))
-        except ValueError:
-            raise HttpError(400, "'limit' must be an integer") from None
-        if not 1 <= limit <= 1000:
-            raise HttpError(400, "'limit' must be 1-1000")
+        limit = _limit(q)
         printer = q.get("printer")
         jobs = await self.store.list_jobs(
             company,
@@ -148,14 +143,23 @@ class JobsApi:
     async def list_printers(self, req: HttpRequest) -> HttpResponse:
         claims = self._claims(req)
         company = self._company(claims, req.query.get("company"))
-        branch = req.query.get("branch")
-        printers = await self.store.list_printers(company, None if branch is None else _id("branch", branch))
+        q = req.query
+        branch = q.get("branch")
+        cursor = q.get("cursor")
+        limit = _limit(q)
+        printers = await self.store.list_printers(
+            company,
+            None if branch is None else _id("branch", branch),
+            after=None if cursor is None else _id("cursor", cursor),
+            limit=limit + 1,  # one more tells whether another page follows
+        )
         out = []
-        for p in printers:
+        for p in printers[:limit]:
             item = p.to_json()
             item["agent_online"] = self.jobs.agent_online(company, p.agent_id)
             out.append(item)
-        return json_response(200, {"printers": out, "count": len(out)})
+        next_cursor = out[-1]["printer_id"] if len(printers) > limit else None
+        return json_response(200, {"printers": out, "count": len(out), "next_cursor": next_cursor})
 
     async def test_printer(self, req: HttpRequest) -> HttpResponse:
         claims = self._claims(req)
@@ -231,3 +235,14 @@ def _payload(value: Any) -> dict[str, Any]:
     if has_nul(value):
         raise HttpError(400, "'payload' must not contain NUL characters")
     return value
+
+
+def _limit(query: dict[str, str]) -> int:
+    """`?limit=` of a listing: 1-1000, default 100."""
+    try:
+        limit = int(query.get("limit", "100"))
+    except ValueError:
+        raise HttpError(400, "'limit' must be an integer") from None
+    if not 1 <= limit <= 1000:
+        raise HttpError(400, "'limit' must be 1-1000")
+    return limit

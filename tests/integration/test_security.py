@@ -329,3 +329,26 @@ async def test_monitoring_needs_a_token_except_health(printd_factory: Any) -> No
         assert r.returncode == 0, r.stderr
     await other.close()
     await agent.close()
+
+
+# ------------------------------------------------------------------ item 13: bounded work per request
+
+
+async def test_printers_are_paginated_and_job_lists_carry_no_payload(printd: Printd) -> None:
+    agent = await ScriptedAgent.connect(printd, tuple(f"p{i}" for i in range(5)))
+    submit(printd, "p1", payload={"blob": "x" * 100_000})
+    jobs = printd.get("/api/v1/jobs?limit=1000", SVC).json()["jobs"]
+    assert len(jobs) == 1 and "payload" not in jobs[0] and len(str(jobs)) < 5000
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = printd.get("/api/v1/printers?limit=2" + (f"&cursor={cursor}" if cursor else ""), SVC).json()
+        assert page["count"] <= 2
+        seen += [p["printer_id"] for p in page["printers"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"p{i}" for i in range(5)]
+    assert printd.get("/api/v1/printers?limit=1001", SVC).status_code == 400
+    assert printd.get("/api/v1/printers?cursor=a:b", SVC).status_code == 400
+    await agent.close()
