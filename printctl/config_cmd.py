@@ -65,14 +65,20 @@ COMMENTS: dict[str, str] = {
     "server.host": "Address to listen on (0.0.0.0 for every interface). Env HOST.",
     "server.port": "TCP port. Env PORT.",
     "server.backlog": "Listen backlog: connections the kernel queues before printd accepts them.",
-    "server.handshake_timeout": "Seconds a client has to finish the HTTP request / WebSocket upgrade.",
-    "server.keepalive_timeout": "Seconds an idle HTTP keep-alive connection stays open.",
+    "server.handshake_timeout": (
+        "Seconds a client has to send each HTTP request head (every request of a keep-alive\n"
+        "connection) / finish the WebSocket upgrade (then 408)."
+    ),
+    "server.keepalive_timeout": "Seconds an idle keep-alive connection waits for the next request.",
     "server.max_message_bytes": "Largest WebSocket message accepted, in bytes (at least 1024).",
     "server.max_http_body_bytes": "Largest HTTP request body accepted, in bytes.",
     "server.ping_interval": "Seconds between WebSocket pings to each client.",
     "server.ping_timeout": "Seconds without a pong before a client is dropped (must exceed ping_interval).",
     "server.send_queue_max_bytes": "Bytes queued for one slow client before it is disconnected.",
-    "server.write_timeout": "Seconds one socket write may take before the client is dropped.",
+    "server.write_timeout": (
+        "Seconds one socket write (a WebSocket write or an HTTP response) may take before the\n"
+        "client is dropped."
+    ),
     "server.shutdown_grace": "Seconds to let clients go on SIGTERM before closing the remaining ones.",
     "server.error_budget": "Rejected WebSocket frames per minute from one connection before it is closed.",
     "compression.enabled": "Offer permessage-deflate to clients that ask for it.",
