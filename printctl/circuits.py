@@ -11,6 +11,7 @@ from printctl.common import (
     DEFAULT_URL,
     EXIT_USAGE,
     JsonOpt,
+    MonitoringTokenOpt,
     TimeoutOpt,
     TokenOpt,
     UrlOpt,
@@ -84,12 +85,20 @@ def circuits_table(snapshot: dict[str, Any]) -> Table:
 
 
 @app.command("list")
-def list_circuits(url: UrlOpt = DEFAULT_URL, json_out: JsonOpt = False, timeout: TimeoutOpt = 10.0) -> None:
+def list_circuits(
+    url: UrlOpt = DEFAULT_URL,
+    token: MonitoringTokenOpt = None,
+    json_out: JsonOpt = False,
+    timeout: TimeoutOpt = 10.0,
+) -> None:
     """Every circuit with its state, counts, failure rate and time until it tries again.
 
-    Example: printctl circuits list --url http://printd-1:3001
+    Needs an admin token (a company's admin sees its own branches' circuits) or printd's metrics
+    token (PRINTD_METRICS_TOKEN).
+
+    Example: printctl circuits list --url http://printd-1:3001 --token "$ADMIN_TOKEN"
     """
-    body = get_json(url, "/monitoring/circuits", timeout=timeout)
+    body = get_json(url, "/monitoring/circuits", token=token, timeout=timeout)
     if json_out:
         emit_json(body)
     else:

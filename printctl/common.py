@@ -35,6 +35,15 @@ TokenOpt = Annotated[
         "--token", envvar="PRINTD_TOKEN", help="Bearer token (env PRINTD_TOKEN).", show_default=False
     ),
 ]
+MonitoringTokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar=["PRINTD_TOKEN", "PRINTD_METRICS_TOKEN"],
+        help="Admin token, or printd's metrics token (env PRINTD_TOKEN or PRINTD_METRICS_TOKEN).",
+        show_default=False,
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait for printd.")]
 
@@ -72,10 +81,10 @@ def request(
         fail(f"cannot reach printd at {default_url(url)}: {exc}")
 
 
-def get_json(url: str, path: str, *, timeout: float = 10.0) -> Any:
+def get_json(url: str, path: str, *, token: str | None = None, timeout: float = 10.0) -> Any:
     """GET a monitoring endpoint: an error status exits 1 with the server's message, an answer
     that is not JSON exits 2 (the URL is probably not a printd)."""
-    resp = request("GET", url, path, timeout=timeout)
+    resp = request("GET", url, path, token=token, timeout=timeout)
     if resp.status_code != 200:
         fail(error_message(resp))
     try:

@@ -65,14 +65,20 @@ COMMENTS: dict[str, str] = {
     "server.host": "Address to listen on (0.0.0.0 for every interface). Env HOST.",
     "server.port": "TCP port. Env PORT.",
     "server.backlog": "Listen backlog: connections the kernel queues before printd accepts them.",
-    "server.handshake_timeout": "Seconds a client has to finish the HTTP request / WebSocket upgrade.",
-    "server.keepalive_timeout": "Seconds an idle HTTP keep-alive connection stays open.",
+    "server.handshake_timeout": (
+        "Seconds a client has to send each HTTP request head (every request of a keep-alive\n"
+        "connection) / finish the WebSocket upgrade (then 408)."
+    ),
+    "server.keepalive_timeout": "Seconds an idle keep-alive connection waits for the next request.",
     "server.max_message_bytes": "Largest WebSocket message accepted, in bytes (at least 1024).",
     "server.max_http_body_bytes": "Largest HTTP request body accepted, in bytes.",
     "server.ping_interval": "Seconds between WebSocket pings to each client.",
     "server.ping_timeout": "Seconds without a pong before a client is dropped (must exceed ping_interval).",
     "server.send_queue_max_bytes": "Bytes queued for one slow client before it is disconnected.",
-    "server.write_timeout": "Seconds one socket write may take before the client is dropped.",
+    "server.write_timeout": (
+        "Seconds one socket write (a WebSocket write or an HTTP response) may take before the\n"
+        "client is dropped."
+    ),
     "server.shutdown_grace": "Seconds to let clients go on SIGTERM before closing the remaining ones.",
     "server.error_budget": "Rejected WebSocket frames per minute from one connection before it is closed.",
     "compression.enabled": "Offer permessage-deflate to clients that ask for it.",
@@ -90,6 +96,11 @@ COMMENTS: dict[str, str] = {
         "Env CORS_ORIGINS (comma-separated)."
     ),
     "auth.leeway": "Seconds of clock skew tolerated when checking token expiry.",
+    "auth.metrics_token": (
+        "Bearer token for /monitoring/instance, /metrics and /circuits (e.g. Prometheus' bearer_token);\n"
+        "unset = an all-companies admin token only. Production refuses a weak one. "
+        "Env PRINTD_METRICS_TOKEN."
+    ),
     "status.batch_delay": (
         "Seconds to batch printer status updates before fanning them out (0 = at once). "
         "Env STATUS_BATCH_DELAY (milliseconds)."
@@ -109,7 +120,10 @@ COMMENTS: dict[str, str] = {
     "ratelimit.window": "Rate-limit window in seconds.",
     "health.memory_percent": "System memory use (%) at or above which the instance is degraded.",
     "health.cpu_percent": "printd CPU use (%) at or above which the instance is degraded.",
-    "health.error_rate": "HTTP error answers + rejected frames per second at or above which it is degraded.",
+    "health.error_rate": (
+        "HTTP 5xx answers (printd's own faults) per second at or above which it is degraded;\n"
+        "refused requests, upgrades and frames do not count."
+    ),
     "health.check_interval": "Seconds between health samples.",
     "health.fleet_cache_ttl": "Seconds GET /api/v1/fleet/health answers from cache.",
     "store.database_url": (
@@ -142,6 +156,7 @@ COMMENTS: dict[str, str] = {
 EXAMPLES: dict[str, Any] = {
     "instance_id": "printd-1",
     "auth.jwt_secret": "<output of: openssl rand -hex 32>",
+    "auth.metrics_token": "<output of: openssl rand -hex 32>",
     "store.database_url": "postgresql://printd:PASSWORD@db.example.com:5432/printd",
     "redis.url": "redis://localhost:6379/0",
     "circuits.failure_rate_threshold": 50.0,

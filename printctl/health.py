@@ -18,6 +18,7 @@ from printctl.common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
     JsonOpt,
+    MonitoringTokenOpt,
     TimeoutOpt,
     UrlOpt,
     console,
@@ -212,12 +213,19 @@ def instance_tables(body: dict[str, Any]) -> RenderableType:
     return Group(head, conns, traffic, jobs)
 
 
-def instance(url: UrlOpt = DEFAULT_URL, json_out: JsonOpt = False, timeout: TimeoutOpt = 10.0) -> None:
+def instance(
+    url: UrlOpt = DEFAULT_URL,
+    token: MonitoringTokenOpt = None,
+    json_out: JsonOpt = False,
+    timeout: TimeoutOpt = 10.0,
+) -> None:
     """This instance's figures: connections by role, messages, compression saving, jobs, memory, rates.
 
-    Example: printctl instance --url http://printd-1:3001 --json | jq .bytes
+    Needs an all-companies admin token or printd's metrics token (PRINTD_METRICS_TOKEN).
+
+    Example: PRINTD_METRICS_TOKEN=... printctl instance --url http://printd-1:3001 --json | jq .bytes
     """
-    body = get_json(url, "/monitoring/instance", timeout=timeout)
+    body = get_json(url, "/monitoring/instance", token=token, timeout=timeout)
     if json_out:
         emit_json(body)
     else:

@@ -14,7 +14,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 
 from printctl.common import EXIT_USAGE, JsonOpt, emit_json, err_console, fail
 from printd.auth import ALGORITHM, ROLES, AuthError, mint_token, parse_ttl, resolve_secret
-from printd.config import MIN_PRODUCTION_SECRET_LEN, ConfigError, load_config
+from printd.config import GENERATE_SECRET, ConfigError, load_config, secret_weakness
 
 CONFIG_ENV = "PRINTD_CONFIG"
 
@@ -41,6 +41,8 @@ def load_secret(config_file: Path | None, data_dir: Path | None) -> tuple[str, s
         )
     except AuthError as exc:
         fail(f"{exc.message}: export JWT_SECRET (the same value printd uses)", EXIT_USAGE)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
     if source == "config":  # the environment is applied over the file, as in printd
         source = "JWT_SECRET" if os.environ.get("JWT_SECRET") else f"auth.jwt_secret in {path}"
     return secret, source
@@ -97,11 +99,11 @@ def token(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureKeyLengthWarning)
         value = mint_token(secret, role=role, company=company, sub=sub, branch=branch, ttl=seconds)
-    if len(secret) < MIN_PRODUCTION_SECRET_LEN:
+    weakness = secret_weakness(secret)
+    if weakness is not None:
         err_console.print(
-            f"[yellow]warning:[/yellow] the JWT secret ({source}) is shorter than "
-            f"{MIN_PRODUCTION_SECRET_LEN} characters; production mode refuses it "
-            "(generate one with `openssl rand -hex 32`)",
+            f"[yellow]warning:[/yellow] the JWT secret ({source}) {weakness}; production mode "
+            f"refuses it ({GENERATE_SECRET})",
             highlight=False,
         )
     if json_out:

@@ -4,6 +4,7 @@ nursery tree. Nothing is global; tests build as many apps as they like.
 
 from __future__ import annotations
 
+import errno
 import gc
 import math
 import resource
@@ -31,7 +32,7 @@ from printd.http.router import HttpError, HttpRequest, HttpResponse, Router
 from printd.jobs.api import JobsApi
 from printd.jobs.pending import PendingWaiters
 from printd.jobs.service import JobService
-from printd.monitoring import HealthMonitor, MonitoringApi, StatsCollector
+from printd.monitoring import HealthMonitor, LogThrottle, MonitoringApi, StatsCollector
 from printd.printers import PrinterRegistry
 from printd.ratelimit import LocalRateLimiter, PrinterTestLimits, PrinterTestQuota
 from printd.status import StatusFanout, company_topic
@@ -40,6 +41,7 @@ from printd.store.guarded import GuardedStore, StoreCircuitOpen
 
 log = structlog.get_logger("printd")
 VERSION = "0.1.0"
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 CORS_PREFLIGHT = (
     ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
     ("Access-Control-Allow-Headers", "Authorization, Content-Type, Idempotency-Key"),
@@ -110,7 +112,10 @@ class App:
         await self.bus.publish(company_topic(company), payload)
 
     def _request_counts(self) -> tuple[int, int]:
-        return self.listener.http_requests, self.listener.http_errors + self.stats.frame_errors
+        """(requests, server errors) for health: only the 5xx printd produced count. Refused
+        requests, upgrades and frames are the clients' doing; counting them let a few hundred
+        unauthenticated upgrades flip health to 503 and take the instance out of the pool."""
+        return self.listener.http_requests, self.listener.http_server_errors
 
     async def handle_http(self, request: HttpRequest) -> HttpResponse:
         """Route a request, answer CORS for allowed browser origins, and turn a dependency that
@@ -213,7 +218,32 @@ class App:
         listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host, backlog=cfg.backlog)
         task_status.started(listeners)
         with scope:
-            await trio.serve_listeners(self.listener.handle, listeners, handler_nursery=handler_nursery)
+            async with trio.open_nursery() as nursery:
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, listener, handler_nursery)
+
+    async def _accept_loop(self, listener: trio.SocketListener, handler_nursery: trio.Nursery) -> None:
+        """Accept connections; when fds (or memory) run out, back off (0.1 s doubling to 2 s) and
+        retry, logging once a minute, so printd serves again as soon as fds free up. Clients
+        wait in the listen backlog meanwhile. (trio's serve_listeners retries every 0.1 s with a
+        traceback each time.)"""
+        backoff = 0.0
+        throttle = LogThrottle(60.0)
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    backoff = min(max(0.1, backoff * 2), 2.0)
+                    held = throttle.allow(time.monotonic())
+                    if held is not None:
+                        log.error("cannot accept connections; retrying", error=str(exc), repeats=held)
+                    await trio.sleep(backoff)
+                    continue
+                backoff = 0.0
+                handler_nursery.start_soon(self.listener.handle, stream)
 
     async def drain(self, accept_scope: trio.CancelScope) -> None:
         """Refuse new clients, flush the last batches, close every WebSocket with 1001, and give

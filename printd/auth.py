@@ -21,14 +21,14 @@ from typing import Any
 import jwt
 import orjson
 
-from printd.config import Config
+from printd.config import GENERATE_SECRET, MIN_PRODUCTION_SECRET_LEN, Config, ConfigError
+from printd.inputs import ID_RULE, is_id
 
 ROLES = ("agent", "dashboard", "service", "admin")
 ALGORITHM = "HS256"
 SECRET_FILE = "jwt_secret"
 _TTL_RE = re.compile(r"^(\d+)([smhdw]?)$")
 _TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 
 
 class AuthError(Exception):
@@ -81,8 +81,8 @@ def mint_token(
     if role == "agent" and not branch:
         raise ValueError("an agent token needs --branch")
     for name, value in (("sub", sub), ("company", company), ("branch", branch)):
-        if value is not None and not (_ID_RE.match(value) or (name == "company" and value == "*")):
-            raise ValueError(f"bad {name} {value!r}: 1-128 characters of letters, digits and _ . : @ -")
+        if value is not None and not (is_id(value) or (name == "company" and value == "*")):
+            raise ValueError(f"bad {name} {value!r}: use {ID_RULE}")
     if company == "*" and role != "admin":
         raise ValueError("company '*' (all companies) is for admin tokens only")
     issued = int(now if now is not None else time.time())
@@ -139,6 +139,12 @@ class TokenVerifier:
             raise AuthError(401, "invalid token claims")
         if role == "agent" and branch is None:
             raise AuthError(401, "agent token lacks the 'branch' claim")
+        # the same id rules as at minting: a token signed elsewhere cannot smuggle in an id that
+        # would make two tenants' circuit or rate-limit keys equal (see printd.inputs)
+        if not is_id(sub) or not (is_id(company) or company == "*") or not (branch is None or is_id(branch)):
+            raise AuthError(401, f"invalid token claims: ids must be {ID_RULE}")
+        if company == "*" and role != "admin":
+            raise AuthError(403, "company '*' (all companies) is for admin tokens only")
         if role not in roles:
             raise AuthError(403, f"role {role!r} may not use this endpoint (allowed: {', '.join(roles)})")
         return Claims(sub=sub, role=role, company=company, branch=branch, exp=float(exp))
@@ -194,19 +200,30 @@ def bearer_token(authorization: str | None, query_token: str | None, *, query_al
 
 
 def resolve_secret(config: Config, *, create: bool = True) -> tuple[str, str]:
-    """(secret, where it came from). Generates and stores one in development when absent."""
+    """(secret, where it came from). Generates and stores one in development when absent.
+
+    A secret file that is empty or short (truncated, hand-edited) is refused rather than used:
+    every token signed with it could be forged by guessing.
+    """
     if config.auth.jwt_secret:
         return config.auth.jwt_secret, "config"
     path = Path(config.data_dir) / SECRET_FILE
     if path.exists():
-        return path.read_text().strip(), str(path)
+        value = path.read_text().strip()
+        if len(value) < MIN_PRODUCTION_SECRET_LEN:
+            raise ConfigError(
+                f"the JWT secret file {path} is empty or shorter than {MIN_PRODUCTION_SECRET_LEN} "
+                f"characters; delete it to have printd generate a new one, or {GENERATE_SECRET} "
+                "and set JWT_SECRET"
+            )
+        return value, str(path)
     if config.production:
         raise AuthError(401, "JWT_SECRET is not set; production mode needs it")
     if not create:
         raise FileNotFoundError(
             f"no JWT secret: set JWT_SECRET, or start `printd run` once to generate {path}"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     value = secrets.token_hex(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:

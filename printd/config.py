@@ -22,6 +22,10 @@ Mode = Literal["development", "production"]
 #: Secrets that ship in examples and must never run in production.
 KNOWN_DEFAULT_SECRETS = frozenset({"", "secret", "change-me", "changeme", "dev-secret", "your-secret-key"})
 MIN_PRODUCTION_SECRET_LEN = 32
+#: Random secrets of 32+ characters have far more; hex has only 16 symbols in all, so a higher
+#: bar would refuse a fair share of genuine `openssl rand -hex 32` output.
+MIN_SECRET_DISTINCT = 10
+GENERATE_SECRET = "generate one with `openssl rand -hex 32`"
 
 
 class ConfigError(ValueError):
@@ -60,6 +64,9 @@ class AuthConfig:
     jwt_secret: str | None = None
     cors_origins: tuple[str, ...] = ()
     leeway: float = 30.0
+    #: Bearer token for /monitoring/{instance,metrics,circuits} (Prometheus' bearer_token), so a
+    #: scraper needs no JWT; an all-companies admin token works as well.
+    metrics_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +269,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any] | Any]:
         "HOST": ("server", "host"),
         "JWT_SECRET": ("auth", "jwt_secret"),
         "CORS_ORIGINS": ("auth", "cors_origins"),
+        "PRINTD_METRICS_TOKEN": ("auth", "metrics_token"),
         "DATABASE_URL": ("store", "database_url"),
         "REDIS_URL": ("redis", "url"),
         "INSTANCE_ID": (None, "instance_id"),
@@ -374,22 +382,41 @@ def validate(config: Config) -> None:
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: {config.log_level!r} is not one of debug, info, warning, error")
     if config.production:
-        secret = config.auth.jwt_secret
-        if secret is None or secret.strip().lower() in KNOWN_DEFAULT_SECRETS:
+        problem = secret_weakness(config.auth.jwt_secret)
+        if problem is not None:
             raise ConfigError(
-                "auth.jwt_secret (JWT_SECRET): production mode needs a real secret; "
-                "generate one with `openssl rand -hex 32` and set JWT_SECRET"
+                f"auth.jwt_secret (JWT_SECRET): production mode needs a random secret, and this one "
+                f"{problem}; {GENERATE_SECRET} and set JWT_SECRET"
             )
-        if len(secret) < MIN_PRODUCTION_SECRET_LEN:
+        metrics_token = config.auth.metrics_token
+        if metrics_token is not None and (problem := secret_weakness(metrics_token)) is not None:
             raise ConfigError(
-                f"auth.jwt_secret (JWT_SECRET): production mode needs at least "
-                f"{MIN_PRODUCTION_SECRET_LEN} characters; generate one with `openssl rand -hex 32`"
+                f"auth.metrics_token (PRINTD_METRICS_TOKEN): production mode needs a random token, "
+                f"and this one {problem}; {GENERATE_SECRET}"
             )
         if not config.auth.cors_origins:
             raise ConfigError(
                 "auth.cors_origins (CORS_ORIGINS): production mode needs the dashboards' origins, "
                 "e.g. CORS_ORIGINS=https://dash.example.com"
             )
+
+
+def secret_weakness(secret: str | None) -> str | None:
+    """Why a secret is too weak to sign production tokens (never quoting it), or None.
+
+    Cheap heuristics against what people actually type: a published example, too short, one
+    character or a short pattern repeated, or words (a secret of letters and separators only:
+    random hex or base64 of this length contains a digit or a symbol all but always).
+    """
+    if secret is None or secret.strip().lower() in KNOWN_DEFAULT_SECRETS:
+        return "is not set or is a published example"
+    if len(secret) < MIN_PRODUCTION_SECRET_LEN:
+        return f"is shorter than {MIN_PRODUCTION_SECRET_LEN} characters"
+    if len(set(secret)) < MIN_SECRET_DISTINCT or secret in (secret + secret)[1:-1]:
+        return f"repeats itself (under {MIN_SECRET_DISTINCT} distinct characters, or one pattern repeated)"
+    if all(c.isalpha() or c in " -_.,'" for c in secret):
+        return "looks like words (letters and separators only)"
+    return None
 
 
 def redact_url(url: str) -> str:

@@ -6,6 +6,8 @@ every `check_interval` so that `/monitoring/health` answers from memory in micro
 
 from __future__ import annotations
 
+import hmac
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
+import structlog
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -21,6 +24,13 @@ from prometheus_client.registry import Collector
 from printd.auth import AuthError, bearer_token
 from printd.config import HealthConfig
 from printd.http.router import HttpError, HttpRequest, HttpResponse, Router, json_response
+from printd.inputs import dispatch_circuit_name
+
+log = structlog.get_logger("printd.monitoring")
+_MONITORING_AUTH = (
+    "send 'Authorization: Bearer <token>' with the metrics token (PRINTD_METRICS_TOKEN) or an "
+    "admin token: printctl token --role admin --company '*' --sub $USER --ttl 15m"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +68,23 @@ class HealthPolicy:
 
 
 @dataclass(slots=True)
+class LogThrottle:
+    """One log line per `interval` for a failure that repeats (an fd shortage repeats every
+    accept and every sample); `allow` says how many lines were held back since the last one."""
+
+    interval: float = 30.0
+    last: float = -math.inf
+    held: int = 0
+
+    def allow(self, now: float) -> int | None:
+        if now - self.last < self.interval:
+            self.held += 1
+            return None
+        held, self.held, self.last = self.held, 0, now
+        return held
+
+
+@dataclass(slots=True)
 class Counters:
     """Monotonic counts the monitor turns into rates between samples."""
 
@@ -77,6 +104,10 @@ class HealthMonitor:
         self.sample = self._take(first=True)
 
     def _take(self, first: bool = False) -> HealthSample:
+        # psutil reads /proc files: with no fd left this raises OSError before any state changes
+        memory_percent = psutil.virtual_memory().percent
+        rss = self._proc.memory_info().rss
+        cpu = 0.0 if first else self._proc.cpu_percent(None)
         now = time.monotonic()
         requests, errors = self._counters.read()
         elapsed = max(now - self._counters.last_at, 1e-3)
@@ -86,15 +117,18 @@ class HealthMonitor:
         self._counters.last_at = now
         return HealthSample(
             at=time.time(),
-            memory_percent=psutil.virtual_memory().percent,
-            rss_bytes=self._proc.memory_info().rss,
-            cpu_percent=0.0 if first else self._proc.cpu_percent(None),
+            memory_percent=memory_percent,
+            rss_bytes=rss,
+            cpu_percent=cpu,
             error_rate=0.0 if first else d_err / elapsed,
             request_rate=0.0 if first else d_req / elapsed,
         )
 
     def live_rss(self) -> int:
-        return int(self._proc.memory_info().rss)
+        try:
+            return int(self._proc.memory_info().rss)
+        except OSError:
+            return self.sample.rss_bytes
 
     def refresh(self) -> HealthSample:
         self.sample = self._take()
@@ -104,10 +138,18 @@ class HealthMonitor:
         return self.policy.evaluate(self.sample)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Sample every `check_interval`. A failed sample (EMFILE when fds run out) keeps the last
+        one and is retried next time: it must never end the process."""
         task_status.started()
+        throttle = LogThrottle()
         while True:
             await trio.sleep(self.config.check_interval)
-            self.refresh()
+            try:
+                self.refresh()
+            except OSError as exc:
+                held = throttle.allow(time.monotonic())
+                if held is not None:
+                    log.warning("health sample failed; keeping the last one", error=str(exc), repeats=held)
 
 
 class StatsCollector(Collector):
@@ -139,7 +181,9 @@ class StatsCollector(Collector):
             ("handshakes", "Completed WebSocket handshakes"),
             ("rejected_upgrades", "Refused WebSocket upgrades (auth, origin, draining)"),
             ("http_requests", "Plain HTTP requests"),
-            ("http_errors", "HTTP responses with an error status"),
+            ("http_errors", "HTTP responses with an error status (4xx and 5xx)"),
+            ("http_server_errors", "HTTP responses with a 5xx status (what health counts)"),
+            ("http_write_timeouts", "HTTP connections dropped: the client did not read within write_timeout"),
             ("status_batches", "Status batches published"),
         ):
             c = CounterMetricFamily(f"printd_{name}", doc)
@@ -160,11 +204,32 @@ def metrics_text(registry: CollectorRegistry) -> bytes:
 
 
 class MonitoringApi:
-    """`/monitoring/*`: health for the load balancer, figures and metrics for operators,
-    circuits for inspection and (with an admin token) reset / force-open / disable."""
+    """`/monitoring/*`: health for the load balancer (open), figures and metrics for operators,
+    circuits for inspection and (with an admin token) reset / force-open / disable.
+
+    Everything but health names tenants (circuit names, per-circuit series), so it needs the
+    `metrics_token` or an all-companies admin token; a company's admin sees its own circuits.
+    """
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        token = app.config.auth.metrics_token
+        self._metrics_token = token.encode() if token else None
+
+    def _operator(self, req: HttpRequest) -> str | None:
+        """None for the metrics token or an all-companies admin; the company of a company admin."""
+        try:
+            token = bearer_token(req.headers.get("authorization"), None)
+            if self._metrics_token is not None and hmac.compare_digest(token.encode(), self._metrics_token):
+                return None
+            claims = self.app.verifier.verify(token, roles=("admin",))
+        except AuthError as exc:
+            raise HttpError(exc.status, f"{exc.message} ({_MONITORING_AUTH})") from None
+        return None if claims.company == "*" else claims.company
+
+    def _all_companies(self, req: HttpRequest) -> None:
+        if self._operator(req) is not None:
+            raise HttpError(403, f"this endpoint covers every company: {_MONITORING_AUTH}")
 
     def routes(self, router: Router) -> None:
         router.add("GET", "/monitoring/health", self.health)
@@ -191,6 +256,8 @@ class MonitoringApi:
             "rejected_upgrades": s.rejected_upgrades,
             "http_requests": app.listener.http_requests,
             "http_errors": app.listener.http_errors,
+            "http_server_errors": app.listener.http_server_errors,
+            "http_write_timeouts": app.listener.write_timeouts,
             "status_batches": app.status.batches_sent,
             "jobs_pending": len(app.pending),
             "rss_bytes": app.health.sample.rss_bytes,
@@ -211,6 +278,7 @@ class MonitoringApi:
             "instance": app.config.instance_id,
             "uptime": round(time.time() - app.started_at, 3),
             "timestamp": time.time(),
+            "sampled_at": app.health.sample.at,
             "checks": {
                 name: {"status": c.status, "value": c.value, "threshold": c.threshold}
                 for name, c in checks.items()
@@ -221,6 +289,7 @@ class MonitoringApi:
         return json_response(200 if status == "ok" else 503, body)
 
     async def instance(self, req: HttpRequest) -> HttpResponse:
+        self._all_companies(req)
         app = self.app
         sample = app.health.sample  # read, never refresh: health's rate window stays check_interval
         c = self.counters()
@@ -267,15 +336,29 @@ class MonitoringApi:
                     "frame_errors": c["frame_errors"],
                     "slow_consumers": c["slow_consumers"],
                     "http_errors": c["http_errors"],
+                    "http_server_errors": c["http_server_errors"],
+                    "http_write_timeouts": c["http_write_timeouts"],
                 },
             },
         )
 
     async def metrics(self, req: HttpRequest) -> HttpResponse:
+        self._all_companies(req)
         return HttpResponse(200, metrics_text(self.app.metrics), "text/plain; version=0.0.4; charset=utf-8")
 
     async def circuits(self, req: HttpRequest) -> HttpResponse:
-        return json_response(200, self.app.circuits.snapshot(trio.current_time()))
+        company = self._operator(req)
+        snapshot = self.app.circuits.snapshot(trio.current_time())
+        if company is not None:  # a company's admin: its own branches' circuits only
+            prefix = dispatch_circuit_name(company, "")
+            own = [c for c in snapshot["circuits"] if c["name"].startswith(prefix)]
+            rejecting = ("open", "forced_open")
+            snapshot = {
+                "total": len(own),
+                "open": sum(1 for c in own if c["state"] in rejecting),
+                "circuits": own,
+            }
+        return json_response(200, snapshot)
 
     def _circuit_action(self, action: str) -> Any:
         async def handler(req: HttpRequest) -> HttpResponse:
@@ -286,7 +369,8 @@ class MonitoringApi:
             except AuthError as exc:
                 raise HttpError(exc.status, exc.message) from None
             name = req.params["name"]
-            if claims.company != "*" and not name.startswith(f"dispatch:{claims.company}:"):
+            # unambiguous: ids hold no ":", so no other tenant's circuit starts with this prefix
+            if claims.company != "*" and not name.startswith(dispatch_circuit_name(claims.company, "")):
                 raise HttpError(
                     403,
                     f"circuit {name!r} is shared by every company: it needs an all-companies admin token "
@@ -299,6 +383,9 @@ class MonitoringApi:
                 ](name)
             except KeyError:
                 raise HttpError(404, f"no circuit named {name!r}; see GET /monitoring/circuits") from None
+            log.warning(
+                "circuit admin action", action=action, circuit=name, sub=claims.sub, company=claims.company
+            )
             snap = next(c for c in registry.snapshot(trio.current_time())["circuits"] if c["name"] == name)
             return json_response(200, {"action": action, "circuit": snap})
 

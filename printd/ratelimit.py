@@ -181,6 +181,8 @@ class PrinterTestLimits:
         self.limiter = limiter
         self.quota = quota if quota is not None else PrinterTestQuota()
 
+    # Keys join ids with ":"; ids cannot contain ":" (printd.inputs), so no two tenants' keys
+    # are equal (company "acme" cannot spend the quota of company "acme:eu").
     @staticmethod
     def branch_key(company: str, branch: str) -> str:
         return f"branch:{company}:{branch}"

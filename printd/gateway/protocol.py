@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from printd.inputs import ID_RULE, has_nul, is_id
+
 PROTOCOL_VERSION = 1
 
 # Close codes (RFC 6455 where one fits, 4000-4999 for ours).
@@ -38,7 +40,6 @@ ERR_UNAVAILABLE = "unavailable"
 
 AGENT_EVENTS = frozenset({"printer.status", "job.ack", "job.result", "ping"})
 DASHBOARD_EVENTS = frozenset({"ping"})
-MAX_ID_LEN = 128
 MAX_STATUS_LEN = 64
 
 
@@ -77,10 +78,19 @@ def parse_frame(payload: bytes | bytearray | memoryview | str) -> Envelope | Fra
 
 
 def _ident(data: dict[str, Any], key: str, msg_id: int | None) -> str | FrameError:
+    """An id field (printer_id, job_id, correlation_id): the charset of `printd.inputs`."""
     value = data.get(key)
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_LEN:
-        return FrameError(ERR_INVALID_DATA, f"'{key}' must be a string of 1-{MAX_ID_LEN} characters", msg_id)
+    if not is_id(value):
+        return FrameError(ERR_INVALID_DATA, f"'{key}' must be {ID_RULE}", msg_id)
+    assert isinstance(value, str)
     return value
+
+
+def _text(data: dict[str, Any], msg_id: int | None) -> FrameError | None:
+    """Text an agent sends is stored (status details, results): no NUL anywhere in it."""
+    if has_nul(data):
+        return FrameError(ERR_INVALID_DATA, "text must not contain NUL characters", msg_id)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +109,8 @@ def parse_status(env: Envelope) -> StatusUpdate | FrameError:
         return FrameError(
             ERR_INVALID_DATA, f"'status' must be a string of 1-{MAX_STATUS_LEN} characters", env.id
         )
+    if (bad := _text(env.data, env.id)) is not None:
+        return bad
     return StatusUpdate(printer_id, status, env.data)
 
 
@@ -118,8 +130,10 @@ def parse_job_report(env: Envelope) -> JobReport | FrameError:
     if isinstance(job_id, FrameError):
         return job_id
     cid = env.data.get("correlation_id")
-    if cid is not None and not isinstance(cid, str):
-        return FrameError(ERR_INVALID_DATA, "'correlation_id' must be a string", env.id)
+    if cid is not None and not is_id(cid):
+        return FrameError(ERR_INVALID_DATA, f"'correlation_id' must be {ID_RULE}", env.id)
+    if (bad := _text(env.data, env.id)) is not None:
+        return bad
     success: bool | None = None
     message = env.data.get("message")
     if message is not None and not isinstance(message, str):

@@ -25,6 +25,12 @@ HttpApp = Callable[[HttpRequest], Awaitable[HttpResponse]]
 MAX_HEAD = 16 * 1024
 
 
+def _head_size(raw: bytearray) -> int:
+    """Bytes of the request head at the start of `raw` (over MAX_HEAD when its end is not there)."""
+    end = raw.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
+    return MAX_HEAD + 1 if end < 0 else end + 4
+
+
 def _peer(stream: trio.SocketStream) -> str:
     try:
         host, port = stream.socket.getpeername()[:2]
@@ -40,7 +46,9 @@ class Listener:
         self.app = app
         self.server_header = server_name.encode()
         self.http_requests = 0
-        self.http_errors = 0
+        self.http_errors = 0  # every error answer, refusals of bad requests included
+        self.http_server_errors = 0  # 5xx: printd's own faults, what health counts
+        self.write_timeouts = 0  # connections dropped because the client did not read
         self.open_connections = 0
 
     async def run(
@@ -76,8 +84,18 @@ class Listener:
         raw = bytearray()  # bytes of the current request, for the WebSocket engine
         first = True
         while True:
-            timeout = self.config.handshake_timeout if first else self.config.keepalive_timeout
-            with trio.move_on_after(timeout) as scope:
+            if not first and not raw:
+                # keep-alive: keepalive_timeout is for the idle wait before the next request's
+                # first byte; its head then gets handshake_timeout, as the first one did
+                with trio.move_on_after(self.config.keepalive_timeout):
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return None
+                    raw += data
+                    conn.receive_data(data)
+                if not raw:
+                    return None
+            with trio.move_on_after(self.config.handshake_timeout) as scope:
                 event = await self._next_event(stream, conn, raw)
             if scope.cancelled_caught:
                 if conn.their_state is h11.SEND_BODY or (conn.their_state is h11.IDLE and raw):
@@ -85,6 +103,10 @@ class Listener:
                 return None
             if event is None or isinstance(event, h11.ConnectionClosed):
                 return None
+            if isinstance(event, h11.Request) and _head_size(raw) > MAX_HEAD:
+                # h11 bounds only a head that arrives in pieces; one that arrives whole is
+                # measured here, so the limit holds however the bytes were written
+                event = HttpError(431, f"request head larger than {MAX_HEAD} bytes")
             if isinstance(event, HttpError):
                 await self._send_error(stream, conn, event)
                 return None
@@ -102,7 +124,8 @@ class Listener:
                 return None
             request = HttpRequest(event.method.decode(), target, path, headers, body, _peer(stream))
             response = await self._dispatch(request)
-            await self._send(stream, conn, response, head_only=request.method == "HEAD")
+            if not await self._send(stream, conn, response, head_only=request.method == "HEAD"):
+                return None
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return None
             try:
@@ -168,8 +191,10 @@ class Listener:
         except Exception:
             log.exception("request failed", method=request.method, path=request.path)
             response = HttpError(500, "internal error; see the server log").response()
-        if response.status >= 500:
+        if response.status >= 400:
             self.http_errors += 1
+            if response.status >= 500:
+                self.http_server_errors += 1
         return response
 
     async def _authorize_upgrade(
@@ -192,7 +217,9 @@ class Listener:
         response: HttpResponse,
         *,
         head_only: bool = False,
-    ) -> None:
+    ) -> bool:
+        """Write one response within `write_timeout`; False when the client did not read it in
+        time (a client that pipelines requests and never reads must not keep its fd forever)."""
         headers = [
             (b"content-type", response.content_type.encode()),
             (b"content-length", str(len(response.body)).encode()),
@@ -208,10 +235,19 @@ class Listener:
         if not head_only:
             data += conn.send(h11.Data(data=response.body)) if response.body else b""
         data += conn.send(h11.EndOfMessage())
-        await stream.send_all(data)
+        with trio.move_on_after(self.config.write_timeout):
+            await stream.send_all(data)
+            return True
+        self.write_timeouts += 1
+        log.warning("client did not read the response in time; closing", peer=_peer(stream))
+        return False
 
     async def _send_error(self, stream: trio.SocketStream, conn: h11.Connection, error: HttpError) -> None:
+        """Answer a refused request and close. Refusals (4xx) are the client's fault: counted in
+        `http_errors`, never in the server errors that health watches."""
         self.http_errors += 1
+        if error.status >= 500:
+            self.http_server_errors += 1
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         try:

@@ -19,6 +19,7 @@ from printd.breakers import CircuitOpenError
 from printd.cache import TTLCache
 from printd.config import JobsConfig
 from printd.http.router import HttpError, HttpRequest, HttpResponse, Router, json_response
+from printd.inputs import ID_RULE, has_nul, is_id
 from printd.jobs.model import JOB_KINDS, JobState
 from printd.jobs.service import JobService
 from printd.ratelimit import PrinterTestLimits
@@ -69,7 +70,7 @@ class JobsApi:
             return claims.company
         if not isinstance(requested, str) or not requested:
             raise HttpError(400, "an all-companies admin token must name the company (field or ?company=)")
-        return requested
+        return _id("company", requested)
 
     # ---------------------------------------------------------------- routes
 
@@ -82,12 +83,10 @@ class JobsApi:
         printer_id = body.get("printer_id")
         kind = body.get("kind", "print")
         payload = body.get("payload", {})
-        if not isinstance(printer_id, str) or not printer_id:
-            raise HttpError(400, "'printer_id' must be a non-empty string")
+        printer_id = _id("printer_id", printer_id)
         if kind not in JOB_KINDS:
             raise HttpError(400, f"'kind' must be one of {', '.join(sorted(JOB_KINDS))}")
-        if not isinstance(payload, dict):
-            raise HttpError(400, "'payload' must be a JSON object")
+        _payload(payload)
         if len(orjson.dumps(payload)) > self.config.max_payload_bytes:
             raise HttpError(413, f"'payload' is larger than {self.config.max_payload_bytes} bytes")
         key = req.headers.get("idempotency-key")
@@ -119,7 +118,7 @@ class JobsApi:
     async def get_job(self, req: HttpRequest) -> HttpResponse:
         claims = self._claims(req)
         company = self._company(claims, req.query.get("company"))
-        job = await self.store.get_job(req.params["job_id"], company)
+        job = await self.store.get_job(_id("job_id", req.params["job_id"]), company)
         if job is None:
             raise HttpError(404, f"no job {req.params['job_id']!r} in company {company!r}")
         return json_response(200, job.to_json())
@@ -131,27 +130,36 @@ class JobsApi:
         state = q.get("state")
         if state is not None and state not in {s.value for s in JobState}:
             raise HttpError(400, f"unknown state {state!r}; one of {', '.join(s.value for s in JobState)}")
-        try:
-            limit = int(q.get("limit", "100"))
-        except ValueError:
-            raise HttpError(400, "'limit' must be an integer") from None
-        if not 1 <= limit <= 1000:
-            raise HttpError(400, "'limit' must be 1-1000")
+        limit = _limit(q)
+        printer = q.get("printer")
         jobs = await self.store.list_jobs(
-            company, printer_id=q.get("printer"), state=JobState(state) if state else None, limit=limit
+            company,
+            printer_id=None if printer is None else _id("printer", printer),
+            state=JobState(state) if state else None,
+            limit=limit,
         )
         return json_response(200, {"jobs": [j.to_json() for j in jobs], "count": len(jobs)})
 
     async def list_printers(self, req: HttpRequest) -> HttpResponse:
         claims = self._claims(req)
         company = self._company(claims, req.query.get("company"))
-        printers = await self.store.list_printers(company, req.query.get("branch"))
+        q = req.query
+        branch = q.get("branch")
+        cursor = q.get("cursor")
+        limit = _limit(q)
+        printers = await self.store.list_printers(
+            company,
+            None if branch is None else _id("branch", branch),
+            after=None if cursor is None else _id("cursor", cursor),
+            limit=limit + 1,  # one more tells whether another page follows
+        )
         out = []
-        for p in printers:
+        for p in printers[:limit]:
             item = p.to_json()
             item["agent_online"] = self.jobs.agent_online(company, p.agent_id)
             out.append(item)
-        return json_response(200, {"printers": out, "count": len(out)})
+        next_cursor = out[-1]["printer_id"] if len(printers) > limit else None
+        return json_response(200, {"printers": out, "count": len(out), "next_cursor": next_cursor})
 
     async def test_printer(self, req: HttpRequest) -> HttpResponse:
         claims = self._claims(req)
@@ -159,7 +167,7 @@ class JobsApi:
         if not isinstance(body, dict):
             raise HttpError(400, "request body must be a JSON object")
         company = self._company(claims, body.get("company") or req.query.get("company"))
-        printer_id = req.params["printer_id"]
+        printer_id = _id("printer_id", req.params["printer_id"])
         printer = await self.store.get_printer(company, printer_id)
         if printer is None:
             raise HttpError(404, f"unknown printer {printer_id!r} in company {company!r}")
@@ -173,9 +181,7 @@ class JobsApi:
                 f"every {q.window:g} s; retry in {retry} s",
                 headers=[("Retry-After", str(retry))],
             )
-        payload = body.get("payload", {"text": "printd test page"})
-        if not isinstance(payload, dict):
-            raise HttpError(400, "'payload' must be a JSON object")
+        payload = _payload(body.get("payload", {"text": "printd test page"}))
         outcome = await self.jobs.test_printer(company, printer_id, payload)
         job = outcome.job
         common = {"job_id": job.job_id, "correlation_id": job.correlation_id, "printer_id": printer_id}
@@ -213,3 +219,30 @@ class JobsApi:
                 "age_s": round(res.age, 3),
             },
         )
+
+
+def _id(name: str, value: Any) -> str:
+    """An id from a path, query or body: the charset of `printd.inputs`, else 400."""
+    if not is_id(value):
+        raise HttpError(400, f"{name!r} must be {ID_RULE}")
+    assert isinstance(value, str)
+    return value
+
+
+def _payload(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise HttpError(400, "'payload' must be a JSON object")
+    if has_nul(value):
+        raise HttpError(400, "'payload' must not contain NUL characters")
+    return value
+
+
+def _limit(query: dict[str, str]) -> int:
+    """`?limit=` of a listing: 1-1000, default 100."""
+    try:
+        limit = int(query.get("limit", "100"))
+    except ValueError:
+        raise HttpError(400, "'limit' must be an integer") from None
+    if not 1 <= limit <= 1000:
+        raise HttpError(400, "'limit' must be 1-1000")
+    return limit

@@ -30,6 +30,7 @@ from printd.config import JobsConfig
 from printd.gateway import protocol as P
 from printd.gateway.connection import WsConnection
 from printd.gateway.hub import Hub
+from printd.inputs import dispatch_circuit_name
 from printd.jobs.model import Job, JobState
 from printd.jobs.pending import PendingEvicted, PendingStale, PendingTimeout, PendingWaiters
 from printd.store import Store, StoreError
@@ -287,7 +288,7 @@ class JobService:
         """Unfinished jobs stay in the store and go out on reconnect; a lost connection says
         nothing about whether the agent would have acknowledged, so the circuit is not told."""
         for job_id, (circuit, _, _) in list(self._admissions.items()):
-            if circuit.name == f"dispatch:{conn.company}:{conn.claims.branch}":
+            if conn.claims.branch and circuit.name == dispatch_circuit_name(conn.company, conn.claims.branch):
                 self._report_dispatch(job_id, delivered=None)
 
     async def job_report(self, conn: WsConnection, event: str, report: P.JobReport) -> P.FrameError | None:
@@ -339,7 +340,7 @@ class JobService:
     # ---------------------------------------------------------------- dispatch
 
     def dispatch_circuit(self, job: Job) -> Circuit:
-        return self.circuits.get_or_create(f"dispatch:{job.company}:{job.branch}")
+        return self.circuits.get_or_create(dispatch_circuit_name(job.company, job.branch))
 
     def _report_dispatch(self, job_id: str, *, delivered: bool | None) -> None:
         """Tell the branch's circuit how a dispatch went: acked, unanswered, or unknown (None)."""

@@ -82,8 +82,11 @@ class Store(ABC):
         """The printer, or None."""
 
     @abstractmethod
-    async def list_printers(self, company: str, branch: str | None = None) -> list[Printer]:
-        """A company's printers (optionally one branch), ordered by printer_id."""
+    async def list_printers(
+        self, company: str, branch: str | None = None, *, after: str | None = None, limit: int | None = None
+    ) -> list[Printer]:
+        """A company's printers (optionally one branch), ordered by printer_id; a page of at most
+        `limit` with printer_id greater than `after` (keyset pagination)."""
 
     # -- jobs --------------------------------------------------------------------------------
 

@@ -79,8 +79,10 @@ class GuardedStore(Store):
     async def get_printer(self, company: str, printer_id: str) -> Printer | None:
         return await self._call(self.inner.get_printer, company, printer_id)
 
-    async def list_printers(self, company: str, branch: str | None = None) -> list[Printer]:
-        return await self._call(self.inner.list_printers, company, branch)
+    async def list_printers(
+        self, company: str, branch: str | None = None, *, after: str | None = None, limit: int | None = None
+    ) -> list[Printer]:
+        return await self._call(self.inner.list_printers, company, branch, after=after, limit=limit)
 
     async def create_job(
         self,

@@ -28,6 +28,9 @@ JOB_COLUMNS = (
     "job_id, correlation_id, company, branch, printer_id, agent_id, kind, payload, state, attempts, seq,"
     " created_at, updated_at, idempotency_key, dispatched_at, acked_at, finished_at, result, error"
 )
+# What a job listing shows (Job.to_json): the payload (up to max_payload_bytes each) is left out
+# and comes back as {}, so listing 1000 jobs never reads 1000 payloads only to drop them.
+LIST_JOB_COLUMNS = JOB_COLUMNS.replace("payload", "NULL")
 PRINTER_COLUMNS = "company, printer_id, branch, agent_id, status, details, created_at, updated_at"
 
 # Spelled as literals (not parameters) so the partial index on live jobs can be used.
@@ -93,7 +96,7 @@ def job_from_row(tx: Tx, row: Row, history: tuple[tuple[str, float], ...] = ()) 
         printer_id=row[4],
         agent_id=row[5],
         kind=row[6],
-        payload=tx.load(row[7]),
+        payload=tx.load(row[7]) or {},
         state=JobState(row[8]),
         attempts=int(row[9]),
         seq=int(row[10]),
@@ -174,10 +177,12 @@ def _transition(
     return _with_history(tx, row)
 
 
-def _jobs(tx: Tx, where: str, params: Sequence[Any], order: str, limit: int) -> list[Job]:
+def _jobs(
+    tx: Tx, where: str, params: Sequence[Any], order: str, limit: int, columns: str = JOB_COLUMNS
+) -> list[Job]:
     if limit <= 0:
         return []
-    rows = tx.all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY {order} LIMIT ?", (*params, limit))
+    rows = tx.all(f"SELECT {columns} FROM jobs WHERE {where} ORDER BY {order} LIMIT ?", (*params, limit))
     return [job_from_row(tx, r) for r in rows]
 
 
@@ -245,13 +250,22 @@ class SqlStore(Store):
 
         return await self._run(run, write=False)
 
-    async def list_printers(self, company: str, branch: str | None = None) -> list[Printer]:
-        where, params = "company = ?", [company]
+    async def list_printers(
+        self, company: str, branch: str | None = None, *, after: str | None = None, limit: int | None = None
+    ) -> list[Printer]:
+        where, params = ["company = ?"], [company]
         if branch is not None:
-            where, params = where + " AND branch = ?", [company, branch]
+            where.append("branch = ?")
+            params.append(branch)
+        if after is not None:
+            where.append("printer_id > ?")
+            params.append(after)
+        sql = f"SELECT {PRINTER_COLUMNS} FROM printers WHERE {' AND '.join(where)} ORDER BY printer_id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
 
         def run(tx: Tx) -> list[Printer]:
-            rows = tx.all(f"SELECT {PRINTER_COLUMNS} FROM printers WHERE {where} ORDER BY printer_id", params)
+            rows = tx.all(sql, params)
             return [printer_from_row(tx, r) for r in rows]
 
         return await self._run(run, write=False)
@@ -322,7 +336,8 @@ class SqlStore(Store):
             where.append("state = ?")
             params.append(str(state))
         return await self._run(
-            lambda tx: _jobs(tx, " AND ".join(where), params, "seq DESC", limit), write=False
+            lambda tx: _jobs(tx, " AND ".join(where), params, "seq DESC", limit, LIST_JOB_COLUMNS),
+            write=False,
         )
 
     async def record_dispatch(self, job_id: str, now: float) -> Job | None:

@@ -8,6 +8,7 @@ WAL with ``synchronous=NORMAL`` keeps every committed transaction across a proce
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -77,7 +78,10 @@ class SQLiteStore(SqlStore):
 
     def _connect(self) -> sqlite3.Connection:
         if self._path != ":memory:":
-            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            # the data directory and the database (its -wal and -shm files inherit the mode)
+            # hold every ticket: readable by printd's user only
+            Path(self._path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600))
         try:
             conn = sqlite3.connect(
                 self._path,

@@ -19,7 +19,7 @@ ADMIN = token("admin", "*", sub="ops-1")
 
 
 def circuit(p: Printd, name: str) -> dict[str, Any]:
-    snap = p.get("/monitoring/circuits").json()
+    snap = p.get("/monitoring/circuits", ADMIN).json()
     found: dict[str, Any] = next(c for c in snap["circuits"] if c["name"] == name)
     return found
 
@@ -120,7 +120,7 @@ async def test_admin_actions_from_printctl_take_effect_and_need_an_admin(printd:
     assert circuit(printd, "store")["state"] == "closed"
     assert submit(printd).status_code == 202
 
-    res = printctl("circuits", "list", "--url", printd.url, "--json")
+    res = printctl("circuits", "list", "--url", printd.url, "--json", "--token", ADMIN)
     assert res.returncode == 0
     assert "store" in res.stdout
     assert printd.post("/monitoring/circuits/nope/reset", ADMIN).status_code == 404

@@ -93,8 +93,9 @@ def test_health_404_405_and_malformed_request(printd: Printd) -> None:
     with socket_conn(printd.port) as s:
         s.sendall(b"BLAH\x00\x01 nonsense\r\n\r\n")
         assert s.recv(4096).startswith(b"HTTP/1.1 400")
-    assert "printd_connections" in printd.get("/monitoring/metrics").text
-    inst = printd.get("/monitoring/instance").json()
+    admin = token("admin", "*", sub="ops-1")
+    assert "printd_connections" in printd.get("/monitoring/metrics", admin).text
+    inst = printd.get("/monitoring/instance", admin).json()
     assert {"connections", "bytes", "memory", "cpu_percent", "rates"} <= inst.keys()
     assert printd.get("/monitoring/health").status_code == 200  # still up
 
@@ -325,7 +326,7 @@ async def test_slow_dashboard_is_disconnected_and_others_unaffected(printd_facto
         await trio.sleep(0.5)
         nursery.cancel_scope.cancel()
     assert received == 400  # the good dashboard got every printer
-    stats = p.get("/monitoring/instance").json()
+    stats = p.get("/monitoring/instance", token("admin", "*", sub="ops-1")).json()
     assert stats["errors"]["slow_consumers"] >= 1
     assert stats["connections"]["dashboard"] == 1  # the slow one is gone
     await agent.close()
@@ -369,6 +370,6 @@ def test_production_refuses_default_secret_and_missing_origins(tmp_path: Any) ->
         run, env={**env, "JWT_SECRET": "change-me"}, capture_output=True, text=True, timeout=30
     )
     assert r.returncode == 2 and "JWT_SECRET" in r.stderr and "change-me" not in r.stderr
-    secret = "s" * 40
+    secret = "f1d2d2f924e986ac86fdf7b36c94bcdf32beec15a38d4e1b7b8a7c0e9d5a1f3c"
     r = subprocess.run(run, env={**env, "JWT_SECRET": secret}, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "CORS_ORIGINS" in r.stderr and secret not in r.stderr

@@ -460,3 +460,29 @@ async def test_agents_with_live_jobs(store: Store) -> None:
     assert await store.agents_with_live_jobs([]) == set()
     many = [("acme", f"a{i}") for i in range(1200)] + [("acme", "agent-1")]  # more than one chunk
     assert await store.agents_with_live_jobs(many) == {("acme", "agent-1")}
+
+
+async def test_list_jobs_reads_no_payload(store: Store) -> None:
+    """A listing shows no payload, so it does not read them (up to 1000 x 256 KiB)."""
+    job = await new_job(store, payload={"blob": "x" * 100_000})
+    listed = await store.list_jobs("acme")
+    assert [j.job_id for j in listed] == [job.job_id] and listed[0].payload == {}
+    got = await store.get_job(job.job_id)
+    assert got is not None and got.payload == {"blob": "x" * 100_000}  # the job itself keeps it
+
+
+async def test_list_printers_pages_by_printer_id(store: Store) -> None:
+    for i in range(5):
+        await store.upsert_printer(
+            company="acme",
+            branch="north" if i % 2 else "south",
+            agent_id="a",
+            printer_id=f"p{i}",
+            status="online",
+            details={},
+            now=1.0,
+        )
+    assert [p.printer_id for p in await store.list_printers("acme", limit=2)] == ["p0", "p1"]
+    assert [p.printer_id for p in await store.list_printers("acme", after="p1", limit=2)] == ["p2", "p3"]
+    assert [p.printer_id for p in await store.list_printers("acme", after="p3", limit=2)] == ["p4"]
+    assert [p.printer_id for p in await store.list_printers("acme", "north", after="p1")] == ["p3"]

@@ -122,3 +122,22 @@ def test_mint_refuses_bad_input_and_ttl_parses() -> None:
     assert parse_ttl("90") == 90 and parse_ttl("15m") == 900 and parse_ttl("2d") == 172800
     with pytest.raises(ValueError):
         parse_ttl("soon")
+
+
+@pytest.mark.parametrize("field", ["company", "branch", "sub"])
+@pytest.mark.parametrize("value", ["acme:eu", "a b", "a\x00b", "é", "x" * 129, ""])
+def test_ids_outside_the_charset_are_refused_at_minting_and_verification(field: str, value: str) -> None:
+    """`:` would let `acme` and `acme:eu` build equal circuit and rate-limit keys."""
+    claims: dict[str, str] = {"role": "agent", "company": "acme", "branch": "b1", "sub": "s", field: value}
+    with pytest.raises(ValueError):
+        mint_token(SECRET, **claims)  # type: ignore[arg-type]
+    signed_elsewhere = jwt.encode({**claims, "exp": NOW + 600}, SECRET)
+    assert "ids must be" in refused(signed_elsewhere)
+
+
+def test_only_admin_tokens_may_be_for_all_companies() -> None:
+    for role in ("service", "dashboard", "agent"):
+        tok = jwt.encode({"sub": "s", "role": role, "company": "*", "branch": "b", "exp": NOW + 60}, SECRET)
+        assert "admin tokens only" in refused(tok, status=403)
+    admin = jwt.encode({"sub": "s", "role": "admin", "company": "*", "exp": NOW + 60}, SECRET)
+    assert verifier().verify(admin, now=NOW).company == "*"

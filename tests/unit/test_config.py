@@ -8,7 +8,7 @@ import pytest
 
 from printd.config import Config, ConfigError, load_config, redact_url
 
-GOOD_SECRET = "s" * 40
+GOOD_SECRET = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
 
 def test_defaults_are_the_original_systems_figures() -> None:
@@ -108,3 +108,43 @@ def test_redact_url_hides_passwords() -> None:
     assert redact_url("postgresql://printd:s3cret@db:5432/x") == "postgresql://printd:***@db:5432/x"
     assert redact_url("redis://:s3cret@cache:6379/0") == "redis://:***@cache:6379/0"
     assert redact_url("sqlite:////var/printd.db") == "sqlite:////var/printd.db"
+
+
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        ("s" * 40, "repeats itself"),
+        ("0123456789abcdef" * 2, "repeats itself"),
+        ("abababababababababababababababab1", "repeats itself"),
+        ("correct horse battery staple and then some", "looks like words"),
+        ("thisismysupersecretpasswordforjwtokens", "looks like words"),
+        ("short-but-not-default", "shorter than 32"),
+    ],
+)
+def test_production_refuses_weak_secrets_and_says_how_to_generate_one(secret: str, why: str) -> None:
+    env = {"PRINTD_MODE": "production", "JWT_SECRET": secret, "CORS_ORIGINS": "https://d.example"}
+    with pytest.raises(ConfigError) as exc:
+        load_config(env=env)
+    assert why in str(exc.value) and "openssl rand -hex 32" in str(exc.value)
+    assert secret not in str(exc.value)
+
+
+def test_generated_secrets_pass() -> None:
+    import base64
+    import os
+    import secrets
+
+    for _ in range(200):
+        for secret in (secrets.token_hex(32), base64.b64encode(os.urandom(32)).decode()):
+            env = {"PRINTD_MODE": "production", "JWT_SECRET": secret, "CORS_ORIGINS": "https://d.example"}
+            assert load_config(env=env).production
+
+
+def test_production_refuses_a_weak_metrics_token() -> None:
+    env = {"PRINTD_MODE": "production", "JWT_SECRET": GOOD_SECRET, "CORS_ORIGINS": "https://d.example"}
+    with pytest.raises(ConfigError, match="PRINTD_METRICS_TOKEN") as exc:
+        load_config(env={**env, "PRINTD_METRICS_TOKEN": "metrics"})
+    assert "openssl rand -hex 32" in str(exc.value) and "metrics'" not in str(exc.value)
+    token = "5994471abb01112afcc18159f6cc74b4f511b99806da59b3caf5a9c173cacfc5"
+    assert load_config(env={**env, "PRINTD_METRICS_TOKEN": token}).auth.metrics_token == token
+    assert load_config(env={"PRINTD_METRICS_TOKEN": "dev"}).auth.metrics_token == "dev"  # development

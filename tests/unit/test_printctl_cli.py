@@ -446,21 +446,23 @@ def test_health(server: str) -> None:
 
 
 def test_instance(server: str) -> None:
-    res = run("instance", "--url", server, "--json")
+    admin = {"PRINTD_TOKEN": _token("admin", "*")}
+    res = run("instance", "--url", server, "--json", env=admin)
     assert res.exit_code == 0, res.output
     body = json.loads(res.stdout)
     assert {"connections", "messages", "bytes", "jobs", "memory", "rates"} <= set(body)
-    res = run("instance", "--url", server)
+    res = run("instance", "--url", server, env=admin)
     assert res.exit_code == 0, res.output
     assert "connections by role" in res.stdout and "saving" in res.stdout
 
 
 def test_circuits_list(server: str) -> None:
-    res = run("circuits", "list", "--url", server, "--json")
+    admin = {"PRINTD_TOKEN": _token("admin", "*")}
+    res = run("circuits", "list", "--url", server, "--json", env=admin)
     assert res.exit_code == 0, res.output
     circuits = {c["name"]: c for c in json.loads(res.stdout)["circuits"]}
     assert "store" in circuits
-    res = run("circuits", "list", "--url", server)
+    res = run("circuits", "list", "--url", server, env=admin)
     assert res.exit_code == 0 and "store" in res.stdout
 
 
@@ -478,7 +480,7 @@ def test_circuit_actions_with_an_admin_token(server: str) -> None:
         res = run("circuits", "force-open", "store", "--url", server, "--token", admin, "--json")
         assert res.exit_code == 0, res.output
         assert json.loads(res.stdout)["circuit"]["state"] == "forced_open"
-        res = run("circuits", "list", "--url", server, "--json")
+        res = run("circuits", "list", "--url", server, "--json", "--token", admin)
         assert {c["name"]: c["state"] for c in json.loads(res.stdout)["circuits"]}["store"] == "forced_open"
     finally:
         res = run("circuits", "reset", "store", "--url", server, env={"PRINTD_TOKEN": admin})
