@@ -1,8 +1,10 @@
 """The print job and its lifecycle, free of I/O.
 
-A job moves ``queued -> dispatched -> acked -> printed | failed | expired``. Every store
-backend applies the same guarded transitions so that a late or duplicated message from an
-agent can never move a finished job again: that is what keeps a ticket from printing twice.
+A job moves ``queued -> dispatched -> acked -> printed | failed | expired``. `TRANSITIONS` is
+the whole lifecycle in one table: for each event, the states a job may be in and the state it
+moves to. Every store backend applies exactly these as guarded compare-and-set updates, so a
+late or duplicated message from an agent can never move a finished job again: that is what
+keeps a ticket from printing twice.
 """
 
 from __future__ import annotations
@@ -26,7 +28,38 @@ class JobState(StrEnum):
 
 
 TERMINAL_STATES = frozenset({JobState.PRINTED, JobState.FAILED, JobState.EXPIRED})
+LIVE_STATES = frozenset(s for s in JobState if s not in TERMINAL_STATES)
 JOB_KINDS = frozenset({"print", "test"})
+
+
+class JobEvent(StrEnum):
+    DISPATCH = "dispatch"  # first send to the agent
+    REDISPATCH = "redispatch"  # a re-send: counts the attempt, keeps the state
+    ACK = "ack"  # the agent has the job
+    PRINTED = "printed"  # the agent's result: success
+    FAILED = "failed"  # the agent's result: failure
+    EXPIRE = "expire"  # given up (unacknowledged, or never delivered within the TTL)
+    REQUEUE = "requeue"  # dispatched by an instance that is gone: waits for the agent again
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    from_states: frozenset[JobState]
+    to: JobState | None  # None: the state does not change
+
+
+_Q, _D, _A = JobState.QUEUED, JobState.DISPATCHED, JobState.ACKED
+
+#: The lifecycle. Anything not listed here is refused by the store.
+TRANSITIONS: dict[JobEvent, Transition] = {
+    JobEvent.DISPATCH: Transition(frozenset({_Q}), _D),
+    JobEvent.REDISPATCH: Transition(frozenset({_D, _A}), None),
+    JobEvent.ACK: Transition(frozenset({_Q, _D}), _A),
+    JobEvent.PRINTED: Transition(LIVE_STATES, JobState.PRINTED),
+    JobEvent.FAILED: Transition(LIVE_STATES, JobState.FAILED),
+    JobEvent.EXPIRE: Transition(LIVE_STATES, JobState.EXPIRED),
+    JobEvent.REQUEUE: Transition(frozenset({_D}), _Q),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +102,7 @@ class Job:
     created_at: float
     updated_at: float
     idempotency_key: str | None = None
+    origin: str | None = None  # the instance that accepted it (where a test's caller waits)
     dispatched_at: float | None = None
     acked_at: float | None = None
     finished_at: float | None = None

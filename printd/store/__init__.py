@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from printd.store.base import Store, StoreError, StoreUnavailable
+from printd.store.base import Store, StoreCircuitOpen, StoreError, StoreUnavailable
+from printd.store.sql import SqlStore
 
-__all__ = ["Store", "StoreError", "StoreUnavailable", "open_store"]
+__all__ = ["Store", "StoreCircuitOpen", "StoreError", "StoreUnavailable", "open_store"]
 
 ACCEPTED_SCHEMES = "sqlite:///abs/path.db, sqlite:relative.db, postgresql://..., postgres://..."
 
 
-def open_store(url: str, *, pool_size: int = 10, statement_timeout_ms: int = 5000) -> Store:
+def open_store(url: str, *, pool_size: int = 10, statement_timeout_ms: int = 5000) -> SqlStore:
     """Build the backend ``url`` names; it is not connected yet: ``await store.open()``.
 
     For SQLite ``statement_timeout_ms`` is how long a write waits for the file lock and

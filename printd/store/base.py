@@ -4,15 +4,20 @@ All methods are called from trio tasks. Job transitions are guarded compare-and-
 run inside one transaction, so a late or duplicated agent message can never move a finished
 job again (that is what keeps a kitchen ticket from being lost or printed twice).
 
-Single-job results (``create_job``, ``get_job`` and the transitions) carry ``Job.history``;
-list methods (``list_jobs``, ``deliverable_jobs``, ``unfinished_jobs``) leave it empty to stay
-one query.
+Only ``get_job`` reads ``Job.history`` (the audit trail an operator asks for); everything on
+the delivery path leaves it empty, so a transition is one statement.
+
+Fencing (docs/architecture.md): every transition made for an agent carries the agent's session
+(`AgentFence`), and leader chores carry the leader's token; the store refuses a stale one
+(`StaleSession`, `StaleLeader`), so an instance that was paused or cut off and still believes it
+holds an agent or the leadership cannot act on that belief, whatever Redis says.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -25,6 +30,68 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):
     """The database cannot be reached right now; the caller may retry later."""
+
+
+class StoreCircuitOpen(StoreUnavailable):
+    """The store's circuit is open: the call was not even tried. Callers treat it like any
+    other unavailability; `retry_after` says when the next trial is due."""
+
+    def __init__(self, message: str, *, retry_after: float, circuit: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.circuit = circuit
+
+
+class StaleSession(StoreError):
+    """The agent connected again since (here or on another instance): the session a transition
+    was made under is no longer the agent's current one, and the store refused it."""
+
+
+class StaleLeader(StoreError):
+    """Another instance became leader since: this one's fencing token is out of date."""
+
+
+class UnknownJob(StoreError, LookupError):
+    """No such job for this agent (unknown id, another company, or another agent's job)."""
+
+
+class InstanceConflict(StoreError):
+    """Another live instance makes this one's start unsafe (same id, or no cluster to share)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentFence:
+    """The agent session a transition is made under."""
+
+    company: str
+    agent_id: str
+    session: int
+
+
+@dataclass(frozen=True, slots=True)
+class AgentClaim:
+    """An agent connected on `instance_id`: it takes a new session."""
+
+    company: str
+    agent_id: str
+    instance_id: str
+    incarnation: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedSession:
+    session: int
+    has_live_jobs: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    instance_id: str
+    incarnation: str
+    clustered: bool
+    url: str
+    started_at: float
+    heartbeat_at: float
 
 
 class Store(ABC):
@@ -60,6 +127,10 @@ class Store(ABC):
     @abstractmethod
     async def ping(self) -> None:
         """One cheap round trip, for health checks; raises StoreUnavailable when down."""
+
+    @abstractmethod
+    async def probe(self) -> None:
+        """Like ping, but never held back by the store's circuit (its recovery probe)."""
 
     # -- printers ----------------------------------------------------------------------------
 
@@ -102,8 +173,10 @@ class Store(ABC):
         payload: dict[str, Any],
         idempotency_key: str | None,
         now: float,
+        origin: str | None = None,
     ) -> tuple[Job, bool]:
-        """Queue a job; with an idempotency key already used by the company, return that job."""
+        """Queue a job; with an idempotency key already used by the company, return that job.
+        `origin` is the accepting instance (a printer test's caller waits there)."""
 
     @abstractmethod
     async def get_job(self, job_id: str, company: str | None = None) -> Job | None:
@@ -121,22 +194,35 @@ class Store(ABC):
         """A company's jobs, newest first, without history."""
 
     @abstractmethod
-    async def record_dispatch(self, job_id: str, now: float) -> Job | None:
-        """Count a send to the agent (queued -> dispatched); None if terminal or unknown."""
+    async def record_dispatch(self, job_id: str, now: float, fence: AgentFence) -> Job | None:
+        """Count a send to the agent (queued -> dispatched, or a re-send of a dispatched/acked
+        job); None if the job ended meanwhile."""
 
     @abstractmethod
-    async def mark_acked(self, job_id: str, now: float) -> Job | None:
-        """The agent took the job (queued|dispatched -> acked); None if terminal or unknown."""
+    async def mark_acked(self, job_id: str, now: float, fence: AgentFence) -> Job | None:
+        """The agent took the job (queued|dispatched -> acked); the job as it is (acked or
+        terminal) otherwise."""
 
     @abstractmethod
     async def finish_job(
-        self, job_id: str, *, success: bool, result: dict[str, Any] | None, error: str | None, now: float
-    ) -> tuple[Job | None, bool]:
-        """Move a live job to printed/failed; (job, False) if it was already terminal."""
+        self,
+        job_id: str,
+        *,
+        success: bool,
+        result: dict[str, Any] | None,
+        error: str | None,
+        now: float,
+        fence: AgentFence,
+    ) -> tuple[Job, bool]:
+        """Move a live job to printed/failed; (job, False) if it had ended already."""
 
     @abstractmethod
-    async def expire_job(self, job_id: str, *, reason: str, now: float) -> Job | None:
-        """Give up on a live job (-> expired, error=reason); None if terminal or unknown."""
+    async def expire_job(
+        self, job_id: str, *, reason: str, now: float, fence: AgentFence | None = None
+    ) -> Job | None:
+        """Give up on a live job (-> expired, error=reason); None if it had ended already.
+        Without a fence (the API's own decision, e.g. an offline agent's test) the state guard
+        alone applies."""
 
     @abstractmethod
     async def deliverable_jobs(
@@ -144,14 +230,57 @@ class Store(ABC):
     ) -> list[Job]:
         """Live jobs for an agent in seq order: what it must get on (re)connect."""
 
-    @abstractmethod
-    async def agents_with_live_jobs(self, agents: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Which of these (company, agent_id) have unfinished jobs: one query for a crowd of
-        agents connecting at once, so only those with work start a delivery."""
+    # -- agent sessions ----------------------------------------------------------------------
 
     @abstractmethod
-    async def unfinished_jobs(self, limit: int = 10000) -> list[Job]:
-        """All live jobs in seq order, for recovery after a restart."""
+    async def claim_agents(self, claims: Sequence[AgentClaim], now: float) -> list[ClaimedSession]:
+        """Agents connected: each takes a new session (higher than any before) on its instance;
+        also says which have unfinished jobs. One transaction for a crowd of reconnects."""
+
+    @abstractmethod
+    async def release_agent(self, fence: AgentFence, now: float) -> bool:
+        """The agent's connection ended: mark it offline, only if `fence` is still current."""
+
+    @abstractmethod
+    async def agents_with_queued_jobs(self, instance_id: str) -> set[tuple[str, str]]:
+        """(company, agent_id) of the agents held by `instance_id` that have queued jobs: the
+        sweep that delivers what a lost routing message would have woken."""
+
+    # -- instances and the leader ------------------------------------------------------------
+
+    @abstractmethod
+    async def register_instance(self, row: InstanceRow, *, ttl: float) -> None:
+        """Record this instance at start. Raises InstanceConflict when a live instance (heartbeat
+        within `ttl`) has the same id with another incarnation, or when either this one or a
+        live other one runs without a cluster (two such instances on one database would each
+        think they hold every agent)."""
+
+    @abstractmethod
+    async def heartbeat_instance(self, instance_id: str, incarnation: str, now: float) -> bool:
+        """Refresh our heartbeat; False if the row was taken over by another incarnation."""
+
+    @abstractmethod
+    async def remove_instance(self, instance_id: str, incarnation: str) -> None:
+        """Leave at a clean stop (compare-and-delete)."""
+
+    @abstractmethod
+    async def list_instances(self) -> list[InstanceRow]:
+        """Every instance row, live or not, by id."""
+
+    @abstractmethod
+    async def take_leadership(self, instance_id: str, now: float) -> int:
+        """A new leader's fencing token (always higher than any before)."""
+
+    @abstractmethod
+    async def expire_queued(self, created_before: float, now: float, token: int) -> list[Job]:
+        """Leader chore: queued jobs older than the cutoff never reached their agent: expire
+        them. Raises StaleLeader when `token` is not the current one."""
+
+    @abstractmethod
+    async def release_orphans(self, heartbeat_before: float, now: float, token: int) -> list[Job]:
+        """Leader chore: agents held by instances whose heartbeat stopped before the cutoff are
+        offline; their dispatched jobs go back to queued (to be delivered wherever the agent
+        reconnects). Returns the requeued jobs. Raises StaleLeader on a stale token."""
 
     @abstractmethod
     async def fleet_summary(self, company: str, *, now: float) -> dict[str, Any]:

@@ -113,7 +113,7 @@ class PostgresStore(SqlStore):
         if pool is not None:
             await trio.to_thread.run_sync(pool.close, limiter=self._limiter)
 
-    async def _run(self, fn: Callable[[Tx], T], *, write: bool) -> T:
+    async def _exec(self, fn: Callable[[Tx], T], *, write: bool) -> T:
         # Reads and writes alike run in a READ COMMITTED transaction; ``write`` is not needed.
         pool = self._pool
         if pool is None:

@@ -17,25 +17,51 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
 
-from printd.jobs.model import TERMINAL_STATES, Job, JobState, Printer
+from printd.breakers import Circuit, CircuitOpenError
+from printd.jobs.model import LIVE_STATES, TRANSITIONS, Job, JobEvent, JobState, Printer
 from printd.store import migrate
-from printd.store.base import Store, StoreError
+from printd.store.base import (
+    AgentClaim,
+    AgentFence,
+    ClaimedSession,
+    InstanceConflict,
+    InstanceRow,
+    StaleLeader,
+    StaleSession,
+    Store,
+    StoreCircuitOpen,
+    StoreError,
+    UnknownJob,
+)
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
 
 JOB_COLUMNS = (
     "job_id, correlation_id, company, branch, printer_id, agent_id, kind, payload, state, attempts, seq,"
-    " created_at, updated_at, idempotency_key, dispatched_at, acked_at, finished_at, result, error"
+    " created_at, updated_at, idempotency_key, dispatched_at, acked_at, finished_at, result, error, origin"
 )
 # What a job listing shows (Job.to_json): the payload (up to max_payload_bytes each) is left out
 # and comes back as {}, so listing 1000 jobs never reads 1000 payloads only to drop them.
 LIST_JOB_COLUMNS = JOB_COLUMNS.replace("payload", "NULL")
+INSTANCE_COLUMNS = "instance_id, incarnation, clustered, url, started_at, heartbeat_at"
 PRINTER_COLUMNS = "company, printer_id, branch, agent_id, status, details, created_at, updated_at"
 
-# Spelled as literals (not parameters) so the partial index on live jobs can be used.
-LIVE = tuple(s for s in JobState if s not in TERMINAL_STATES)
-LIVE_SQL = "(" + ", ".join(f"'{s}'" for s in LIVE) + ")"
+
+def _states_sql(states: frozenset[JobState]) -> str:
+    """A state set as SQL literals (not parameters), so partial indexes on states can be used."""
+    return "(" + ", ".join(f"'{s}'" for s in sorted(states)) + ")"
+
+
+LIVE_SQL = _states_sql(LIVE_STATES)
+
+#: A transition made for an agent holds only under the agent's current session.
+FENCE_SQL = (
+    "EXISTS (SELECT 1 FROM agent_sessions s WHERE s.company = jobs.company"
+    " AND s.agent_id = jobs.agent_id AND s.session = ? AND s.instance_id IS NOT NULL)"
+)
+#: A leader chore holds only under the current fencing token.
+LEADER_SQL = "(SELECT token FROM cluster_leader WHERE id = 1) = ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +134,7 @@ def job_from_row(tx: Tx, row: Row, history: tuple[tuple[str, float], ...] = ()) 
         finished_at=_opt_float(row[16]),
         result=tx.load(row[17]),
         error=row[18],
+        origin=row[19],
         history=history,
     )
 
@@ -129,13 +156,6 @@ def printer_from_row(tx: Tx, row: Row) -> Printer:
 # -- job helpers, each runs inside a caller's transaction ------------------------------------
 
 
-def _with_history(tx: Tx, row: Row | None) -> Job | None:
-    if row is None:
-        return None
-    events = tx.all("SELECT state, at FROM job_events WHERE job_id = ? ORDER BY seq", (row[0],))
-    return job_from_row(tx, row, tuple((str(s), float(at)) for s, at in events))
-
-
 def _event(tx: Tx, job_id: str, state: JobState, at: float, detail: str | None = None) -> None:
     tx.all(
         "INSERT INTO job_events (job_id, state, at, detail) VALUES (?, ?, ?, ?)",
@@ -144,37 +164,62 @@ def _event(tx: Tx, job_id: str, state: JobState, at: float, detail: str | None =
 
 
 def _load_job(tx: Tx, job_id: str) -> Job | None:
-    return _with_history(tx, tx.one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)))
+    row = tx.one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
+    if row is None:
+        return None
+    events = tx.all("SELECT state, at FROM job_events WHERE job_id = ? ORDER BY seq", (row[0],))
+    return job_from_row(tx, row, tuple((str(s), float(at)) for s, at in events))
 
 
-def _guarded_update(
-    tx: Tx, job_id: str, from_states: Sequence[JobState], set_sql: str, params: Sequence[Any]
-) -> Row | None:
-    """Compare-and-set: update only if the job is still in one of ``from_states``."""
-    marks = ", ".join("?" for _ in from_states)
-    return tx.one(
-        f"UPDATE jobs SET {set_sql} WHERE job_id = ? AND state IN ({marks}) RETURNING {JOB_COLUMNS}",
-        (*params, job_id, *(str(s) for s in from_states)),
-    )
-
-
-def _transition(
+def _apply(
     tx: Tx,
     job_id: str,
-    from_states: Sequence[JobState],
-    to: JobState,
+    event: JobEvent,
     set_sql: str,
     params: Sequence[Any],
     now: float,
+    *,
+    fence: AgentFence | None,
     detail: str | None = None,
 ) -> Job | None:
-    row = _guarded_update(
-        tx, job_id, from_states, f"state = ?, updated_at = ?, {set_sql}", (to, now, *params)
-    )
+    """One lifecycle transition as a compare-and-set UPDATE: the database re-checks the state
+    (and the agent's session, when fenced) under the row lock, so two racing messages cannot
+    both move a job. None when the guard did not hold."""
+    transition = TRANSITIONS[event]
+    sets = ["updated_at = ?", set_sql] if set_sql else ["updated_at = ?"]
+    values: list[Any] = [now, *params]
+    if transition.to is not None:
+        sets.insert(0, "state = ?")
+        values.insert(0, transition.to)
+    where = f"job_id = ? AND state IN {_states_sql(transition.from_states)}"
+    values.append(job_id)
+    if fence is not None:
+        where += f" AND company = ? AND agent_id = ? AND {FENCE_SQL}"
+        values += [fence.company, fence.agent_id, fence.session]
+    row = tx.one(f"UPDATE jobs SET {', '.join(sets)} WHERE {where} RETURNING {JOB_COLUMNS}", values)
     if row is None:
         return None
-    _event(tx, job_id, to, now, detail)
-    return _with_history(tx, row)
+    if transition.to is not None:
+        _event(tx, job_id, transition.to, now, detail)
+    return job_from_row(tx, row)
+
+
+def _why_not(tx: Tx, job_id: str, fence: AgentFence) -> Job:
+    """After a fenced transition did not apply: raise if the job is not this agent's or the
+    session is stale, else return the job as it is (its state did not allow the event)."""
+    row = tx.one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
+    if row is None or row[2] != fence.company or row[5] != fence.agent_id:
+        raise UnknownJob(f"job {job_id!r} is not dispatched to this agent")
+    current = tx.one(
+        "SELECT session, instance_id FROM agent_sessions WHERE company = ? AND agent_id = ?",
+        (fence.company, fence.agent_id),
+    )
+    if current is None or int(current[0]) != fence.session or current[1] is None:
+        raise StaleSession(
+            f"agent {fence.agent_id!r} session {fence.session} is stale"
+            f" (current: {None if current is None else current[0]})"
+        )
+    return job_from_row(tx, row)
 
 
 def _jobs(
@@ -186,20 +231,62 @@ def _jobs(
     return [job_from_row(tx, r) for r in rows]
 
 
+def _check_leader(tx: Tx, token: int) -> None:
+    row = tx.one("SELECT token FROM cluster_leader WHERE id = 1")
+    if row is None or int(row[0]) != token:
+        raise StaleLeader(f"leader token {token} is stale (current: {None if row is None else row[0]})")
+
+
+def instance_from_row(row: Row) -> InstanceRow:
+    return InstanceRow(
+        instance_id=row[0],
+        incarnation=row[1],
+        clustered=bool(row[2]),
+        url=row[3],
+        started_at=float(row[4]),
+        heartbeat_at=float(row[5]),
+    )
+
+
 class SqlStore(Store):
-    """Store implemented once over ``_run``; subclasses provide connections and threads."""
+    """Store implemented once over ``_run``; subclasses provide connections and threads.
+
+    Every call passes through ``_run``, which is where the `store` circuit guards them: when the
+    database stops answering, calls fail at once with StoreCircuitOpen (the API answers 503 +
+    Retry-After) instead of piling up worker threads behind a dead connection. Migrations and
+    the recovery probe are not guarded.
+    """
 
     dialect: Dialect
+    circuit: Circuit | None = None
+
+    def guard_with(self, circuit: Circuit) -> None:
+        self.circuit = circuit
 
     @abstractmethod
-    async def _run(self, fn: Callable[[Tx], T], *, write: bool) -> T:
+    async def _exec(self, fn: Callable[[Tx], T], *, write: bool) -> T:
         """Run ``fn`` in a worker thread inside one transaction; map driver errors."""
+
+    async def _run(self, fn: Callable[[Tx], T], *, write: bool) -> T:
+        circuit = self.circuit
+        if circuit is None:
+            return await self._exec(fn, write=write)
+        try:
+            async with circuit.guard():
+                return await self._exec(fn, write=write)
+        except CircuitOpenError as exc:
+            raise StoreCircuitOpen(str(exc), retry_after=exc.retry_after, circuit=exc.circuit) from None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def migrate(self) -> list[int]:
         migrations = migrate.load(self.dialect.name)
-        return await self._run(lambda tx: migrate.apply(tx, migrations, time.time()), write=True)
+        return await self._exec(lambda tx: migrate.apply(tx, migrations, time.time()), write=True)
+
+    async def probe(self) -> None:
+        """One round trip that bypasses the circuit: how an open circuit learns the database is
+        back without waiting out its open timeout."""
+        await self._exec(lambda tx: tx.one("SELECT 1"), write=False)
 
     async def schema_version(self) -> int:
         return await self._run(migrate.current_version, write=False)
@@ -283,6 +370,7 @@ class SqlStore(Store):
         payload: dict[str, Any],
         idempotency_key: str | None,
         now: float,
+        origin: str | None = None,
     ) -> tuple[Job, bool]:
         def run(tx: Tx) -> tuple[Job, bool]:
             job_id = uuid.uuid4().hex
@@ -290,26 +378,25 @@ class SqlStore(Store):
             # or never overlaps (SQLite's single writer), so the SELECT below finds the winner.
             row = tx.one(
                 "INSERT INTO jobs (job_id, correlation_id, company, branch, printer_id, agent_id, kind,"
-                " payload, state, attempts, idempotency_key, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"
+                " payload, state, attempts, idempotency_key, created_at, updated_at, origin)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)"
                 " ON CONFLICT (company, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
                 f" RETURNING {JOB_COLUMNS}",
                 (
                     *(job_id, uuid.uuid4().hex, company, branch, printer_id, agent_id, kind),
-                    *(tx.dump(payload), JobState.QUEUED, idempotency_key, now, now),
+                    *(tx.dump(payload), JobState.QUEUED, idempotency_key, now, now, origin),
                 ),
             )
             if row is not None:
                 _event(tx, job_id, JobState.QUEUED, now)
-                return job_from_row(tx, row, ((JobState.QUEUED.value, float(now)),)), True
+                return job_from_row(tx, row), True
             existing = tx.one(
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE company = ? AND idempotency_key = ?",
                 (company, idempotency_key),
             )
-            job = _with_history(tx, existing)
-            if job is None:
+            if existing is None:
                 raise StoreError("idempotency key conflict but no existing job found")
-            return job, False
+            return job_from_row(tx, existing), False
 
         return await self._run(run, write=True)
 
@@ -340,60 +427,59 @@ class SqlStore(Store):
             write=False,
         )
 
-    async def record_dispatch(self, job_id: str, now: float) -> Job | None:
+    async def record_dispatch(self, job_id: str, now: float, fence: AgentFence) -> Job | None:
         def run(tx: Tx) -> Job | None:
             counted = "attempts = attempts + 1, dispatched_at = ?"
-            job = _transition(tx, job_id, [JobState.QUEUED], JobState.DISPATCHED, counted, [now], now)
-            if job is not None:
-                return job
-            # A re-send of a dispatched/acked job counts the attempt but keeps the state.
-            row = _guarded_update(
-                tx, job_id, [JobState.DISPATCHED, JobState.ACKED], f"updated_at = ?, {counted}", [now, now]
-            )
-            return _with_history(tx, row)
+            job = _apply(tx, job_id, JobEvent.DISPATCH, counted, [now], now, fence=fence)
+            if job is None:
+                job = _apply(tx, job_id, JobEvent.REDISPATCH, counted, [now], now, fence=fence)
+            if job is None:
+                _why_not(tx, job_id, fence)  # raises unless the job simply ended meanwhile
+            return job
 
         return await self._run(run, write=True)
 
-    async def mark_acked(self, job_id: str, now: float) -> Job | None:
+    async def mark_acked(self, job_id: str, now: float, fence: AgentFence) -> Job | None:
         def run(tx: Tx) -> Job | None:
-            live = [JobState.QUEUED, JobState.DISPATCHED]
-            job = _transition(tx, job_id, live, JobState.ACKED, "acked_at = ?", [now], now)
-            if job is not None:
-                return job
-            current = _load_job(tx, job_id)
-            return current if current is not None and current.state is JobState.ACKED else None
+            job = _apply(tx, job_id, JobEvent.ACK, "acked_at = ?", [now], now, fence=fence)
+            return job if job is not None else _why_not(tx, job_id, fence)
 
         return await self._run(run, write=True)
 
     async def finish_job(
-        self, job_id: str, *, success: bool, result: dict[str, Any] | None, error: str | None, now: float
-    ) -> tuple[Job | None, bool]:
-        to = JobState.PRINTED if success else JobState.FAILED
+        self,
+        job_id: str,
+        *,
+        success: bool,
+        result: dict[str, Any] | None,
+        error: str | None,
+        now: float,
+        fence: AgentFence,
+    ) -> tuple[Job, bool]:
+        event = JobEvent.PRINTED if success else JobEvent.FAILED
 
-        def run(tx: Tx) -> tuple[Job | None, bool]:
-            job = _transition(
-                tx,
-                job_id,
-                LIVE,
-                to,
-                "finished_at = ?, result = ?, error = ?",
-                [now, tx.dump(result), error],
-                now,
-                detail=error,
+        def run(tx: Tx) -> tuple[Job, bool]:
+            sets = "finished_at = ?, result = ?, error = ?"
+            job = _apply(
+                tx, job_id, event, sets, [now, tx.dump(result), error], now, fence=fence, detail=error
             )
             if job is not None:
                 return job, True
-            return _load_job(tx, job_id), False
+            return _why_not(tx, job_id, fence), False
 
         return await self._run(run, write=True)
 
-    async def expire_job(self, job_id: str, *, reason: str, now: float) -> Job | None:
-        return await self._run(
-            lambda tx: _transition(
-                tx, job_id, LIVE, JobState.EXPIRED, "finished_at = ?, error = ?", [now, reason], now, reason
-            ),
-            write=True,
-        )
+    async def expire_job(
+        self, job_id: str, *, reason: str, now: float, fence: AgentFence | None = None
+    ) -> Job | None:
+        def run(tx: Tx) -> Job | None:
+            sets = "finished_at = ?, error = ?"
+            job = _apply(tx, job_id, JobEvent.EXPIRE, sets, [now, reason], now, fence=fence, detail=reason)
+            if job is None and fence is not None:
+                _why_not(tx, job_id, fence)
+            return job
+
+        return await self._run(run, write=True)
 
     async def deliverable_jobs(
         self, company: str, agent_id: str, limit: int = 500, *, queued_only: bool = False
@@ -405,29 +491,168 @@ class SqlStore(Store):
             where, params = f"company = ? AND agent_id = ? AND state IN {LIVE_SQL}", (company, agent_id)
         return await self._run(lambda tx: _jobs(tx, where, params, "seq", limit), write=False)
 
-    async def agents_with_live_jobs(self, agents: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        wanted = set(agents)
-        ids = sorted({agent_id for _, agent_id in wanted})
+    # -- agent sessions ----------------------------------------------------------------------
 
-        def run(tx: Tx) -> set[tuple[str, str]]:
-            found: set[tuple[str, str]] = set()
-            for i in range(0, len(ids), 500):  # well under every backend's parameter limit
-                chunk = ids[i : i + 500]
-                marks = ", ".join("?" * len(chunk))
+    async def claim_agents(self, claims: Sequence[AgentClaim], now: float) -> list[ClaimedSession]:
+        def run(tx: Tx) -> list[ClaimedSession]:
+            out = []
+            for c in claims:
+                (session,) = tx.one(
+                    "INSERT INTO agent_sessions (company, agent_id, session, instance_id, incarnation,"
+                    " connected_at, released_at) VALUES (?, ?, 1, ?, ?, ?, NULL)"
+                    " ON CONFLICT (company, agent_id) DO UPDATE SET session = agent_sessions.session + 1,"
+                    " instance_id = excluded.instance_id, incarnation = excluded.incarnation,"
+                    " connected_at = excluded.connected_at, released_at = NULL RETURNING session",
+                    (c.company, c.agent_id, c.instance_id, c.incarnation, now),
+                ) or (0,)
+                live = tx.one(
+                    f"SELECT 1 FROM jobs WHERE company = ? AND agent_id = ? AND state IN {LIVE_SQL} LIMIT 1",
+                    (c.company, c.agent_id),
+                )
+                out.append(ClaimedSession(int(session), live is not None))
+            return out
+
+        return await self._run(run, write=True) if claims else []
+
+    async def release_agent(self, fence: AgentFence, now: float) -> bool:
+        row = await self._run(
+            lambda tx: tx.one(
+                "UPDATE agent_sessions SET instance_id = NULL, incarnation = NULL, released_at = ?"
+                " WHERE company = ? AND agent_id = ? AND session = ? AND instance_id IS NOT NULL"
+                " RETURNING session",
+                (now, fence.company, fence.agent_id, fence.session),
+            ),
+            write=True,
+        )
+        return row is not None
+
+    async def agents_with_queued_jobs(self, instance_id: str) -> set[tuple[str, str]]:
+        rows = await self._run(
+            lambda tx: tx.all(
+                "SELECT DISTINCT j.company, j.agent_id FROM jobs j JOIN agent_sessions s"
+                " ON s.company = j.company AND s.agent_id = j.agent_id"
+                " WHERE j.state = 'queued' AND s.instance_id = ?",
+                (instance_id,),
+            ),
+            write=False,
+        )
+        return {(str(c), str(a)) for c, a in rows}
+
+    # -- instances and the leader ------------------------------------------------------------
+
+    async def register_instance(self, row: InstanceRow, *, ttl: float) -> None:
+        def run(tx: Tx) -> None:
+            alive_after = row.heartbeat_at - ttl
+            others = [
+                instance_from_row(r)
+                for r in tx.all(
+                    f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE heartbeat_at > ?", (alive_after,)
+                )
+            ]
+            for other in others:
+                if other.instance_id == row.instance_id and other.incarnation != row.incarnation:
+                    raise InstanceConflict(
+                        f"instance id {row.instance_id!r} is in use by a live instance at {other.url}"
+                        f" (last heartbeat {row.heartbeat_at - other.heartbeat_at:.1f} s ago);"
+                        " give this one another INSTANCE_ID"
+                    )
+                if other.instance_id != row.instance_id and not (other.clustered and row.clustered):
+                    alone = other if not other.clustered else row
+                    raise InstanceConflict(
+                        f"instance {other.instance_id!r} at {other.url} uses this database"
+                        f" (last heartbeat {row.heartbeat_at - other.heartbeat_at:.1f} s ago), and"
+                        f" {'it' if alone is other else 'this one'} runs without a cluster: several"
+                        " instances on one database need REDIS_URL (one cluster), or stop the other"
+                    )
+            tx.all(
+                f"INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (instance_id) DO UPDATE SET incarnation = excluded.incarnation,"
+                " clustered = excluded.clustered, url = excluded.url, started_at = excluded.started_at,"
+                " heartbeat_at = excluded.heartbeat_at",
+                (row.instance_id, row.incarnation, row.clustered, row.url, row.started_at, row.heartbeat_at),
+            )
+
+        await self._run(run, write=True)
+
+    async def heartbeat_instance(self, instance_id: str, incarnation: str, now: float) -> bool:
+        row = await self._run(
+            lambda tx: tx.one(
+                "UPDATE instances SET heartbeat_at = ? WHERE instance_id = ? AND incarnation = ?"
+                " RETURNING instance_id",
+                (now, instance_id, incarnation),
+            ),
+            write=True,
+        )
+        return row is not None
+
+    async def remove_instance(self, instance_id: str, incarnation: str) -> None:
+        await self._run(
+            lambda tx: tx.all(
+                "DELETE FROM instances WHERE instance_id = ? AND incarnation = ?", (instance_id, incarnation)
+            ),
+            write=True,
+        )
+
+    async def list_instances(self) -> list[InstanceRow]:
+        rows = await self._run(
+            lambda tx: tx.all(f"SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY instance_id"), write=False
+        )
+        return [instance_from_row(r) for r in rows]
+
+    async def take_leadership(self, instance_id: str, now: float) -> int:
+        row = await self._run(
+            lambda tx: tx.one(
+                "UPDATE cluster_leader SET token = token + 1, instance_id = ?, since = ? WHERE id = 1"
+                " RETURNING token",
+                (instance_id, now),
+            ),
+            write=True,
+        )
+        if row is None:
+            raise StoreError("cluster_leader row is missing (run the migrations)")
+        return int(row[0])
+
+    async def expire_queued(self, created_before: float, now: float, token: int) -> list[Job]:
+        reason = "not delivered within job_ttl"
+
+        def run(tx: Tx) -> list[Job]:
+            _check_leader(tx, token)
+            rows = tx.all(
+                "UPDATE jobs SET state = ?, updated_at = ?, finished_at = ?, error = ?"
+                f" WHERE state = 'queued' AND created_at < ? AND {LEADER_SQL} RETURNING {JOB_COLUMNS}",
+                (JobState.EXPIRED, now, now, reason, created_before, token),
+            )
+            for r in rows:
+                _event(tx, r[0], JobState.EXPIRED, now, reason)
+            return [job_from_row(tx, r) for r in rows]
+
+        return await self._run(run, write=True)
+
+    async def release_orphans(self, heartbeat_before: float, now: float, token: int) -> list[Job]:
+        def run(tx: Tx) -> list[Job]:
+            _check_leader(tx, token)
+            orphaned = tx.all(
+                "UPDATE agent_sessions SET instance_id = NULL, incarnation = NULL, released_at = ?"
+                " WHERE instance_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM instances i"
+                " WHERE i.instance_id = agent_sessions.instance_id"
+                " AND i.incarnation = agent_sessions.incarnation AND i.heartbeat_at >= ?)"
+                " RETURNING company, agent_id",
+                (now, heartbeat_before),
+            )
+            requeued: list[Job] = []
+            for company, agent_id in orphaned:
                 rows = tx.all(
-                    f"SELECT DISTINCT company, agent_id FROM jobs"
-                    f" WHERE agent_id IN ({marks}) AND state IN {LIVE_SQL}",
-                    chunk,
+                    "UPDATE jobs SET state = ?, updated_at = ?"
+                    f" WHERE company = ? AND agent_id = ? AND state = 'dispatched' AND {LEADER_SQL}"
+                    f" RETURNING {JOB_COLUMNS}",
+                    (JobState.QUEUED, now, company, agent_id, token),
                 )
-                found.update(
-                    (company, agent_id) for company, agent_id in rows if (company, agent_id) in wanted
-                )
-            return found
+                for r in rows:
+                    _event(tx, r[0], JobState.QUEUED, now, "requeued: its instance is gone")
+                requeued += [job_from_row(tx, r) for r in rows]
+            return requeued
 
-        return await self._run(run, write=False) if ids else set()
-
-    async def unfinished_jobs(self, limit: int = 10000) -> list[Job]:
-        return await self._run(lambda tx: _jobs(tx, f"state IN {LIVE_SQL}", (), "seq", limit), write=False)
+        return await self._run(run, write=True)
 
     async def fleet_summary(self, company: str, *, now: float) -> dict[str, Any]:
         def run(tx: Tx) -> dict[str, Any]:

@@ -106,7 +106,7 @@ class SQLiteStore(SqlStore):
         if conn is not None:
             await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
 
-    async def _run(self, fn: Callable[[Tx], T], *, write: bool) -> T:
+    async def _exec(self, fn: Callable[[Tx], T], *, write: bool) -> T:
         conn = self._conn
         if conn is None:
             raise StoreError("store is not open")

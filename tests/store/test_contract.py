@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -9,6 +10,15 @@ import trio
 
 from printd.jobs.model import Job, JobState
 from printd.store import Store, open_store
+from printd.store.base import (
+    AgentClaim,
+    AgentFence,
+    InstanceConflict,
+    InstanceRow,
+    StaleLeader,
+    StaleSession,
+    UnknownJob,
+)
 
 
 async def new_job(store: Store, **overrides: Any) -> Job:
@@ -32,14 +42,27 @@ def states(job: Job) -> list[str]:
     return [state for state, _ in job.history]
 
 
+async def connect(
+    store: Store, company: str = "acme", agent_id: str = "agent-1", instance: str = "i1", now: float = 1.0
+) -> AgentFence:
+    """The agent connects on `instance`: the session every transition for it is made under."""
+    (claimed,) = await store.claim_agents([AgentClaim(company, agent_id, instance, "inc-1")], now)
+    return AgentFence(company, agent_id, claimed.session)
+
+
+def bare(job: Job | None) -> Job | None:
+    """A job as the delivery path sees it: without the history only get_job reads."""
+    return None if job is None else replace(job, history=())
+
+
 # -- schema ----------------------------------------------------------------------------------
 
 
 async def test_migrate_is_idempotent_and_versioned(raw_store: Store) -> None:
     assert await raw_store.schema_version() == 0
-    assert await raw_store.migrate() == [1]
+    assert await raw_store.migrate() == [1, 2]
     assert await raw_store.migrate() == []
-    assert await raw_store.schema_version() == 1
+    assert await raw_store.schema_version() == 2
     await raw_store.ping()
 
 
@@ -54,7 +77,7 @@ async def test_concurrent_migrators_apply_once(store_url: str) -> None:
     async with trio.open_nursery() as nursery:
         for store in stores:
             nursery.start_soon(run, store)
-    assert sorted(applied) == [[], [], [], [1]]
+    assert sorted(applied) == [[], [], [], [1, 2]]
 
 
 # -- printers --------------------------------------------------------------------------------
@@ -119,8 +142,8 @@ async def test_create_job(store: Store) -> None:
     assert len(job.job_id) == 32 and len(job.correlation_id) == 32 and job.job_id != job.correlation_id
     assert (job.attempts, job.created_at, job.updated_at) == (0, 5.5, 5.5)
     assert job.payload == {"lines": ["1x soup"], "n": 1}
-    assert job.history == (("queued", 5.5),)
-    assert await store.get_job(job.job_id) == job
+    fetched = await store.get_job(job.job_id)
+    assert bare(fetched) == job and fetched is not None and fetched.history == (("queued", 5.5),)
     later = await new_job(store)
     assert later.seq > job.seq
 
@@ -177,15 +200,17 @@ async def test_concurrent_creates_with_same_key_make_one_job(store: Store) -> No
 
 async def test_happy_path_history_in_order(store: Store) -> None:
     job = await new_job(store, now=1.0)
-    dispatched = await store.record_dispatch(job.job_id, 2.0)
+    fence = await connect(store)
+    dispatched = await store.record_dispatch(job.job_id, 2.0, fence)
     assert dispatched is not None
     assert (dispatched.state, dispatched.attempts, dispatched.dispatched_at) == (JobState.DISPATCHED, 1, 2.0)
-    acked = await store.mark_acked(job.job_id, 3.0)
+    assert dispatched.history == ()  # the delivery path does not read the audit trail
+    acked = await store.mark_acked(job.job_id, 3.0, fence)
     assert acked is not None and (acked.state, acked.acked_at) == (JobState.ACKED, 3.0)
     done, changed = await store.finish_job(
-        job.job_id, success=True, result={"cut": True}, error=None, now=4.0
+        job.job_id, success=True, result={"cut": True}, error=None, now=4.0, fence=fence
     )
-    assert changed and done is not None
+    assert changed
     assert (done.state, done.finished_at, done.result, done.error, done.updated_at) == (
         JobState.PRINTED,
         4.0,
@@ -194,38 +219,47 @@ async def test_happy_path_history_in_order(store: Store) -> None:
         4.0,
     )
     fetched = await store.get_job(job.job_id)
-    assert fetched == done
+    assert bare(fetched) == done
+    assert fetched is not None
     assert fetched.history == (("queued", 1.0), ("dispatched", 2.0), ("acked", 3.0), ("printed", 4.0))
 
 
 async def test_finish_twice_keeps_first_outcome(store: Store) -> None:
     job = await new_job(store)
-    first, changed = await store.finish_job(job.job_id, success=True, result={"ok": 1}, error=None, now=2.0)
-    assert changed and first is not None
+    fence = await connect(store)
+    first, changed = await store.finish_job(
+        job.job_id, success=True, result={"ok": 1}, error=None, now=2.0, fence=fence
+    )
+    assert changed
     second, changed = await store.finish_job(
-        job.job_id, success=False, result={"ok": 0}, error="jam", now=3.0
+        job.job_id, success=False, result={"ok": 0}, error="jam", now=3.0, fence=fence
     )
     assert not changed
     assert second == first
     assert second.state is JobState.PRINTED and second.result == {"ok": 1} and second.error is None
-    assert states(second) == ["queued", "printed"]
+    fetched = await store.get_job(job.job_id)
+    assert fetched is not None and states(fetched) == ["queued", "printed"]
 
 
 async def test_failed_job_records_error(store: Store) -> None:
     job = await new_job(store)
+    fence = await connect(store)
     failed, changed = await store.finish_job(
-        job.job_id, success=False, result=None, error="paper out", now=2.0
+        job.job_id, success=False, result=None, error="paper out", now=2.0, fence=fence
     )
-    assert changed and failed is not None
+    assert changed
     assert (failed.state, failed.error, failed.result) == (JobState.FAILED, "paper out", None)
 
 
 async def test_no_transition_after_terminal(store: Store) -> None:
     job = await new_job(store)
-    await store.record_dispatch(job.job_id, 2.0)
-    await store.finish_job(job.job_id, success=True, result=None, error=None, now=3.0)
-    assert await store.mark_acked(job.job_id, 4.0) is None
-    assert await store.record_dispatch(job.job_id, 4.0) is None
+    fence = await connect(store)
+    await store.record_dispatch(job.job_id, 2.0, fence)
+    await store.finish_job(job.job_id, success=True, result=None, error=None, now=3.0, fence=fence)
+    late_ack = await store.mark_acked(job.job_id, 4.0, fence)
+    assert late_ack is not None and late_ack.state is JobState.PRINTED  # as it is: not moved
+    assert await store.record_dispatch(job.job_id, 4.0, fence) is None
+    assert await store.expire_job(job.job_id, reason="late", now=4.0, fence=fence) is None
     assert await store.expire_job(job.job_id, reason="late", now=4.0) is None
     final = await store.get_job(job.job_id)
     assert final is not None
@@ -235,15 +269,17 @@ async def test_no_transition_after_terminal(store: Store) -> None:
 
 async def test_ack_is_idempotent(store: Store) -> None:
     job = await new_job(store)
-    acked = await store.mark_acked(job.job_id, 2.0)  # straight from queued
+    fence = await connect(store)
+    acked = await store.mark_acked(job.job_id, 2.0, fence)  # straight from queued
     assert acked is not None and acked.state is JobState.ACKED
-    again = await store.mark_acked(job.job_id, 3.0)
+    again = await store.mark_acked(job.job_id, 3.0, fence)
     assert again == acked and again.acked_at == 2.0
 
 
 async def test_expire(store: Store) -> None:
     job = await new_job(store)
-    await store.record_dispatch(job.job_id, 2.0)
+    fence = await connect(store)
+    await store.record_dispatch(job.job_id, 2.0, fence)
     expired = await store.expire_job(job.job_id, reason="agent offline too long", now=9.0)
     assert expired is not None
     assert (expired.state, expired.error, expired.finished_at) == (
@@ -251,39 +287,82 @@ async def test_expire(store: Store) -> None:
         "agent offline too long",
         9.0,
     )
-    assert states(expired) == ["queued", "dispatched", "expired"]
-    late, changed = await store.finish_job(job.job_id, success=True, result=None, error=None, now=10.0)
+    fetched = await store.get_job(job.job_id)
+    assert fetched is not None and states(fetched) == ["queued", "dispatched", "expired"]
+    late, changed = await store.finish_job(
+        job.job_id, success=True, result=None, error=None, now=10.0, fence=fence
+    )
     assert not changed and late == expired
 
 
 async def test_attempts_count_every_dispatch(store: Store) -> None:
     job = await new_job(store)
+    fence = await connect(store)
     for t in (2.0, 3.0, 4.0):
-        current = await store.record_dispatch(job.job_id, t)
+        current = await store.record_dispatch(job.job_id, t, fence)
     assert current is not None
     assert (current.state, current.attempts, current.dispatched_at) == (JobState.DISPATCHED, 3, 4.0)
-    await store.mark_acked(job.job_id, 5.0)
-    redelivered = await store.record_dispatch(job.job_id, 6.0)
+    await store.mark_acked(job.job_id, 5.0, fence)
+    redelivered = await store.record_dispatch(job.job_id, 6.0, fence)
     assert redelivered is not None
     assert (redelivered.state, redelivered.attempts) == (JobState.ACKED, 4)
-    assert states(redelivered) == ["queued", "dispatched", "acked"]
+    fetched = await store.get_job(job.job_id)
+    assert fetched is not None and states(fetched) == ["queued", "dispatched", "acked"]
 
 
-async def test_unknown_job(store: Store) -> None:
+async def test_reports_for_unknown_or_foreign_jobs_are_refused(store: Store) -> None:
+    mine = await new_job(store)
+    theirs = await new_job(store, agent_id="agent-2")
+    other_company = await new_job(store, company="other")
+    fence = await connect(store)
     assert await store.get_job("missing") is None
-    assert await store.record_dispatch("missing", 1.0) is None
-    assert await store.mark_acked("missing", 1.0) is None
-    assert await store.finish_job("missing", success=True, result=None, error=None, now=1.0) == (None, False)
+    for job_id in ("missing", theirs.job_id, other_company.job_id):
+        with pytest.raises(UnknownJob):
+            await store.record_dispatch(job_id, 1.0, fence)
+        with pytest.raises(UnknownJob):
+            await store.mark_acked(job_id, 1.0, fence)
+        with pytest.raises(UnknownJob):
+            await store.finish_job(job_id, success=True, result=None, error=None, now=1.0, fence=fence)
     assert await store.expire_job("missing", reason="x", now=1.0) is None
+    for job in (mine, theirs, other_company):
+        fetched = await store.get_job(job.job_id)
+        assert fetched is not None and fetched.state is JobState.QUEUED
+
+
+async def test_a_stale_session_cannot_move_a_job(store: Store) -> None:
+    """Fencing: the agent reconnected (here or elsewhere); the old connection's instance can
+    neither dispatch, record an ack or a result, nor expire the agent's jobs."""
+    job = await new_job(store)
+    old = await connect(store, instance="i1")
+    await store.record_dispatch(job.job_id, 2.0, old)
+    new = await connect(store, instance="i2")
+    assert new.session > old.session
+    with pytest.raises(StaleSession):
+        await store.record_dispatch(job.job_id, 3.0, old)
+    with pytest.raises(StaleSession):
+        await store.mark_acked(job.job_id, 3.0, old)
+    with pytest.raises(StaleSession):
+        await store.finish_job(job.job_id, success=True, result=None, error=None, now=3.0, fence=old)
+    with pytest.raises(StaleSession):
+        await store.expire_job(job.job_id, reason="x", now=3.0, fence=old)
+    fetched = await store.get_job(job.job_id)
+    assert fetched is not None and (fetched.state, fetched.attempts) == (JobState.DISPATCHED, 1)
+    assert (await store.record_dispatch(job.job_id, 4.0, new)) is not None
+    assert await store.release_agent(new, 5.0)
+    with pytest.raises(StaleSession):  # released: offline, nobody may act for it
+        await store.mark_acked(job.job_id, 6.0, new)
 
 
 async def test_racing_finishes_change_the_job_once(store: Store) -> None:
     job = await new_job(store)
-    outcomes: list[tuple[Job | None, bool]] = []
+    fence = await connect(store)
+    outcomes: list[tuple[Job, bool]] = []
 
     async def finish(i: int) -> None:
         outcomes.append(
-            await store.finish_job(job.job_id, success=i % 2 == 0, result={"i": i}, error=None, now=float(i))
+            await store.finish_job(
+                job.job_id, success=i % 2 == 0, result={"i": i}, error=None, now=float(i), fence=fence
+            )
         )
 
     async with trio.open_nursery() as nursery:
@@ -298,9 +377,10 @@ async def test_racing_finishes_change_the_job_once(store: Store) -> None:
 
 async def test_racing_dispatches_lose_no_attempt(store: Store) -> None:
     job = await new_job(store)
+    fence = await connect(store)
     async with trio.open_nursery() as nursery:
         for i in range(20):
-            nursery.start_soon(store.record_dispatch, job.job_id, float(i))
+            nursery.start_soon(store.record_dispatch, job.job_id, float(i), fence)
     final = await store.get_job(job.job_id)
     assert final is not None and final.attempts == 20
     assert states(final) == ["queued", "dispatched"]
@@ -318,9 +398,10 @@ async def test_deliverable_jobs_in_seq_order_for_one_agent(store: Store) -> None
     acked = await new_job(store)
     printed = await new_job(store)
     expired = await new_job(store)
-    await store.record_dispatch(dispatched.job_id, 2.0)
-    await store.mark_acked(acked.job_id, 2.0)
-    await store.finish_job(printed.job_id, success=True, result=None, error=None, now=2.0)
+    fence = await connect(store)
+    await store.record_dispatch(dispatched.job_id, 2.0, fence)
+    await store.mark_acked(acked.job_id, 2.0, fence)
+    await store.finish_job(printed.job_id, success=True, result=None, error=None, now=2.0, fence=fence)
     await store.expire_job(expired.job_id, reason="x", now=2.0)
 
     jobs = await store.deliverable_jobs("acme", "agent-1")
@@ -342,21 +423,12 @@ async def test_deliverable_jobs_in_seq_order_for_one_agent(store: Store) -> None
     assert [j.job_id for j in await store.deliverable_jobs("other", "agent-1")] == [other_company.job_id]
 
 
-async def test_unfinished_jobs_across_companies(store: Store) -> None:
-    a = await new_job(store)
-    b = await new_job(store, company="other", agent_id="agent-9")
-    c = await new_job(store)
-    d = await new_job(store)
-    await store.mark_acked(c.job_id, 2.0)
-    await store.finish_job(d.job_id, success=False, result=None, error="x", now=2.0)
-    assert [j.job_id for j in await store.unfinished_jobs()] == [a.job_id, b.job_id, c.job_id]
-    assert [j.job_id for j in await store.unfinished_jobs(limit=1)] == [a.job_id]
-
-
 async def test_list_jobs_filters_newest_first(store: Store) -> None:
     jobs = [await new_job(store, printer_id=f"p{i % 2}", now=float(i)) for i in range(5)]
     await new_job(store, company="other")
-    await store.finish_job(jobs[0].job_id, success=True, result=None, error=None, now=9.0)
+    await store.finish_job(
+        jobs[0].job_id, success=True, result=None, error=None, now=9.0, fence=await connect(store)
+    )
     ids = [j.job_id for j in jobs]
 
     assert [j.job_id for j in await store.list_jobs("acme")] == ids[::-1]
@@ -372,7 +444,7 @@ async def test_list_jobs_filters_newest_first(store: Store) -> None:
 
 async def test_get_job_company_scoping(store: Store) -> None:
     job = await new_job(store)
-    assert await store.get_job(job.job_id, "acme") == job
+    assert bare(await store.get_job(job.job_id, "acme")) == job
     assert await store.get_job(job.job_id, "other") is None
 
 
@@ -394,7 +466,8 @@ async def test_fleet_summary(store: Store) -> None:
     old_queued = await new_job(store, now=now - 120)
     await new_job(store, now=now - 30)
     acked = await new_job(store, now=now - 10)
-    await store.mark_acked(acked.job_id, now - 5)
+    fence = await connect(store)
+    await store.mark_acked(acked.job_id, now - 5, fence)
     for finished_at, success in [
         (now - 60, True),
         (now - 4000, True),
@@ -402,7 +475,9 @@ async def test_fleet_summary(store: Store) -> None:
         (now - 7200, False),
     ]:
         job = await new_job(store, now=finished_at - 1)
-        await store.finish_job(job.job_id, success=success, result=None, error=None, now=finished_at)
+        await store.finish_job(
+            job.job_id, success=success, result=None, error=None, now=finished_at, fence=fence
+        )
     await new_job(store, company="other", now=0.0)
 
     summary = await store.fleet_summary("acme", now=now)
@@ -433,10 +508,10 @@ async def test_job_survives_close_and_reopen(store_url: str) -> None:
     async with open_store(store_url) as store:
         await store.migrate()
         job = await new_job(store, idempotency_key="k")
-        acked = await store.mark_acked(job.job_id, 2.0)
+        acked = await store.mark_acked(job.job_id, 2.0, await connect(store))
     async with open_store(store_url) as store:
         assert await store.migrate() == []
-        assert await store.get_job(job.job_id) == acked
+        assert bare(await store.get_job(job.job_id)) == acked
         again, created = await store.create_job(
             company="acme",
             branch="north",
@@ -450,16 +525,119 @@ async def test_job_survives_close_and_reopen(store_url: str) -> None:
         assert not created and again.job_id == job.job_id
 
 
-async def test_agents_with_live_jobs(store: Store) -> None:
-    live = await new_job(store)
+# -- agent sessions --------------------------------------------------------------------------
+
+
+async def test_claims_take_ever_newer_sessions_and_say_who_has_work(store: Store) -> None:
+    await new_job(store)  # agent-1 has a live job
     done = await new_job(store, agent_id="agent-2")
-    await store.finish_job(done.job_id, success=True, result=None, error=None, now=2.0)
-    await new_job(store, company="other", agent_id="agent-3")
-    asked = [("acme", "agent-1"), ("acme", "agent-2"), ("acme", "agent-3"), ("acme", "nobody")]
-    assert await store.agents_with_live_jobs(asked) == {("acme", live.agent_id)}
-    assert await store.agents_with_live_jobs([]) == set()
-    many = [("acme", f"a{i}") for i in range(1200)] + [("acme", "agent-1")]  # more than one chunk
-    assert await store.agents_with_live_jobs(many) == {("acme", "agent-1")}
+    fence2 = await connect(store, agent_id="agent-2")
+    await store.finish_job(done.job_id, success=True, result=None, error=None, now=2.0, fence=fence2)
+    claims = [AgentClaim("acme", a, "i1", "inc") for a in ("agent-1", "agent-2", "agent-3")]
+    first = await store.claim_agents(claims, 3.0)
+    assert [c.has_live_jobs for c in first] == [True, False, False]
+    again = await store.claim_agents(claims, 4.0)
+    assert all(b.session > a.session for a, b in zip(first, again, strict=True))
+    assert await store.claim_agents([], 5.0) == []
+
+
+async def test_release_only_applies_to_the_current_session(store: Store) -> None:
+    old = await connect(store)
+    new = await connect(store, instance="i2")
+    assert not await store.release_agent(old, 2.0)  # the newer connection stays online
+    assert await store.release_agent(new, 2.0)
+    assert not await store.release_agent(new, 3.0)  # once
+
+
+async def test_agents_with_queued_jobs_are_the_ones_this_instance_holds(store: Store) -> None:
+    await new_job(store, agent_id="here")
+    await new_job(store, agent_id="elsewhere")
+    sent = await new_job(store, agent_id="busy")
+    await new_job(store, agent_id="offline")
+    await connect(store, agent_id="here", instance="i1")
+    await connect(store, agent_id="elsewhere", instance="i2")
+    busy = await connect(store, agent_id="busy", instance="i1")
+    await store.record_dispatch(sent.job_id, 2.0, busy)
+    assert await store.agents_with_queued_jobs("i1") == {("acme", "here")}
+    assert await store.agents_with_queued_jobs("i2") == {("acme", "elsewhere")}
+
+
+# -- instances and the leader ----------------------------------------------------------------
+
+
+def instance(instance_id: str, incarnation: str, *, clustered: bool = True, at: float = 100.0) -> InstanceRow:
+    return InstanceRow(instance_id, incarnation, clustered, f"http://{instance_id}", at, at)
+
+
+async def test_a_live_instance_id_cannot_start_twice(store: Store) -> None:
+    await store.register_instance(instance("i1", "aaa"), ttl=6)
+    with pytest.raises(InstanceConflict, match="in use by a live instance"):
+        await store.register_instance(instance("i1", "bbb", at=103), ttl=6)
+    await store.register_instance(instance("i1", "bbb", at=107), ttl=6)  # the old one stopped beating
+    assert not await store.heartbeat_instance("i1", "aaa", 108)  # taken over
+    assert await store.heartbeat_instance("i1", "bbb", 108)
+    await store.register_instance(instance("i2", "ccc", at=108), ttl=6)  # clustered: fine
+    assert [r.instance_id for r in await store.list_instances()] == ["i1", "i2"]
+    await store.remove_instance("i1", "aaa")  # not ours any more: kept
+    await store.remove_instance("i2", "ccc")
+    assert [r.instance_id for r in await store.list_instances()] == ["i1"]
+
+
+async def test_instances_without_a_cluster_do_not_share_a_database(store: Store) -> None:
+    await store.register_instance(instance("alone", "aaa", clustered=False), ttl=6)
+    with pytest.raises(InstanceConflict, match="runs without a cluster"):
+        await store.register_instance(instance("other", "bbb", at=101), ttl=6)
+    with pytest.raises(InstanceConflict, match="alone"):
+        await store.register_instance(instance("other", "bbb", clustered=False, at=101), ttl=6)
+    await store.register_instance(instance("other", "bbb", clustered=False, at=107), ttl=6)  # gone
+
+
+async def test_leader_chores_need_the_current_token(store: Store) -> None:
+    first = await store.take_leadership("i1", 1.0)
+    second = await store.take_leadership("i2", 2.0)
+    assert second > first
+    old = await new_job(store, now=10.0)
+    young = await new_job(store, now=50.0)
+    with pytest.raises(StaleLeader):
+        await store.expire_queued(40.0, 60.0, first)
+    expired = await store.expire_queued(40.0, 60.0, second)
+    assert [j.job_id for j in expired] == [old.job_id]
+    fetched = await store.get_job(young.job_id)
+    assert fetched is not None and fetched.state is JobState.QUEUED
+    with pytest.raises(StaleLeader):
+        await store.release_orphans(0.0, 60.0, first)
+
+
+async def test_orphaned_agents_are_released_and_their_dispatched_jobs_requeued(store: Store) -> None:
+    token = await store.take_leadership("i2", 1.0)
+    await store.register_instance(instance("dead", "d1", at=100.0), ttl=6)
+    await store.register_instance(instance("live", "l1", at=100.0), ttl=6)
+    dispatched = await new_job(store, agent_id="orphan")
+    acked = await new_job(store, agent_id="orphan")
+    queued = await new_job(store, agent_id="orphan")
+    kept = await new_job(store, agent_id="kept")
+    (orphan, held) = await store.claim_agents(
+        [AgentClaim("acme", "orphan", "dead", "d1"), AgentClaim("acme", "kept", "live", "l1")], 100.0
+    )
+    f_orphan = AgentFence("acme", "orphan", orphan.session)
+    f_kept = AgentFence("acme", "kept", held.session)
+    await store.record_dispatch(dispatched.job_id, 101.0, f_orphan)
+    await store.mark_acked(acked.job_id, 101.0, f_orphan)
+    await store.record_dispatch(kept.job_id, 101.0, f_kept)
+    await store.heartbeat_instance("live", "l1", 110.0)
+    requeued = await store.release_orphans(105.0, 111.0, token)
+    assert [j.job_id for j in requeued] == [dispatched.job_id]
+    states_now = {j.job_id: j.state for j in await store.deliverable_jobs("acme", "orphan")}
+    assert states_now == {
+        dispatched.job_id: JobState.QUEUED,
+        acked.job_id: JobState.ACKED,  # the agent has it: redelivered when it comes back
+        queued.job_id: JobState.QUEUED,
+    }
+    with pytest.raises(StaleSession):  # the dead instance cannot act for its agent any more
+        await store.mark_acked(dispatched.job_id, 112.0, f_orphan)
+    fetched = await store.get_job(kept.job_id)
+    assert fetched is not None and fetched.state is JobState.DISPATCHED
+    assert await store.release_orphans(105.0, 113.0, token) == []  # once
 
 
 async def test_list_jobs_reads_no_payload(store: Store) -> None:

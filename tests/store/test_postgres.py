@@ -49,4 +49,4 @@ async def test_dropped_connection_is_unavailable_then_recovers(pg_url: str) -> N
         with pytest.raises(StoreUnavailable):
             await store._run(lambda tx: tx.one("SELECT pg_terminate_backend(pg_backend_pid())"), write=True)
         await store.ping()  # the pool replaced the dead connection
-        assert await store.schema_version() == 1
+        assert await store.schema_version() == 2

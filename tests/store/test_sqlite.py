@@ -17,6 +17,7 @@ from printd.store.sqlite import split_script
 CRASH_SCRIPT = """
 import os, signal, sys, trio
 from printd.store import open_store
+from printd.store.base import AgentClaim, AgentFence
 
 async def main():
     store = open_store(sys.argv[1])
@@ -24,7 +25,8 @@ async def main():
     await store.migrate()
     job, _ = await store.create_job(company="acme", branch="b", printer_id="p", agent_id="a",
                                     kind="print", payload={"n": 1}, idempotency_key=None, now=1.0)
-    await store.mark_acked(job.job_id, 2.0)
+    (claimed,) = await store.claim_agents([AgentClaim("acme", "a", "i1", "x")], 2.0)
+    await store.mark_acked(job.job_id, 2.0, AgentFence("acme", "a", claimed.session))
     print(job.job_id, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -55,13 +57,13 @@ async def test_creates_parent_dir_and_uses_wal(tmp_path: Path) -> None:
 async def test_relative_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     async with open_store("sqlite:var/rel.db") as store:
-        assert await store.migrate() == [1]
+        assert await store.migrate() == [1, 2]
     assert (tmp_path / "var" / "rel.db").exists()
 
 
 async def test_memory_url() -> None:
     async with open_store("sqlite::memory:") as store:
-        assert await store.migrate() == [1]
+        assert await store.migrate() == [1, 2]
 
 
 async def test_closed_store_raises(tmp_path: Path) -> None:
