@@ -1,16 +1,17 @@
 """Rate limits for operator-triggered actions such as printer test pages.
 
 ``SlidingWindowLimiter`` is the pure core: an exact sliding-window log per key (the limits
-are small, 5-10 per minute, so keeping every timestamp is cheaper than approximating).
-``RateLimiter`` is the async interface the rest of printd depends on, so that a Redis-backed
-implementation can later enforce the limits cluster-wide; ``LocalRateLimiter`` is the
-in-process one. ``PrinterTestLimits`` is the policy combining a branch and a printer limit.
+are small, 5-10 per minute, so keeping every timestamp is cheaper than approximating), and
+``hit_all`` the all-or-nothing check of several rules on it. A ``LimitCounter`` counts hits:
+``LocalLimits`` in this process, or the cluster backend for the whole cluster (the same rule in
+one Lua script on Redis). ``PrinterTestLimits`` is the policy combining a branch and a printer
+limit.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -122,35 +123,43 @@ class SlidingWindowLimiter:
             self.sweep(now)
 
 
-class RateLimiter(Protocol):
-    """What printd needs from a rate limiter; local now, Redis-backed for cluster-wide limits."""
+@dataclass(frozen=True, slots=True)
+class LimitRule:
+    """One rate limit to check and consume: at most `limit` hits of `key` per `window` seconds."""
 
-    async def hit(self, key: str, limit: int, window: float) -> Decision:
-        """Consume one unit of ``key``'s limit if allowed."""
-        ...
-
-    async def peek(self, key: str, limit: int, window: float) -> Decision:
-        """Decide like ``hit`` without consuming anything."""
-        ...
+    key: str
+    limit: int
+    window: float
 
 
-class LocalRateLimiter:
-    """In-process ``RateLimiter`` on the trio clock; limits are per printd instance."""
+def hit_all(limiter: SlidingWindowLimiter, rules: Sequence[LimitRule], now: float) -> Decision:
+    """Check every rule, then consume one unit of each only if all allow: the most restrictive
+    decision. A denial consumes nothing, so a printer over its limit does not eat into its
+    branch's budget. No await between the steps, so it is atomic within one trio run."""
+    peeked = [limiter.peek(r.key, r.limit, r.window, now) for r in rules]
+    denied = [d for d in peeked if not d.allowed]
+    if denied:
+        return max(denied, key=lambda d: d.retry_after)
+    consumed = [limiter.hit(r.key, r.limit, r.window, now) for r in rules]
+    return min(consumed, key=lambda d: d.remaining)
 
-    def __init__(
-        self,
-        limiter: SlidingWindowLimiter | None = None,
-        *,
-        clock: Callable[[], float] = trio.current_time,
-    ) -> None:
-        self.limiter = limiter if limiter is not None else SlidingWindowLimiter()
+
+class LimitCounter(Protocol):
+    """Where hits are counted: this process (`LocalLimits`), or the whole cluster (the cluster
+    backend's `hit_limits`, one atomic script on Redis)."""
+
+    async def hit_limits(self, rules: Sequence[LimitRule]) -> Decision: ...
+
+
+class LocalLimits:
+    """Hits counted in this process, on the trio clock."""
+
+    def __init__(self, *, clock: Callable[[], float] = trio.current_time) -> None:
+        self.limiter = SlidingWindowLimiter()
         self._clock = clock
 
-    async def hit(self, key: str, limit: int, window: float) -> Decision:
-        return self.limiter.hit(key, limit, window, self._clock())
-
-    async def peek(self, key: str, limit: int, window: float) -> Decision:
-        return self.limiter.peek(key, limit, window, self._clock())
+    async def hit_limits(self, rules: Sequence[LimitRule]) -> Decision:
+        return hit_all(self.limiter, rules, self._clock())
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,18 +176,11 @@ class PrinterTestQuota:
 
 
 class PrinterTestLimits:
-    """Test pages are limited per branch and per printer; both must allow a request.
+    """Test pages are limited per branch and per printer; both must allow a request, and a
+    refused request consumes neither (one atomic check-and-hit of both rules)."""
 
-    Check-then-consume: both keys are peeked first and nothing is consumed when either
-    denies, so a printer that is over its limit does not eat into its branch's budget.
-    With ``LocalRateLimiter`` this is atomic (no checkpoint between the steps). Against a
-    shared backend it is best effort: another instance may consume in between, and then
-    this request can be denied after the branch unit was already consumed. A backend that
-    needs exactness should implement the pair as one atomic operation (e.g. a Lua script).
-    """
-
-    def __init__(self, limiter: RateLimiter, quota: PrinterTestQuota | None = None) -> None:
-        self.limiter = limiter
+    def __init__(self, counter: LimitCounter, quota: PrinterTestQuota | None = None) -> None:
+        self.counter = counter
         self.quota = quota if quota is not None else PrinterTestQuota()
 
     # Keys join ids with ":"; ids cannot contain ":" (printd.inputs), so no two tenants' keys
@@ -193,17 +195,10 @@ class PrinterTestLimits:
 
     async def hit(self, company: str, branch: str, printer_id: str) -> Decision:
         """The most restrictive decision of the two limits; consumes both only if both allow."""
-        quota = self.quota
-        limits = [
-            (self.branch_key(company, branch), quota.branch_limit),
-            (self.printer_key(company, printer_id), quota.printer_limit),
-        ]
-        peeked = [await self.limiter.peek(key, limit, quota.window) for key, limit in limits]
-        denied = [d for d in peeked if not d.allowed]
-        if denied:
-            return max(denied, key=lambda d: d.retry_after)
-        consumed = [await self.limiter.hit(key, limit, quota.window) for key, limit in limits]
-        denied = [d for d in consumed if not d.allowed]
-        if denied:  # lost a race against another instance; see the class docstring
-            return max(denied, key=lambda d: d.retry_after)
-        return min(consumed, key=lambda d: d.remaining)
+        q = self.quota
+        return await self.counter.hit_limits(
+            [
+                LimitRule(self.branch_key(company, branch), q.branch_limit, q.window),
+                LimitRule(self.printer_key(company, printer_id), q.printer_limit, q.window),
+            ]
+        )

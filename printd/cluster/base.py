@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from printd.ratelimit import Decision
+from printd.ratelimit import Decision, LimitRule
 
 #: (company, agent_id)
 AgentKey = tuple[str, str]
@@ -128,29 +128,19 @@ class ClusterView:
 @dataclass(frozen=True, slots=True)
 class AgentLocation:
     """Where an agent is connected: the instance, its incarnation, and the store's session number
-    for that connection (newer connections have higher numbers, cluster-wide)."""
+    for that connection (an agent's newer connections have higher numbers, cluster-wide)."""
 
     instance_id: str
     incarnation: str
     session: int
-    connected_at: float
 
     def encode(self) -> bytes:
-        return f"{self.instance_id}|{self.incarnation}|{self.session}|{self.connected_at!r}".encode()
+        return f"{self.instance_id}|{self.incarnation}|{self.session}".encode()
 
     @staticmethod
     def decode(raw: bytes) -> AgentLocation:
-        instance, incarnation, session, at = raw.decode().split("|")
-        return AgentLocation(instance, incarnation, int(session), float(at))
-
-
-@dataclass(frozen=True, slots=True)
-class LimitRule:
-    """One rate limit to check and consume: at most `limit` hits of `key` per `window` seconds."""
-
-    key: str
-    limit: int
-    window: float
+        instance, incarnation, session = raw.decode().split("|")
+        return AgentLocation(instance, incarnation, int(session))
 
 
 class ClusterBackend(ABC):
@@ -271,4 +261,5 @@ class ClusterBackend(ABC):
     @abstractmethod
     async def hit_limits(self, rules: Sequence[LimitRule]) -> Decision:
         """Check every rule and consume one unit of each only if all allow (atomic): the
-        decision of the most restrictive rule."""
+        decision of the most restrictive rule. Never raises for an outage: while the server is
+        unreachable, hits are counted by this instance alone (`ratelimit.LocalLimits`)."""

@@ -18,13 +18,12 @@ from printd.cluster.base import (
     AgentLocation,
     ClusterBackend,
     ClusterView,
-    LimitRule,
     Member,
     MemberIdInUse,
     MemberInfo,
     MessageHandler,
 )
-from printd.ratelimit import Decision, SlidingWindowLimiter
+from printd.ratelimit import Decision, LimitRule, SlidingWindowLimiter, hit_all
 
 
 @dataclass(slots=True)
@@ -199,14 +198,3 @@ class LocalCluster(ClusterBackend):
 
     async def hit_limits(self, rules: Sequence[LimitRule]) -> Decision:
         return hit_all(self.space.limiter, rules, self.space.clock())
-
-
-def hit_all(limiter: SlidingWindowLimiter, rules: Sequence[LimitRule], now: float) -> Decision:
-    """Check every rule, then consume each only if all allow: the most restrictive decision.
-    No checkpoint between the steps, so it is atomic within one trio run."""
-    peeked = [limiter.peek(r.key, r.limit, r.window, now) for r in rules]
-    denied = [d for d in peeked if not d.allowed]
-    if denied:
-        return max(denied, key=lambda d: d.retry_after)
-    consumed = [limiter.hit(r.key, r.limit, r.window, now) for r in rules]
-    return min(consumed, key=lambda d: d.remaining)

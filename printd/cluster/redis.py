@@ -6,7 +6,7 @@ Keys (all under `prefix`, default ``printd``):
 | --- | --- | --- |
 | `P:members`, `P:members:beat`, `P:members:exp` | hashes | member info, last beat, expiry (ms) |
 | `P:leader` | string, PX ttl | the leader's instance id |
-| `P:agents` | hash | `company:agent` -> `instance|incarnation|session|connected_at` |
+| `P:agents` | hash | `company:agent` -> `instance|incarnation|session` |
 | `P:status:<company>` | hash, expires | printer id -> latest status item (for snapshots) |
 | `P:rl:<key>` | sorted set, expires | rate-limit hits (sliding window log) |
 | `P:bus:<topic>` | pub/sub channel | messages framed with the sender's incarnation |
@@ -30,7 +30,6 @@ from printd.cluster.base import (
     ClusterBackend,
     ClusterUnavailable,
     ClusterView,
-    LimitRule,
     Member,
     MemberIdInUse,
     MemberInfo,
@@ -39,7 +38,7 @@ from printd.cluster.base import (
 from printd.cluster.redis_client import LinkSettings, RedisLink, RedisUnavailable, Script, decode_map
 from printd.cluster.resp import Arg, Reply, ReplyError
 from printd.cluster.target import RedisTarget
-from printd.ratelimit import Decision
+from printd.ratelimit import Decision, LimitRule, LocalLimits
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
@@ -116,7 +115,7 @@ for i = 1, #ARGV, 3 do
   local old = redis.call('HGET', KEYS[1], ARGV[i])
   local newer = false
   if old then
-    local s = tonumber(string.match(old, '^[^|]*|[^|]*|(%d+)|'))
+    local s = tonumber(string.match(old, '^[^|]*|[^|]*|(%d+)$'))
     newer = s ~= nil and s > tonumber(ARGV[i + 1])
   end
   if not newer then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2]) end
@@ -220,6 +219,7 @@ class RedisCluster(ClusterBackend):
         self._leader = f"{prefix}:leader"
         self._agents = f"{prefix}:agents"
         self._me = incarnation.encode()
+        self._local_limits = LocalLimits()  # while Redis is down
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -373,7 +373,10 @@ class RedisCluster(ClusterBackend):
     async def hit_limits(self, rules: Sequence[LimitRule]) -> Decision:
         keys = [f"{self.prefix}:rl:{r.key}" for r in rules]
         args: list[Arg] = [*(r.limit for r in rules), *(_ms(r.window) for r in rules), uuid.uuid4().hex]
-        reply = await self._script(HIT_LIMITS, keys, args)
+        try:
+            reply = await self._script(HIT_LIMITS, keys, args)
+        except ClusterUnavailable:
+            return await self._local_limits.hit_limits(rules)
         assert isinstance(reply, list)
         allowed, remaining, retry_ms = reply
         assert isinstance(allowed, int) and isinstance(remaining, int) and isinstance(retry_ms, int)

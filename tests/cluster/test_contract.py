@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from printd.cluster.base import AgentLocation, LimitRule, MemberIdInUse, MemberInfo
+from printd.cluster.base import AgentLocation, MemberIdInUse, MemberInfo
+from printd.ratelimit import LimitRule
 from tests.cluster.conftest import Factory
 
 TTL = 0.4
@@ -78,11 +79,11 @@ async def test_presence_newer_session_wins_and_release_is_compare_and_delete(mak
     await a.touch_member(info("i1", a.incarnation), 10)
     await b.touch_member(info("i2", b.incarnation), 10)
     key = ("acme", "agent-1")
-    on_a = AgentLocation("i1", a.incarnation, 5, 1000.0)
-    on_b = AgentLocation("i2", b.incarnation, 6, 1001.0)
+    on_a = AgentLocation("i1", a.incarnation, 5)
+    on_b = AgentLocation("i2", b.incarnation, 6)
     assert await a.claim_agents([(key, on_a)]) == [None]
     assert await b.claim_agents([(key, on_b)]) == [on_a]  # b learns whom to kick
-    stale = AgentLocation("i1", a.incarnation, 4, 999.0)
+    stale = AgentLocation("i1", a.incarnation, 4)
     assert await a.claim_agents([(key, stale)]) == [on_b]  # refused: b's is newer
     assert await a.locate_agents([key, ("acme", "nobody")]) == [on_b, None]
     await a.release_agents([(key, on_a)])  # not the recorded one: kept
@@ -96,8 +97,8 @@ async def test_locate_ignores_agents_of_members_that_are_gone(make_backend: Fact
     b, _ = await make_backend()
     await a.touch_member(info("i1", a.incarnation), 10)
     await b.touch_member(info("i2", b.incarnation), TTL)
-    await b.claim_agents([(("acme", "x"), AgentLocation("i2", b.incarnation, 1, 1.0))])
-    await a.claim_agents([(("acme", "y"), AgentLocation("i1", "old-incarnation!", 1, 1.0))])
+    await b.claim_agents([(("acme", "x"), AgentLocation("i2", b.incarnation, 1))])
+    await a.claim_agents([(("acme", "y"), AgentLocation("i1", "old-incarnation!", 1))])
     located = await a.locate_agents([("acme", "x"), ("acme", "y")])
     assert located[0] is not None and located[0].instance_id == "i2"
     assert located[1] is None  # a previous process of i1: its connections died with it

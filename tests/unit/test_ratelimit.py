@@ -6,10 +6,10 @@ import trio.testing
 
 from printd.ratelimit import (
     Decision,
-    LocalRateLimiter,
+    LimitRule,
+    LocalLimits,
     PrinterTestLimits,
     PrinterTestQuota,
-    RateLimiter,
     SlidingWindowLimiter,
 )
 
@@ -91,18 +91,19 @@ def test_lazy_sweep_bounds_memory_without_explicit_calls() -> None:
     assert len(limiter) <= 70  # at most one sweep interval plus one window of live keys
 
 
-async def test_local_limiter_uses_the_trio_clock(mock_clock: trio.testing.MockClock) -> None:
-    limiter: RateLimiter = LocalRateLimiter()
-    assert (await limiter.hit("k", 1, 60.0)).allowed
+async def test_local_limits_use_the_trio_clock(mock_clock: trio.testing.MockClock) -> None:
+    limits = LocalLimits()
+    rule = [LimitRule("k", 1, 60.0)]
+    assert (await limits.hit_limits(rule)).allowed
     mock_clock.jump(45.0)
-    denied = await limiter.hit("k", 1, 60.0)
+    denied = await limits.hit_limits(rule)
     assert denied.retry_after == pytest.approx(15.0)
     mock_clock.jump(15.0)
-    assert (await limiter.peek("k", 1, 60.0)).allowed
+    assert (await limits.hit_limits(rule)).allowed
 
 
 async def test_printer_limit_denies_without_consuming_branch(mock_clock: trio.testing.MockClock) -> None:
-    local = LocalRateLimiter()
+    local = LocalLimits()
     limits = PrinterTestLimits(local)
     assert limits.quota == PrinterTestQuota(branch_limit=10, printer_limit=5, window=60.0)
     for _ in range(5):
@@ -111,17 +112,17 @@ async def test_printer_limit_denies_without_consuming_branch(mock_clock: trio.te
         denied = await limits.hit("acme", "b1", "p1")
         assert not denied.allowed
         assert denied.key == "printer:acme:p1"
-    branch = await local.peek("branch:acme:b1", 10, 60.0)
+    branch = local.limiter.peek("branch:acme:b1", 10, 60.0, trio.current_time())
     assert branch.remaining == 4  # 5 used, the 20 denied requests took nothing
     for n in range(5):
         assert (await limits.hit("acme", "b1", f"p{n + 2}")).allowed
     denied = await limits.hit("acme", "b1", "p9")
     assert (denied.allowed, denied.key) == (False, "branch:acme:b1")
-    assert (await local.peek("printer:acme:p9", 5, 60.0)).remaining == 4  # p9 not consumed
+    assert local.limiter.peek("printer:acme:p9", 5, 60.0, trio.current_time()).remaining == 4  # not consumed
 
 
 async def test_printer_limits_report_the_most_restrictive(mock_clock: trio.testing.MockClock) -> None:
-    limits = PrinterTestLimits(LocalRateLimiter(), PrinterTestQuota(branch_limit=3, printer_limit=2))
+    limits = PrinterTestLimits(LocalLimits(), PrinterTestQuota(branch_limit=3, printer_limit=2))
     first = await limits.hit("acme", "b1", "p2")
     assert (first.remaining, first.key) == (1, "printer:acme:p2")  # printer has less left
     mock_clock.jump(10.0)
