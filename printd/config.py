@@ -86,6 +86,8 @@ class JobsConfig:
     pending_sweep_interval: float = 30.0
     pending_stale_after: float = 60.0
     max_payload_bytes: int = 262_144
+    result_timeout: float = 60.0
+    sweep_interval: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,6 +124,10 @@ class PendingStale(PendingError):
     """Nobody answered within ``stale_after`` seconds; found by the periodic sweep."""
 
 
+class AgentGone(PendingError):
+    """The agent the request was sent to disconnected before answering."""
+
+
 class Waiter(Generic[V]):
     """One caller's handle on a pending request."""
 

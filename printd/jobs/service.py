@@ -1,151 +1,105 @@
 """Accept, dispatch, track and finish print jobs so that each accepted job prints exactly once.
 
-The rules, in the order that makes them safe:
+`DeliveryCore` (jobs/delivery.py) holds the policy; this is the shell that executes it:
+store calls, the agents' delivery pumps, the timer loop and the sweep. The rules, in the order
+that makes them safe:
+
 - a job is persisted (`queued`) before the caller hears 202, so nothing accepted lives only in
-  memory;
-- a dispatch is recorded (attempts + 1) before it is sent; a dispatch that gets no `job.ack`
-  within `ack_timeout` is sent again with backoff, and every non-terminal job is sent again
-  when its agent reconnects (after an agent, printd or network failure);
+  memory; routing it to its agent is best effort from there on (a lost wake-up is made good by
+  the holding instance's sweep, or by the agent's next connect);
+- a dispatch is recorded (attempts + 1) under the agent's session before it is sent, so an
+  instance whose connection was superseded (the agent reconnected elsewhere) is refused by the
+  store and cannot send, acknowledge, finish or expire anything for that agent;
 - agents de-duplicate by `job_id` (a MUST in docs/protocol.md): a redelivered job that already
   printed is answered with its stored result, never printed again;
 - the store's guarded transitions ignore a late or repeated result, so a finished job never
-  changes and `job.completed` goes out once;
-- each branch has a `dispatch:<company>:<branch>` circuit: an agent that stops acknowledging
-  opens it, and its jobs wait in the store (queued) instead of being sent into the void; the
-  circuit's half-open trials find out when the agent works again.
+  changes and `job.completed` goes out once.
 """
 
 from __future__ import annotations
 
-import heapq
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 import trio
 
-from printd.breakers import Admission, Circuit, CircuitRegistry
+from printd.agents import AgentDirectory, AgentKey, AgentLink
+from printd.breakers import CircuitBreaker, CircuitRegistry
+from printd.cluster.base import ClusterUnavailable
 from printd.config import JobsConfig
 from printd.gateway import protocol as P
-from printd.gateway.connection import WsConnection
-from printd.gateway.hub import Hub
 from printd.inputs import dispatch_circuit_name
+from printd.jobs.delivery import DeliveryCore, Expire, Go, Hold, RetryPolicy, Send, Skip, Timing, Want
 from printd.jobs.model import Job, JobState
-from printd.jobs.pending import PendingEvicted, PendingStale, PendingTimeout, PendingWaiters
+from printd.jobs.pending import AgentGone, PendingError, PendingTimeout, PendingWaiters
 from printd.store import Store, StoreError
+from printd.store.base import AgentClaim, AgentFence, StaleLeader, StaleSession, UnknownJob
 
 log = structlog.get_logger("printd.jobs")
 
 DISPATCH_EVENT = "job.dispatch"
-#: Unfinished jobs sent to an agent when it connects: all of them in practice, bounded anyway.
-MAX_REDELIVERY = 20_000
-#: Seconds agents connecting together wait so that one query finds which of them have work.
-ARRIVAL_BATCH_DELAY = 0.005
-#: Seconds before a delivery that failed on the store is tried again.
-STORE_RETRY_DELAY = 1.0
 COMPLETED_EVENT = "job.completed"
+#: Unfinished jobs sent to an agent in one pass: all of them in practice, bounded anyway.
+MAX_PASS = 20_000
+#: Seconds agents connecting together wait so that one transaction records all their sessions.
+ARRIVAL_BATCH_DELAY = 0.005
+#: Seconds between retries of store work that failed (claims, releases, passes).
+STORE_RETRY_DELAY = 1.0
+
+Announce = Callable[[str, bytes], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Backoff between re-sends of an unacknowledged dispatch: initial, doubling, capped."""
+class PrinterTestResult:
+    """What a synchronous printer test ended with: the job, and the agent's result or why not."""
 
-    initial: float
-    maximum: float
-    max_attempts: int
-
-    def delay(self, attempts: int) -> float:
-        return float(min(self.maximum, self.initial * (2 ** max(0, attempts - 1))))
-
-    def exhausted(self, attempts: int) -> bool:
-        return attempts >= self.max_attempts
-
-
-class AckTimers:
-    """When each unacknowledged dispatch is due for a re-send (a heap with lazy deletion)."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, str]] = []
-        self._due: dict[str, float] = {}
-
-    def schedule(self, job_id: str, at: float) -> None:
-        self._due[job_id] = at
-        heapq.heappush(self._heap, (at, job_id))
-
-    def cancel(self, job_id: str) -> None:
-        self._due.pop(job_id, None)
-
-    def pop_due(self, now: float) -> list[str]:
-        out = []
-        while self._heap and self._heap[0][0] <= now:
-            at, job_id = heapq.heappop(self._heap)
-            if self._due.get(job_id) == at:
-                del self._due[job_id]
-                out.append(job_id)
-        return out
-
-    def next_at(self) -> float | None:
-        while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
-
-    def __len__(self) -> int:
-        return len(self._due)
-
-
-class DeliveryPump:
-    """The state of one agent's delivery task: work was asked for, and of which kind."""
-
-    __slots__ = ("conn", "kicked", "redeliver")
-
-    def __init__(self, conn: WsConnection, *, redeliver: bool) -> None:
-        self.conn = conn
-        self.kicked = True
-        self.redeliver = redeliver
-
-
-class TestOutcome:
-    """What a synchronous printer test ended with."""
-
-    __slots__ = ("job", "result", "error", "status")
-
-    def __init__(
-        self, job: Job, *, result: dict[str, Any] | None = None, error: str | None = None, status: int = 200
-    ):
-        self.job = job
-        self.result = result
-        self.error = error
-        self.status = status
+    job: Job
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    status: int = 200
 
 
 class JobService:
     def __init__(
         self,
         store: Store,
-        hub: Hub,
+        agents: AgentDirectory,
         config: JobsConfig,
         pending: PendingWaiters[dict[str, Any]],
-        publish_company: Any,
+        announce: Announce,
         circuits: CircuitRegistry,
+        *,
+        incarnation: str,
     ) -> None:
         self.store = store
-        self.hub = hub
+        self.agents = agents
         self.config = config
         self.pending = pending
-        self.retry = RetryPolicy(config.retry_initial, config.retry_max, config.max_attempts)
-        self.timers = AckTimers()
-        self._publish_company = publish_company
-        self._wakeup = trio.Event()
+        self._announce_to = announce
         self.circuits = circuits
-        self._admissions: dict[str, tuple[Circuit, Admission, float]] = {}
-        self._pumps: dict[tuple[str, str], DeliveryPump] = {}
-        self._arrivals: list[WsConnection] = []
+        self.instance_id = agents.instance_id
+        self.incarnation = incarnation
+        self.core = DeliveryCore(
+            RetryPolicy(config.retry_initial, config.retry_max, config.max_attempts),
+            Timing(ack_timeout=config.ack_timeout, result_timeout=config.result_timeout),
+            self._breaker,
+        )
+        self._wakeup = trio.Event()
+        self._arrivals: list[AgentLink] = []
         self._arrived = trio.Event()
+        self._unreleased: list[AgentFence] = []
+        self._early: set[AgentKey] = set()
         self._nursery: trio.Nursery | None = None
         self.dispatched = 0
         self.redelivered = 0
         self.completed = 0
+        self.stale_refused = 0
+
+    def _breaker(self, company: str, branch: str) -> CircuitBreaker:
+        return self.circuits.get_or_create(dispatch_circuit_name(company, branch)).breaker
 
     # ---------------------------------------------------------------- API side
 
@@ -158,286 +112,416 @@ class JobService:
         payload: dict[str, Any],
         idempotency_key: str | None,
     ) -> tuple[Job, bool]:
-        """Persist a job (or find the one with the same idempotency key), then try to send it."""
+        """Persist a job (or find the one with the same idempotency key), then route it."""
+        job, created = await self._create(company, printer_id, kind, payload, idempotency_key)
+        if created:
+            await self._route(job)
+        return job, created
+
+    async def _create(
+        self, company: str, printer_id: str, kind: str, payload: dict[str, Any], key: str | None
+    ) -> tuple[Job, bool]:
         printer = await self.store.get_printer(company, printer_id)
         if printer is None:
             raise LookupError(printer_id)
-        job, created = await self.store.create_job(
+        return await self.store.create_job(
             company=company,
             branch=printer.branch,
             printer_id=printer_id,
             agent_id=printer.agent_id,
             kind=kind,
             payload=payload,
-            idempotency_key=idempotency_key,
+            idempotency_key=key,
             now=time.time(),
+            origin=self.instance_id,
         )
-        if created:
-            # the agent's pump sends it; a store failure from here on is the pump's to retry,
-            # never an error for the caller (who would retry and create a second job)
-            conn = self.hub.agent(company, job.agent_id)
-            if conn is not None:
-                self._kick(conn)
-        return job, created
 
-    def agent_online(self, company: str, agent_id: str) -> bool:
-        return self.hub.agent(company, agent_id) is not None
+    async def _route(self, job: Job) -> None:
+        """Wake the delivery of the job's agent, here or on the instance holding it. Never
+        raises: from here on a failure only delays the job, which waits in the store."""
+        key = (job.company, job.agent_id)
+        if self.agents.local(key) is not None:
+            self._wake(key, Want.QUEUED)
+            return
+        try:
+            where = (await self.agents.locate([key])).get(key)
+            if where is not None and where != self.instance_id:
+                await self.agents.wake(key, where)
+        except ClusterUnavailable:
+            pass  # the holding instance's sweep finds the job
 
-    async def test_printer(self, company: str, printer_id: str, payload: dict[str, Any]) -> TestOutcome:
+    async def agents_online(self, keys: Sequence[AgentKey]) -> set[AgentKey]:
+        """Which of these agents are connected to any instance (this one's, when the cluster
+        view is unavailable)."""
+        online = {k for k in keys if self.agents.local(k) is not None}
+        rest = [k for k in keys if k not in online]
+        if rest:
+            try:
+                online.update((await self.agents.locate(rest)).keys())
+            except ClusterUnavailable:
+                pass
+        return online
+
+    async def test_printer(self, company: str, printer_id: str, payload: dict[str, Any]) -> PrinterTestResult:
         """The synchronous test: dispatch and wait up to `test_timeout` for the agent's result."""
-        job, _ = await self.submit(
-            company=company, printer_id=printer_id, kind="test", payload=payload, idempotency_key=None
-        )
-        if self.hub.agent(company, job.agent_id) is None:
-            expired = await self._expire(job.job_id, "agent offline")
-            return TestOutcome(
+        job, _ = await self._create(company, printer_id, "test", payload, None)
+        key = (job.company, job.agent_id)
+        if key not in await self.agents_online([key]):
+            expired = await self._expire_unfenced(job, "agent offline")
+            return PrinterTestResult(
                 expired or job, error=f"agent {job.agent_id!r} of this printer is offline", status=503
             )
-        # registered before our next checkpoint, so before the agent's pump can even send the job
-        waiter = self.pending.register(job.correlation_id)
+        waiter = self.pending.register(job.correlation_id)  # before the job can reach the agent
+        await self._route(job)
+        timeout = self.config.test_timeout
         try:
-            result = await waiter.wait(self.config.test_timeout)
+            result = await waiter.wait(timeout)
         except PendingTimeout:
-            return TestOutcome(
-                job, error=f"no result from the agent within {self.config.test_timeout:g} s", status=504
+            done = await self.store.get_job(job.job_id)
+            if done is not None and done.state.terminal and done.result is not None:
+                return PrinterTestResult(done, result=done.result)  # finished; the reply was lost
+            return PrinterTestResult(
+                done or job, error=f"no result from the agent within {timeout:g} s", status=504
             )
-        except (PendingEvicted, PendingStale):
-            return TestOutcome(job, error="too many printer tests in flight; try again", status=503)
+        except AgentGone:
+            return PrinterTestResult(job, error=f"agent {job.agent_id!r} disconnected", status=503)
+        except PendingError:
+            return PrinterTestResult(job, error="too many printer tests in flight; try again", status=503)
         done = await self.store.get_job(job.job_id) or job
-        return TestOutcome(done, result=result)
+        return PrinterTestResult(done, result=result)
 
-    # ---------------------------------------------------------------- agent side
+    def test_outcome(self, correlation_id: str, result: dict[str, Any] | None, gone: bool) -> None:
+        """A printer test's outcome routed from the instance holding the agent."""
+        if gone:
+            self.pending.fail(correlation_id, AgentGone(correlation_id, "the agent disconnected"))
+        elif result is not None:
+            self.pending.resolve(correlation_id, result)
 
-    async def agent_connected(self, conn: WsConnection) -> None:
-        """Send every unfinished job of this agent, in order: queued ones and redeliveries.
+    # ---------------------------------------------------------------- agents come and go
 
-        Agents arriving together (a restart brings thousands) are looked up in one query, and
-        only those with unfinished jobs start a delivery.
-        """
-        self._arrivals.append(conn)
+    async def agent_connected(self, link: AgentLink) -> None:
+        """Record the connection as the agent's current session, then deliver everything it
+        has unfinished. Agents arriving together (a restart brings thousands) are recorded in
+        one transaction."""
+        self._arrivals.append(link)
         self._arrived.set()
 
-    async def _sort_arrivals(self) -> None:
+    async def _record_arrivals(self) -> None:
         while True:
             await self._arrived.wait()
             self._arrived = trio.Event()
             await trio.sleep(ARRIVAL_BATCH_DELAY)  # let a crowd of reconnects gather
-            arrivals = [c for c in self._arrivals if not c.closing]
+            arrivals = [link for link in self._arrivals if not link.closing]
             self._arrivals = []
+            if not arrivals:
+                continue
+            claims = [AgentClaim(x.company, x.agent_id, self.instance_id, self.incarnation) for x in arrivals]
             try:
-                with_work = await self.store.agents_with_live_jobs(
-                    [(c.company, c.agent_id) for c in arrivals]
-                )
+                sessions = await self.store.claim_agents(claims, time.time())
             except StoreError as exc:
                 log.warning(
-                    "delivery check postponed: store unavailable", agents=len(arrivals), error=str(exc)
+                    "agent sessions not recorded yet: store unavailable", agents=len(arrivals), error=str(exc)
                 )
-                with_work = {(c.company, c.agent_id) for c in arrivals}  # their pumps retry
-            for conn in arrivals:
-                if (conn.company, conn.agent_id) in with_work:
-                    self._kick(conn, redeliver=True)
+                self._arrivals = arrivals + self._arrivals  # tried again; reports wait meanwhile
+                await trio.sleep(STORE_RETRY_DELAY)
+                self._arrived.set()
+                continue
+            now = trio.current_time()
+            for link, claimed in zip(arrivals, sessions, strict=True):
+                link.session = claimed.session
+                if link.closing:
+                    self._unreleased.append(AgentFence(link.company, link.agent_id, claimed.session))
+                    continue
+                key = (link.company, link.agent_id)
+                self.core.connected(key, link.branch, claimed.session, now)
+                woken = key in self._early  # a job routed here while the session was recorded
+                self._early.discard(key)
+                if claimed.has_live_jobs or woken:
+                    self._wake(key, Want.ALL)
+            try:
+                await self.agents.register([x for x in arrivals if not x.closing])
+            except ClusterUnavailable:
+                pass  # re-registered from the hub when the cluster is back
 
-    def _kick(self, conn: WsConnection, *, redeliver: bool = False) -> None:
-        """Make sure the agent's delivery pump runs (and, with `redeliver`, resends everything
-        unfinished rather than just the queued jobs)."""
-        key = (conn.company, conn.agent_id)
-        pump = self._pumps.get(key)
-        if pump is not None and pump.conn is conn:
-            pump.kicked = True
-            pump.redeliver |= redeliver
+    async def agent_disconnected(self, link: AgentLink) -> None:
+        """Unfinished jobs stay in the store and go out on the next connect, wherever it is.
+        Printer tests waiting for this agent are answered at once."""
+        key = (link.company, link.agent_id)
+        self._early.discard(key)
+        for item in self.core.disconnected(key, link.session, trio.current_time()):
+            if item.kind != "test":
+                continue
+            if item.origin in (None, self.instance_id):
+                self.test_outcome(item.correlation_id, None, gone=True)
+            else:
+                await self._tell(item.origin, {"t": "test", "cid": item.correlation_id, "gone": True})
+        if link.session:
+            fence = AgentFence(link.company, link.agent_id, link.session)
+            try:
+                await self.store.release_agent(fence, time.time())
+            except StoreError:
+                self._unreleased.append(fence)
+        try:
+            await self.agents.unregister(link)
+        except ClusterUnavailable:
+            pass
+
+    def wake_local(self, key: AgentKey) -> None:
+        """A routed wake-up: another instance accepted a job for an agent held here."""
+        self._wake(key, Want.QUEUED)
+
+    def _wake(self, key: AgentKey, want: Want) -> None:
+        link = self.agents.local(key)
+        if link is None:
             return
-        pump = DeliveryPump(conn, redeliver=redeliver)
-        self._pumps[key] = pump
-        assert self._nursery is not None, "JobService.run() is not running"
-        self._nursery.start_soon(self._run_pump, key, pump)
+        if self.core.holds(key) is None:
+            self._early.add(key)  # connected, its session not recorded yet: woken after that
+        elif self.core.wake(key, want):
+            assert self._nursery is not None, "JobService.run() is not running"
+            self._nursery.start_soon(self._pump, link)
 
-    async def _run_pump(self, key: tuple[str, str], pump: DeliveryPump) -> None:
+    def _stale(self, link: AgentLink) -> None:
+        """The store says the agent connected again since: this connection is not its current
+        one. Close it; the agent's newer connection (or its next one) gets everything."""
+        self.stale_refused += 1
+        log.warning(
+            "stale agent connection refused by the store; closing it",
+            company=link.company,
+            agent=link.agent_id,
+            session=link.session,
+        )
+        link.close(P.CLOSE_REPLACED, "replaced by a newer connection of the same agent")
+
+    # ---------------------------------------------------------------- delivery
+
+    async def _pump(self, link: AgentLink) -> None:
         """One task per agent sends its jobs in acceptance order (store `seq`), so a job accepted
         while older ones are still going out can never overtake them on the same printer."""
-        conn = pump.conn
-        try:
-            while pump.kicked and not conn.closing:
-                pump.kicked = False
-                redeliver, pump.redeliver = pump.redeliver, False
-                try:
-                    jobs = await self.store.deliverable_jobs(
-                        conn.company, conn.agent_id, limit=MAX_REDELIVERY, queued_only=not redeliver
-                    )
-                    for job in jobs:
-                        if conn.closing:
-                            return  # the agent is gone again; its next connection starts over
-                        if job.state is not JobState.QUEUED:
-                            if (job.dispatched_at or 0.0) >= conn.connected_at:
-                                continue  # already sent on this very connection
-                            self.redelivered += 1
-                        held = await self._dispatch(conn, job)
-                        if held is not None:  # the branch's circuit is open: try again later
-                            pump.kicked = True
-                            await trio.sleep(held)
-                            break
-                except StoreError as exc:
-                    log.warning("delivery postponed: store unavailable", agent=conn.agent_id, error=str(exc))
-                    pump.kicked = True
-                    pump.redeliver |= redeliver
+        key = (link.company, link.agent_id)
+        session = link.session
+        while not link.closing:
+            want = self.core.next_pass(key, session)
+            if want is Want.NONE:
+                return
+            try:
+                jobs = await self.store.deliverable_jobs(
+                    link.company, link.agent_id, limit=MAX_PASS, queued_only=want is Want.QUEUED
+                )
+            except StoreError as exc:
+                log.warning("delivery postponed: store unavailable", agent=link.agent_id, error=str(exc))
+                self.core.pass_failed(key, session, want)
+                await trio.sleep(STORE_RETRY_DELAY)
+                continue
+            for job in jobs:
+                if link.closing:
+                    return
+                decision = self.core.decide(
+                    key, session, job.job_id, job.state, job.branch, trio.current_time()
+                )
+                if isinstance(decision, Skip):
+                    continue
+                if isinstance(decision, Hold):  # the branch's circuit is open: the jobs wait
+                    self.core.pass_failed(key, session, want)
+                    await trio.sleep(decision.retry_after)
+                    break
+                assert isinstance(decision, Go)
+                if job.state is not JobState.QUEUED:
+                    self.redelivered += 1
+                if not await self._dispatch(link, job.job_id, decision.admission):
+                    self.core.pass_failed(key, session, want)
                     await trio.sleep(STORE_RETRY_DELAY)
-        finally:
-            if self._pumps.get(key) is pump:
-                del self._pumps[key]
+                    break
 
-    async def agent_disconnected(self, conn: WsConnection) -> None:
-        """Unfinished jobs stay in the store and go out on reconnect; a lost connection says
-        nothing about whether the agent would have acknowledged, so the circuit is not told."""
-        for job_id, (circuit, _, _) in list(self._admissions.items()):
-            if conn.claims.branch and circuit.name == dispatch_circuit_name(conn.company, conn.claims.branch):
-                self._report_dispatch(job_id, delivered=None)
-
-    async def job_report(self, conn: WsConnection, event: str, report: P.JobReport) -> P.FrameError | None:
+    async def _dispatch(self, link: AgentLink, job_id: str, admission: Any) -> bool:
+        """Record one dispatch under the agent's session, then send it. False when the store
+        could not record it (nothing was sent; the caller retries)."""
+        key = (link.company, link.agent_id)
+        now = trio.current_time()
         try:
-            return await self._record_report(conn, event, report)
+            job = await self.store.record_dispatch(job_id, time.time(), _fence(link))
+        except StaleSession:
+            self.core.give_back(admission, now)
+            self._stale(link)
+            return True
         except StoreError:
-            # not recorded: the job is redelivered once the store is back, and the agent answers
-            # the redelivery from its de-duplication record
-            self._kick(conn, redeliver=True)
-            return P.FrameError(P.ERR_UNAVAILABLE, "store unavailable; the job will be redelivered")
-
-    async def _record_report(
-        self, conn: WsConnection, event: str, report: P.JobReport
-    ) -> P.FrameError | None:
-        job = await self.store.get_job(report.job_id, conn.company)
-        if job is None or job.agent_id != conn.agent_id:
-            return P.FrameError(P.ERR_FORBIDDEN, f"job {report.job_id!r} is not dispatched to this agent")
-        now = time.time()
-        self._report_dispatch(job.job_id, delivered=True)
-        self.timers.cancel(job.job_id)
-        if event == "job.ack":
-            await self.store.mark_acked(job.job_id, now)
-            return None
-        result = dict(report.data)
-        finished, changed = await self.store.finish_job(
-            job.job_id,
-            success=bool(report.success),
-            result=result,
-            error=None if report.success else (report.message or "printing failed"),
-            now=now,
+            self.core.give_back(admission, now)
+            return False
+        if job is None:  # finished meanwhile: nothing to send
+            self.core.give_back(admission, now)
+            return True
+        self.core.sent(
+            key,
+            link.session,
+            job_id=job.job_id,
+            kind=job.kind,
+            correlation_id=job.correlation_id,
+            origin=job.origin,
+            attempts=job.attempts,
+            acked=job.state is JobState.ACKED,
+            admission=admission,
+            now=trio.current_time(),
         )
-        if finished is not None:
-            self.pending.resolve(finished.correlation_id, result)
-        if changed and finished is not None:
-            await self._announce(finished)
+        self._wakeup.set()
+        self.dispatched += 1
+        link.send(
+            P.encode_event(
+                DISPATCH_EVENT,
+                {
+                    "job_id": job.job_id,
+                    "correlation_id": job.correlation_id,
+                    "printer_id": job.printer_id,
+                    "kind": job.kind,
+                    "payload": job.payload,
+                    "attempt": job.attempts,
+                },
+            )
+        )
+        return True
+
+    # ---------------------------------------------------------------- reports from agents
+
+    async def job_report(self, link: AgentLink, event: str, report: P.JobReport) -> P.FrameError | None:
+        key = (link.company, link.agent_id)
+        if not link.session:
+            return P.FrameError(P.ERR_UNAVAILABLE, "store unavailable; the job will be redelivered")
+        fence = _fence(link)
+        try:
+            if event == "job.ack":
+                await self.store.mark_acked(report.job_id, time.time(), fence)
+                self.core.acked(key, link.session, report.job_id, trio.current_time())
+                return None
+            result = dict(report.data)
+            job, changed = await self.store.finish_job(
+                report.job_id,
+                success=bool(report.success),
+                result=result,
+                error=None if report.success else (report.message or "printing failed"),
+                now=time.time(),
+                fence=fence,
+            )
+        except UnknownJob:
+            return P.FrameError(P.ERR_FORBIDDEN, f"job {report.job_id!r} is not dispatched to this agent")
+        except StaleSession:
+            self._stale(link)
+            return P.FrameError(P.ERR_FORBIDDEN, "this connection was replaced by a newer one")
+        except StoreError:
+            # not recorded: the job goes out again once the store is back, and the agent
+            # answers the redelivery from its de-duplication journal
+            self.core.report_failed(key, link.session, report.job_id, kind="print", now=trio.current_time())
+            self._wakeup.set()
+            return P.FrameError(P.ERR_UNAVAILABLE, "store unavailable; the job will be redelivered")
+        self.core.finished(key, link.session, report.job_id, trio.current_time())
+        if job.kind == "test":
+            if job.origin in (None, self.instance_id):
+                self.test_outcome(job.correlation_id, result, gone=False)
+            else:
+                await self._tell(job.origin, {"t": "test", "cid": job.correlation_id, "result": result})
+        if changed:
+            await self._announce(job)
         return None
+
+    async def _tell(self, instance_id: str, message: dict[str, Any]) -> None:
+        try:
+            await self.agents.tell(instance_id, message)
+        except ClusterUnavailable:
+            pass  # the waiting caller re-reads the job from the store at its timeout
 
     async def _announce(self, job: Job) -> None:
         """`job.completed` to the company's dashboards: once, when the job reaches its end."""
         self.completed += 1
-        await self._publish_company(job.company, P.encode_event(COMPLETED_EVENT, job.to_json()))
+        await self._announce_to(job.company, P.encode_event(COMPLETED_EVENT, job.to_json()))
 
-    async def _expire(self, job_id: str, reason: str) -> Job | None:
-        expired = await self.store.expire_job(job_id, reason=reason, now=time.time())
+    async def _expire_unfenced(self, job: Job, reason: str) -> Job | None:
+        expired = await self.store.expire_job(job.job_id, reason=reason, now=time.time())
         if expired is not None:
             await self._announce(expired)
         return expired
 
-    # ---------------------------------------------------------------- dispatch
+    # ---------------------------------------------------------------- timers and sweeps
 
-    def dispatch_circuit(self, job: Job) -> Circuit:
-        return self.circuits.get_or_create(dispatch_circuit_name(job.company, job.branch))
-
-    def _report_dispatch(self, job_id: str, *, delivered: bool | None) -> None:
-        """Tell the branch's circuit how a dispatch went: acked, unanswered, or unknown (None)."""
-        entry = self._admissions.pop(job_id, None)
-        if entry is None:
-            return
-        circuit, admission, sent_at = entry
+    async def _on_timers(self) -> None:
+        """Execute what the core's timers decided: re-sends and expiries."""
         now = trio.current_time()
-        if delivered is None:
-            circuit.breaker.release(now, admission)
-        elif delivered:
-            circuit.breaker.on_success(now, now - sent_at, admission)
-        else:
-            circuit.breaker.on_failure(now, now - sent_at, admission)
-
-    async def _dispatch(self, conn: WsConnection, job: Job) -> float | None:
-        """Record and send one dispatch. Returns None when done with it, or the seconds to wait
-        when the branch's circuit holds it back (the job stays where it is, nothing is lost)."""
-        circuit = self.dispatch_circuit(job)
-        now = trio.current_time()
-        admission = circuit.breaker.try_acquire(now)
-        if not admission.allowed:
-            return max(admission.retry_after, 0.5)
-        recorded = await self.store.record_dispatch(job.job_id, time.time())
-        if recorded is None:
-            circuit.breaker.release(now, admission)
-            return None  # finished meanwhile: nothing to send
-        if recorded.state is JobState.DISPATCHED:
-            self._report_dispatch(job.job_id, delivered=None)
-            self._admissions[job.job_id] = (circuit, admission, now)
-            wait = self.config.ack_timeout + self.retry.delay(recorded.attempts)
-            self.timers.schedule(job.job_id, now + wait)
-            self._wakeup.set()
-        else:
-            circuit.breaker.release(now, admission)  # a redelivery of an acked job proves nothing
-        message = {
-            "job_id": recorded.job_id,
-            "correlation_id": recorded.correlation_id,
-            "printer_id": recorded.printer_id,
-            "kind": recorded.kind,
-            "payload": recorded.payload,
-            "attempt": recorded.attempts,
-        }
-        self.dispatched += 1
-        conn.send(P.encode_event(DISPATCH_EVENT, message))
-        return None
-
-    async def _resend_due(self) -> None:
-        for job_id in self.timers.pop_due(trio.current_time()):
-            job = await self.store.get_job(job_id)
-            if job is None or job.state not in (JobState.QUEUED, JobState.DISPATCHED):
-                self._report_dispatch(job_id, delivered=None)
+        for action in self.core.due(now):
+            key = action.agent
+            link = self.agents.local(key)
+            held = self.core.holds(key)
+            if link is None or held is None or held.session != link.session:
                 continue
-            if job.state is JobState.DISPATCHED:
-                self._report_dispatch(job_id, delivered=False)  # no ack within the timeout
-            if self.retry.exhausted(job.attempts):
-                await self._expire(job_id, f"no acknowledgement after {job.attempts} attempts")
-                log.warning("job expired", job_id=job_id, attempts=job.attempts)
+            if isinstance(action, Send):
+                if not await self._dispatch(link, action.job_id, action.admission):
+                    self.core.send_failed(key, link.session, action.job_id, trio.current_time())
                 continue
-            conn = self.hub.agent(job.company, job.agent_id)
-            if conn is None:
-                continue  # offline: redelivered on reconnect
-            held = await self._dispatch(conn, job)
-            if held is not None:
-                self.timers.schedule(job_id, trio.current_time() + held)
+            assert isinstance(action, Expire)
+            try:
+                expired = await self.store.expire_job(
+                    action.job_id, reason=action.reason, now=time.time(), fence=_fence(link)
+                )
+            except StaleSession:
+                self._stale(link)
+                continue
+            except StoreError:
+                self.core.send_failed(key, link.session, action.job_id, trio.current_time())
+                continue
+            self.core.forget(key, link.session, action.job_id, trio.current_time())
+            if expired is not None:
+                log.warning("job expired", job_id=action.job_id, reason=action.reason)
+                await self._announce(expired)
 
-    async def expire_old(self) -> int:
-        """Queued jobs older than `job_ttl` never reached their agent: mark them expired."""
-        n = 0
-        cutoff = time.time() - self.config.job_ttl
-        for job in await self.store.unfinished_jobs():
-            if job.state is JobState.QUEUED and job.created_at < cutoff:
-                if await self._expire(job.job_id, "not delivered within job_ttl"):
-                    n += 1
-        return n
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the agents' delivery pumps and run the maintenance loop (ack timers, expiry)."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._sort_arrivals)
-            task_status.started()
-            await self._maintain()
-
-    async def _maintain(self) -> None:
-        next_expiry = trio.current_time()
+    async def _timers(self) -> None:
         while True:
-            nxt = self.timers.next_at()
-            wake = min(nxt if nxt is not None else float("inf"), next_expiry)
-            with trio.move_on_at(wake):
+            nxt = self.core.next_due()
+            with trio.move_on_at(nxt if nxt is not None else float("inf")):
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
+            await self._on_timers()
+
+    async def sweep(self) -> None:
+        """Deliver queued jobs of the agents held here that no wake-up announced (a routing
+        message lost, or sent while the cluster was down), and retry session releases."""
+        unreleased, self._unreleased = self._unreleased, []
+        for fence in unreleased:
             try:
-                await self._resend_due()
-                if trio.current_time() >= next_expiry:
-                    next_expiry = trio.current_time() + 60.0
-                    await self.expire_old()
+                await self.store.release_agent(fence, time.time())
+            except StoreError:
+                self._unreleased.append(fence)
+        for key in await self.store.agents_with_queued_jobs(self.instance_id):
+            self._wake(key, Want.QUEUED)
+
+    async def _sweeps(self) -> None:
+        while True:
+            await trio.sleep(self.config.sweep_interval)
+            try:
+                await self.sweep()
             except StoreError as exc:
-                log.warning("job maintenance postponed: store unavailable", error=str(exc))
-                await trio.sleep(1.0)
+                log.debug("sweep postponed: store unavailable", error=str(exc))
+
+    async def leader_chores(self, token: int, *, orphan_after: float) -> None:
+        """What one instance of the cluster does for all (the leader, under its fencing token):
+        expire jobs never delivered within the TTL, and release agents of instances that are
+        gone (their dispatched jobs wait for the agent's reconnect, queued again)."""
+        now = time.time()
+        try:
+            for job in await self.store.expire_queued(now - self.config.job_ttl, now, token):
+                await self._announce(job)
+            requeued = await self.store.release_orphans(now - orphan_after, now, token)
+        except StaleLeader as exc:
+            log.warning("leader chore refused: another instance leads now", error=str(exc))
+            raise
+        if requeued:
+            log.info("requeued jobs of agents whose instance is gone", jobs=len(requeued))
+            for job in requeued:
+                await self._route(job)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the agents' delivery pumps, the timers, arrivals and the sweep."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._record_arrivals)
+            nursery.start_soon(self._timers)
+            nursery.start_soon(self._sweeps)
+            task_status.started()
+
+
+def _fence(link: AgentLink) -> AgentFence:
+    return AgentFence(link.company, link.agent_id, link.session)
