@@ -155,14 +155,16 @@ def make_result(job: DispatchedJob, success: bool, message: str, **extra: Any) -
 # ---------------------------------------------------------------- the de-duplication journal
 
 
-class JobState(StrEnum):
+class JournalState(StrEnum):
+    """What the agent's journal says of a job (not printd's job state: see printd.jobs.model)."""
+
     PRINTING = "printing"
     DONE = "done"
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    state: JobState
+    state: JournalState
     result: dict[str, Any] | None = None
 
 
@@ -177,11 +179,11 @@ class Action(StrEnum):
 
 def decide(entry: Entry | None, *, in_flight: bool) -> Action:
     """The whole de-duplication rule. `in_flight`: queued or printing in this process."""
-    if entry is not None and entry.state is JobState.DONE:
+    if entry is not None and entry.state is JournalState.DONE:
         return Action.REPLAY
     if in_flight:
         return Action.ACK_ONLY
-    if entry is not None and entry.state is JobState.PRINTING:
+    if entry is not None and entry.state is JournalState.PRINTING:
         return Action.UNKNOWN
     return Action.PRINT
 
@@ -189,7 +191,7 @@ def decide(entry: Entry | None, *, in_flight: bool) -> Action:
 def printing_record(job: DispatchedJob, at: float) -> dict[str, Any]:
     return {
         "job_id": job.job_id,
-        "state": JobState.PRINTING.value,
+        "state": JournalState.PRINTING.value,
         "at": at,
         "printer_id": job.printer_id,
         "correlation_id": job.correlation_id,
@@ -197,7 +199,7 @@ def printing_record(job: DispatchedJob, at: float) -> dict[str, Any]:
 
 
 def done_record(job_id: str, result: dict[str, Any], at: float) -> dict[str, Any]:
-    return {"job_id": job_id, "state": JobState.DONE.value, "at": at, "result": result}
+    return {"job_id": job_id, "state": JournalState.DONE.value, "at": at, "result": result}
 
 
 class Journal:
@@ -246,14 +248,14 @@ class Journal:
         state = record.get("state")
         if not isinstance(job_id, str) or not job_id:
             return False
-        if state == JobState.PRINTING:
+        if state == JournalState.PRINTING:
             current = self.entries.get(job_id)
-            if current is None or current.state is not JobState.DONE:
-                self.entries[job_id] = Entry(JobState.PRINTING)
+            if current is None or current.state is not JournalState.DONE:
+                self.entries[job_id] = Entry(JournalState.PRINTING)
             return True
-        if state == JobState.DONE:
+        if state == JournalState.DONE:
             result = record.get("result")
-            self.entries[job_id] = Entry(JobState.DONE, result if isinstance(result, dict) else {})
+            self.entries[job_id] = Entry(JournalState.DONE, result if isinstance(result, dict) else {})
             return True
         return False
 
@@ -265,7 +267,7 @@ class Journal:
 
     def unresolved(self) -> list[str]:
         """Jobs that were printing when the process stopped (no `done` record)."""
-        return [job_id for job_id, e in self.entries.items() if e.state is JobState.PRINTING]
+        return [job_id for job_id, e in self.entries.items() if e.state is JournalState.PRINTING]
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record durably (flush + fsync). Does not touch the in-memory view."""

@@ -97,18 +97,18 @@ def test_decide_new_job_prints() -> None:
 
 
 def test_decide_done_job_replays_even_if_in_flight() -> None:
-    done = A.Entry(A.JobState.DONE, {"success": True})
+    done = A.Entry(A.JournalState.DONE, {"success": True})
     assert A.decide(done, in_flight=False) is A.Action.REPLAY
     assert A.decide(done, in_flight=True) is A.Action.REPLAY
 
 
 def test_decide_job_queued_or_printing_in_this_process_gets_an_ack_only() -> None:
     assert A.decide(None, in_flight=True) is A.Action.ACK_ONLY
-    assert A.decide(A.Entry(A.JobState.PRINTING), in_flight=True) is A.Action.ACK_ONLY
+    assert A.decide(A.Entry(A.JournalState.PRINTING), in_flight=True) is A.Action.ACK_ONLY
 
 
 def test_decide_printing_left_by_an_earlier_run_is_unknown() -> None:
-    assert A.decide(A.Entry(A.JobState.PRINTING), in_flight=False) is A.Action.UNKNOWN
+    assert A.decide(A.Entry(A.JournalState.PRINTING), in_flight=False) is A.Action.UNKNOWN
 
 
 # -- the journal ------------------------------------------------------------------------------
@@ -185,8 +185,8 @@ def test_journal_repairs_a_torn_last_line_before_appending(tmp_path: Path) -> No
 
 def test_replay_result_is_the_stored_one() -> None:
     stored = A.make_result(job(), True, "printed on kitchen-1", printed_at=5.0)
-    assert A.replay_result(job(), A.Entry(A.JobState.DONE, stored)) == stored
-    damaged = A.replay_result(job(), A.Entry(A.JobState.DONE, {}))
+    assert A.replay_result(job(), A.Entry(A.JournalState.DONE, stored)) == stored
+    damaged = A.replay_result(job(), A.Entry(A.JournalState.DONE, {}))
     assert damaged["job_id"] == "j1" and damaged["success"] is False
 
 
