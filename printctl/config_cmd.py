@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,17 +15,9 @@ from rich.table import Table
 from printctl.common import EXIT_USAGE, JsonOpt, console, emit_json, fail
 from printd.breakers import BreakerConfig
 from printd.config import (
-    AuthConfig,
-    CompressionConfig,
+    SECTIONS,
     Config,
     ConfigError,
-    HealthConfig,
-    JobsConfig,
-    RateLimitConfig,
-    RedisConfig,
-    ServerConfig,
-    StatusConfig,
-    StoreConfig,
     load_config,
     redact_url,
 )
@@ -37,23 +30,6 @@ app = typer.Typer(
 
 DEFAULT_PATH = Path("config/printd.toml")
 CONFIG_ENV = "PRINTD_CONFIG"
-
-#: (section, class, comment above the table) in the order they are written.
-SECTIONS: tuple[tuple[str, type, str], ...] = (
-    ("server", ServerConfig, "HTTP API, WebSocket gateway and monitoring, all on one port."),
-    ("compression", CompressionConfig, "permessage-deflate for WebSocket connections."),
-    ("auth", AuthConfig, "Tokens (HS256 JWTs) and browser origins."),
-    ("status", StatusConfig, "Printer status fan-out to dashboards."),
-    ("jobs", JobsConfig, "Print job delivery to agents."),
-    ("ratelimit", RateLimitConfig, "Printer test limits (POST /api/v1/printers/{id}/test)."),
-    (
-        "health",
-        HealthConfig,
-        "/monitoring/health thresholds: above one, the instance reports degraded (503).",
-    ),
-    ("store", StoreConfig, "Where jobs and printers are kept."),
-    ("redis", RedisConfig, "Redis, for running several instances behind one load balancer."),
-)
 
 #: One comment per key; the env var that overrides the key is named where one exists.
 COMMENTS: dict[str, str] = {
@@ -195,12 +171,12 @@ def render_default_config() -> str:
     out: list[str] = [HEADER]
     defaults = Config()
     for f in dataclasses.fields(Config):
-        if f.name in {s[0] for s in SECTIONS} or f.name == "circuits":
+        if f.name in SECTIONS or f.name == "circuits":
             continue
         out.extend(_key_lines(f.name, f.name, getattr(defaults, f.name)))
         out.append("")
-    for section, cls, about in SECTIONS:
-        out.extend(_comment_lines(about))
+    for section, cls in SECTIONS.items():
+        out.extend(_comment_lines(inspect.getdoc(cls) or section))
         out.append(f"[{section}]")
         for key, value in _defaults_of(cls).items():
             out.extend(_key_lines(f"{section}.{key}", key, value))

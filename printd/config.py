@@ -30,6 +30,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
+    """HTTP API, WebSocket gateway and monitoring, all on one port."""
+
     host: str = "127.0.0.1"
     port: int = 3001
     backlog: int = 4096
@@ -47,6 +49,8 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class CompressionConfig:
+    """permessage-deflate for WebSocket connections."""
+
     enabled: bool = True
     level: int = 3
     mem_level: int = 7
@@ -57,6 +61,8 @@ class CompressionConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
+    """Tokens (HS256 JWTs) and browser origins."""
+
     jwt_secret: str | None = None
     cors_origins: tuple[str, ...] = ()
     leeway: float = 30.0
@@ -64,11 +70,15 @@ class AuthConfig:
 
 @dataclass(frozen=True, slots=True)
 class StatusConfig:
+    """Printer status fan-out to dashboards."""
+
     batch_delay: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
 class JobsConfig:
+    """Print job delivery to agents."""
+
     ack_timeout: float = 10.0
     retry_initial: float = 1.0
     retry_max: float = 30.0
@@ -83,6 +93,8 @@ class JobsConfig:
 
 @dataclass(frozen=True, slots=True)
 class RateLimitConfig:
+    """Printer test limits (POST /api/v1/printers/{id}/test)."""
+
     branch_tests: int = 10
     printer_tests: int = 5
     window: float = 60.0
@@ -90,6 +102,8 @@ class RateLimitConfig:
 
 @dataclass(frozen=True, slots=True)
 class HealthConfig:
+    """/monitoring/health thresholds: above one, the instance reports degraded (503)."""
+
     memory_percent: float = 85.0
     cpu_percent: float = 90.0
     error_rate: float = 10.0
@@ -99,6 +113,8 @@ class HealthConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
+    """Where jobs and printers are kept."""
+
     database_url: str | None = None
     pool_size: int = 10
     statement_timeout_ms: int = 5000
@@ -106,6 +122,8 @@ class StoreConfig:
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
+    """Redis, for running several instances behind one load balancer."""
+
     url: str | None = None
 
 
@@ -145,7 +163,9 @@ class Config:
         return f"sqlite:///{(self.data_dir / 'printd.db').resolve()}"
 
 
-_SECTIONS: dict[str, type] = {
+#: The `[table]` sections of a config file and the class each one builds, in file order.
+#: `printctl config init` writes them in this order, each under its class's docstring.
+SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "compression": CompressionConfig,
     "auth": AuthConfig,
@@ -325,14 +345,14 @@ def build_config(raw: Mapping[str, Any]) -> Config:
     hints = get_type_hints(Config)
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in _SECTIONS:
-            kwargs[key] = _build(_SECTIONS[key], key, value)
+        if key in SECTIONS:
+            kwargs[key] = _build(SECTIONS[key], key, value)
         elif key == "circuits":
             kwargs[key] = _circuits(value)
         elif key in _TOP_LEVEL:
             kwargs[key] = _coerce(key, value, hints[key])
         else:
-            known = ", ".join([*_TOP_LEVEL, *_SECTIONS, "circuits"])
+            known = ", ".join([*_TOP_LEVEL, *SECTIONS, "circuits"])
             raise ConfigError(f"{key}: unknown key (known: {known})")
     config = Config(**kwargs)
     validate(config)

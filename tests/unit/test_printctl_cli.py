@@ -24,10 +24,10 @@ import tomli_w
 import typer
 from typer.testing import CliRunner, Result
 
-from printctl.config_cmd import COMMENTS, SECTIONS, render_default_config
+from printctl.config_cmd import COMMENTS, render_default_config
 from printctl.main import app
 from printd.breakers import BreakerConfig
-from printd.config import Config, load_config
+from printd.config import SECTIONS, Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "printctl-test-secret-0123456789abcdef0123"
@@ -210,11 +210,11 @@ def test_config_init_comments_every_key() -> None:
     text = render_default_config()
     assert "see printd/config.py" not in text  # no key fell back to the generic comment
     lines = text.splitlines()
-    keys = [f"{s}.{f.name}" for s, cls, _ in SECTIONS for f in dataclasses.fields(cls)]
+    for section, cls in SECTIONS.items():  # the comment above the table is the class docstring
+        assert cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("), section
+    keys = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
     keys += [f"circuits.{f.name}" for f in dataclasses.fields(BreakerConfig)]
-    keys += [
-        f.name for f in dataclasses.fields(Config) if f.name not in {s for s, _, _ in SECTIONS} | {"circuits"}
-    ]
+    keys += [f.name for f in dataclasses.fields(Config) if f.name not in {*SECTIONS, "circuits"}]
     for key in keys:
         assert key in COMMENTS, key
         name = key.rsplit(".", 1)[-1]
