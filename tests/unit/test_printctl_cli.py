@@ -1,63 +1,30 @@
-"""printctl operator commands: token, config, health, instance, circuits, jobs, printers.
+"""printctl operator commands without a server: token, config, help, usage errors.
 
-Most tests need no server; the HTTP ones share one real `printd run` subprocess per module.
+The commands that talk to printd are tested against a real one in tests/integration/test_printctl.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 import pytest
 import tomli_w
 import typer
-from typer.testing import CliRunner, Result
 
 from printctl.config_cmd import COMMENTS, render_default_config
 from printctl.main import app
 from printd.breakers import BreakerConfig
 from printd.config import SECTIONS, Config, load_config
+from tests.cli import run
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "printctl-test-secret-0123456789abcdef0123"
-#: Variables that would make a test depend on the machine it runs on.
-CLEAN_ENV: dict[str, str | None] = {
-    name: None
-    for name in (
-        "JWT_SECRET",
-        "PRINTD_CONFIG",
-        "PRINTD_DATA_DIR",
-        "PRINTD_MODE",
-        "PRINTD_URL",
-        "PRINTD_TOKEN",
-        "PORT",
-        "HOST",
-        "DATABASE_URL",
-        "REDIS_URL",
-        "REDIS_HOST",
-        "CORS_ORIGINS",
-        "INSTANCE_ID",
-        "STATUS_BATCH_DELAY",
-        "PRINTD_LOG_LEVEL",
-        "PRINTD_LOG_FORMAT",
-    )
-}
-
-
-def run(*args: str, env: dict[str, str | None] | None = None) -> Result:
-    runner = CliRunner(env={**CLEAN_ENV, "COLUMNS": "200", **(env or {})})
-    return runner.invoke(app, list(args))
 
 
 # ------------------------------------------------------------------ token
@@ -375,132 +342,3 @@ def test_health_unreachable_exits_1() -> None:
     assert res.exit_code == 1
     assert json.loads(res.stdout)["status"] == "unreachable"
     assert run("circuits", "list", "--url", url, "--timeout", "2").exit_code == 1
-
-
-# ------------------------------------------------------------------ against a real printd
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `printd run` subprocess; yields its URL."""
-    data = tmp_path_factory.mktemp("printd")
-    port = _free_port()
-    # Lenient health thresholds: these tests check the CLI, not the machine's load.
-    cfg = data / "printd.toml"
-    cfg.write_text(
-        tomli_w.dumps({"health": {"memory_percent": 100.0, "cpu_percent": 10_000.0, "error_rate": 1e6}})
-    )
-    exe = Path(sys.executable).parent / "printd"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "printd"]
-    cmd += ["run", "--config", str(cfg), "--port", str(port), "--data-dir", str(data)]
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    env.update({"JWT_SECRET": SECRET, "PYTHONUNBUFFERED": "1"})
-    log_path = data / "printd.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"printd exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                httpx.get(url + "/monitoring/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"printd did not answer:\n{log_path.read_text()}") from None
-                time.sleep(0.05)
-        yield url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _token(role: str, company: str = "acme") -> str:
-    res = run("token", "--role", role, "--company", company, "--sub", f"{role}-1", env={"JWT_SECRET": SECRET})
-    assert res.exit_code == 0, res.output
-    return res.stdout.strip()
-
-
-def test_health(server: str) -> None:
-    res = run("health", "--url", server)
-    assert res.exit_code == 0, res.output
-    assert "ok" in res.stdout and "memory" in res.stdout
-    res = run("health", "--json", env={"PRINTD_URL": server})
-    assert res.exit_code == 0, res.output
-    body = json.loads(res.stdout)
-    assert body["status"] == "ok"
-    assert set(body["checks"]) == {"memory", "cpu", "errors"}
-
-
-def test_instance(server: str) -> None:
-    res = run("instance", "--url", server, "--json")
-    assert res.exit_code == 0, res.output
-    body = json.loads(res.stdout)
-    assert {"connections", "messages", "bytes", "jobs", "memory", "rates"} <= set(body)
-    res = run("instance", "--url", server)
-    assert res.exit_code == 0, res.output
-    assert "connections by role" in res.stdout and "saving" in res.stdout
-
-
-def test_circuits_list(server: str) -> None:
-    res = run("circuits", "list", "--url", server, "--json")
-    assert res.exit_code == 0, res.output
-    circuits = {c["name"]: c for c in json.loads(res.stdout)["circuits"]}
-    assert "store" in circuits
-    res = run("circuits", "list", "--url", server)
-    assert res.exit_code == 0 and "store" in res.stdout
-
-
-def test_circuit_actions_need_an_admin_token(server: str) -> None:
-    res = run("circuits", "reset", "store", "--url", server)
-    assert res.exit_code == 1
-    assert "401" in res.stderr and "--role admin" in " ".join(res.stderr.split())
-    res = run("circuits", "reset", "store", "--url", server, "--token", _token("service"))
-    assert res.exit_code == 1 and "403" in res.stderr
-
-
-def test_circuit_actions_with_an_admin_token(server: str) -> None:
-    admin = _token("admin", "*")
-    try:
-        res = run("circuits", "force-open", "store", "--url", server, "--token", admin, "--json")
-        assert res.exit_code == 0, res.output
-        assert json.loads(res.stdout)["circuit"]["state"] == "forced_open"
-        res = run("circuits", "list", "--url", server, "--json")
-        assert {c["name"]: c["state"] for c in json.loads(res.stdout)["circuits"]}["store"] == "forced_open"
-    finally:
-        res = run("circuits", "reset", "store", "--url", server, env={"PRINTD_TOKEN": admin})
-    assert res.exit_code == 0, res.output
-    assert "closed" in res.stdout
-    res = run("circuits", "disable", "nope", "--url", server, "--token", admin)
-    assert res.exit_code == 1 and "404" in res.stderr
-
-
-def test_jobs_and_printers_without_agents(server: str) -> None:
-    service = {"PRINTD_URL": server, "PRINTD_TOKEN": _token("service")}
-    res = run("jobs", "list", "--json", env=service)
-    assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["count"] == 0
-    res = run("printers", "list", "--json", env=service)
-    assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["printers"] == []
-    res = run("jobs", "submit", "--printer", "p1", "--text", "hi", env=service)
-    assert res.exit_code == 1 and "unknown printer" in res.stderr
-    res = run("jobs", "get", "nope", env=service)
-    assert res.exit_code == 1 and "404" in res.stderr
-    res = run("printers", "test", "p1", env=service)
-    assert res.exit_code == 1 and "unknown printer" in res.stderr
-    res = run("jobs", "list", env={"PRINTD_URL": server})
-    assert res.exit_code == 1 and "401" in res.stderr
