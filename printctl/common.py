@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from typing import Annotated, Any, NoReturn
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -41,6 +42,16 @@ TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait fo
 
 def default_url(url: str | None) -> str:
     return (url or os.environ.get("PRINTD_URL") or DEFAULT_URL).rstrip("/")
+
+
+def path_segment(what: str, value: str) -> str:
+    """`value` as one URL path segment. printd's router percent-decodes path parameters, so any
+    id travels encoded (`/` `?` `#` `%` spaces included); only an empty one cannot be sent."""
+    if not value:
+        fail(f"{what}: must not be empty", EXIT_USAGE)
+    encoded = quote(value, safe="")
+    # "." and ".." would be dot-segments that clients and proxies collapse: encode the dots too.
+    return encoded.replace(".", "%2E") if encoded in (".", "..") else encoded
 
 
 def fail(message: str, code: int = EXIT_CHECK_FAILED) -> NoReturn:

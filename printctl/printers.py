@@ -7,7 +7,6 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from printctl.circuits import check_path_segment
 from printctl.common import (
     DEFAULT_URL,
     EXIT_CHECK_FAILED,
@@ -18,6 +17,7 @@ from printctl.common import (
     console,
     emit_json,
     err_console,
+    path_segment,
     request,
 )
 from printctl.jobs import CompanyOpt, api, describe_error, payload_from, query_string, styled_state, when
@@ -89,15 +89,13 @@ def test(
 
     Example: printctl printers test kitchen-1 --text "printd test"
     """
-    check_path_segment("ID", printer_id)
     body: dict[str, Any] = {}
     if text is not None or payload is not None:
         body["payload"] = payload_from(payload, text)
     if company is not None:
         body["company"] = company
-    resp = request(
-        "POST", url, f"/api/v1/printers/{printer_id}/test", token=token, json_body=body, timeout=timeout
-    )
+    path = f"/api/v1/printers/{path_segment('ID', printer_id)}/test"
+    resp = request("POST", url, path, token=token, json_body=body, timeout=timeout)
     try:
         answer: Any = resp.json()
     except ValueError:

@@ -80,3 +80,17 @@ def test_jobs_and_printers_without_agents(server: Printd) -> None:
     assert res.exit_code == 1 and "unknown printer" in res.stderr
     res = run("jobs", "list", env={"PRINTD_URL": server.url})
     assert res.exit_code == 1 and "401" in res.stderr
+
+
+def test_ids_are_percent_encoded_into_the_path(server: Printd) -> None:
+    """printd decodes path parameters, so printctl sends any id, encoded, and printd answers for it."""
+    service = {"PRINTD_URL": server.url, "PRINTD_TOKEN": token("service")}
+    res = run("jobs", "get", "a/b c?d#e%f", env=service)
+    assert res.exit_code == 1, res.output
+    assert "no job 'a/b c?d#e%f'" in res.stderr
+    res = run("printers", "test", "bar 2/3", env=service)
+    assert res.exit_code == 1 and "unknown printer 'bar 2/3'" in res.stderr
+    res = run("jobs", "get", "..", env=service)  # not a dot-segment that would climb the path
+    assert res.exit_code == 1 and "no job '..'" in res.stderr
+    res = run("circuits", "reset", "no/such", "--url", server.url, "--token", token("admin", "*"))
+    assert res.exit_code == 1 and "404" in res.stderr and "no/such" in res.stderr

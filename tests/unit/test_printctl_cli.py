@@ -11,12 +11,14 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import jwt
 import pytest
 import tomli_w
 import typer
 
+from printctl.common import path_segment
 from printctl.config_cmd import COMMENTS, render_default_config
 from printctl.main import app
 from printd.breakers import BreakerConfig
@@ -342,3 +344,13 @@ def test_health_unreachable_exits_1() -> None:
     assert res.exit_code == 1
     assert json.loads(res.stdout)["status"] == "unreachable"
     assert run("circuits", "list", "--url", url, "--timeout", "2").exit_code == 1
+
+
+def test_path_segment_encodes_what_the_router_decodes() -> None:
+    for value in ("kitchen-1", "a/b c?d#e%f", "é", ".", "..", "..."):
+        encoded = path_segment("ID", value)
+        assert "/" not in encoded and encoded not in (".", "..")
+        assert unquote(encoded) == value  # what printd's Router.resolve hands the handler
+    with pytest.raises(typer.Exit) as exc:
+        path_segment("ID", "")
+    assert exc.value.exit_code == 2
