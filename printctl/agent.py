@@ -569,9 +569,8 @@ class Agent:
                 client = await WsClient.connect(self.ws_url, token=self.settings.token, deflate=True)
             except HandshakeRejected as exc:
                 if exc.status in AUTH_STATUSES:
+                    # reported once, by the command (stderr, and the JSON error object with --json)
                     self.fatal = f"printd refused the token (HTTP {exc.status}): {exc.message}"
-                    if self.report.json_mode:  # people get it once, on stderr, from the command
-                        self.report("rejected", self.fatal, level="error", status=exc.status)
                     return EXIT_USAGE
                 delay = backoff.next_delay()
                 self.report(

@@ -1,12 +1,15 @@
 """What every printctl command shares: where printd is, the token, output, exit codes.
 
 Exit codes scripts can trust: 0 ok, 1 check failed (or printd unreachable), 2 usage/config error.
+With `--json`, a failure also prints one error object on stdout (`error_object`), whatever the
+command and wherever it failed, so a script reads stdout the same way in every case.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from contextvars import ContextVar
 from typing import Annotated, Any, NoReturn
 from urllib.parse import quote
 
@@ -54,7 +57,24 @@ def path_segment(what: str, value: str) -> str:
     return encoded.replace(".", "%2E") if encoded in (".", "..") else encoded
 
 
-def fail(message: str, code: int = EXIT_CHECK_FAILED) -> NoReturn:
+#: Set by the root command (printctl.main) for the whole invocation: was --json given?
+JSON_MODE: ContextVar[bool] = ContextVar("printctl_json_mode", default=False)
+
+
+def json_requested() -> bool:
+    return JSON_MODE.get()
+
+
+def error_object(message: str, code: int, **fields: Any) -> dict[str, Any]:
+    """The one shape of a failure under --json."""
+    return {"ok": False, "error": message, "exit_code": code, **fields}
+
+
+def fail(message: str, code: int = EXIT_CHECK_FAILED, **fields: Any) -> NoReturn:
+    """Exit with `code`: the message on stderr, and with --json the error object (plus `fields`)
+    on stdout."""
+    if json_requested():
+        emit_json(error_object(message, code, **fields))
     err_console.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(code)
 

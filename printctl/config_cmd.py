@@ -251,9 +251,7 @@ def check(
     try:
         cfg = load_config(path, overrides={"mode": "production"} if production else None)
     except ConfigError as exc:
-        if json_out:
-            emit_json({"ok": False, "path": str(path), "error": str(exc)})
-        fail(f"config error: {exc}", EXIT_USAGE)
+        fail(f"config error: {exc}", EXIT_USAGE, path=str(path))
     summary = {
         "ok": True,
         "path": str(path),

@@ -128,10 +128,11 @@ def health(
     """
     if watch is None:
         body = fetch_health(url, timeout)
+        if body.get("status") == "unreachable":
+            hint = "is printd running there? check --url or PRINTD_URL"
+            fail(f"{body.get('error')} ({hint})", status="unreachable", url=body.get("url"))
         if json_out:
             emit_json(body)
-        elif body.get("status") == "unreachable":
-            fail(f"{body.get('error')} (is printd running there? check --url or PRINTD_URL)")
         else:
             console.print(health_table(body))
         raise typer.Exit(_exit_code(body))

@@ -237,9 +237,11 @@ def submit(
         return
     job = wait_for(job_id, url, token, company, wait, timeout)
     if job is None:
-        if json_out:
-            emit_json({**created, "timed_out": True})
-        fail(f"job {job_id} did not finish within {wait:g} s; follow it with: printctl jobs get {job_id}")
+        fail(
+            f"job {job_id} did not finish within {wait:g} s; follow it with: printctl jobs get {job_id}",
+            job=created,
+            timed_out=True,
+        )
     if json_out:
         emit_json(job)
     else:

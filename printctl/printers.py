@@ -17,6 +17,7 @@ from printctl.common import (
     console,
     emit_json,
     err_console,
+    fail,
     path_segment,
     request,
 )
@@ -101,12 +102,7 @@ def test(
     except ValueError:
         answer = None
     if resp.status_code != 200 or not isinstance(answer, dict):
-        if json_out and isinstance(answer, dict):
-            emit_json({"status": resp.status_code, **answer})
-        err_console.print(
-            f"[red]error:[/red] test of {printer_id} failed: {describe_error(resp)}", highlight=False
-        )
-        raise typer.Exit(EXIT_CHECK_FAILED)
+        fail(f"test of {printer_id} failed: {describe_error(resp)}", status=resp.status_code, answer=answer)
     if json_out:
         emit_json(answer)
     else:

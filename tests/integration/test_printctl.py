@@ -94,3 +94,18 @@ def test_ids_are_percent_encoded_into_the_path(server: Printd) -> None:
     assert res.exit_code == 1 and "no job '..'" in res.stderr
     res = run("circuits", "reset", "no/such", "--url", server.url, "--token", token("admin", "*"))
     assert res.exit_code == 1 and "404" in res.stderr and "no/such" in res.stderr
+
+
+def test_http_errors_under_json_are_one_error_object(server: Printd) -> None:
+    service = {"PRINTD_URL": server.url, "PRINTD_TOKEN": token("service")}
+    for args in (
+        ["jobs", "get", "nope"],
+        ["jobs", "submit", "--printer", "p1", "--text", "hi"],
+        ["printers", "test", "p1"],
+        ["circuits", "reset", "store"],  # a service token: 403
+    ):
+        res = run(*args, "--json", env=service)
+        assert res.exit_code == 1, (args, res.output)
+        body = json.loads(res.stdout)
+        assert body["ok"] is False and body["exit_code"] == 1, body
+        assert ("404" in body["error"]) or ("403" in body["error"]), body

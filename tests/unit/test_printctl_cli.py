@@ -354,3 +354,49 @@ def test_path_segment_encodes_what_the_router_decodes() -> None:
     with pytest.raises(typer.Exit) as exc:
         path_segment("ID", "")
     assert exc.value.exit_code == 2
+
+
+# ------------------------------------------------------------------ --json on failure
+
+UNREACHABLE = "http://127.0.0.1:9"  # discard port: connection refused
+
+
+def _failures(tmp: Path) -> list[tuple[list[str], int]]:
+    """One failing invocation per command that has --json, with the exit code it must give."""
+    return [
+        (["token", "--role", "root", "--company", "acme", "--sub", "x"], 2),
+        (["config", "init", str(tmp)], 2),
+        (["config", "check", str(tmp / "missing.toml")], 2),
+        (["health", "--url", UNREACHABLE, "--timeout", "2"], 1),
+        (["instance", "--url", UNREACHABLE, "--timeout", "2"], 1),
+        (["agent", "--printer", "k1", "--output", str(tmp)], 2),
+        (["verify-prints", "--accepted", str(tmp / "missing.jsonl"), str(tmp)], 2),
+        (["circuits", "list", "--url", UNREACHABLE], 1),
+        (["circuits", "reset", "store", "--url", UNREACHABLE], 1),
+        (["circuits", "force-open", "store", "--url", UNREACHABLE], 1),
+        (["circuits", "disable", "store", "--url", UNREACHABLE], 1),
+        (["jobs", "submit", "--printer", "k1", "--url", UNREACHABLE], 1),
+        (["jobs", "get", "j1", "--url", UNREACHABLE], 1),
+        (["jobs", "list", "--url", UNREACHABLE], 1),
+        (["jobs", "list", "--state", "lost", "--url", UNREACHABLE], 2),  # refused by the option parser
+        (["printers", "list", "--url", UNREACHABLE], 1),
+        (["printers", "test", "k1", "--url", UNREACHABLE], 1),
+    ]
+
+
+def test_every_json_command_is_covered_by_the_failure_test(tmp_path: Path) -> None:
+    covered = {tuple(a for a in args if not a.startswith("-"))[:2] for args, _ in _failures(tmp_path)}
+    for path in COMMANDS:
+        res = run(*path, "--help")
+        if "--json" in res.stdout:
+            assert any(path == c[: len(path)] for c in covered), path
+
+
+def test_json_failure_is_one_error_object_on_stdout(tmp_path: Path) -> None:
+    for args, code in _failures(tmp_path):
+        res = run(*args, "--json", env={"JWT_SECRET": SECRET})
+        assert res.exit_code == code, (args, res.output)
+        body = json.loads(res.stdout)  # exactly one JSON document
+        assert body["ok"] is False and body["exit_code"] == code, (args, body)
+        assert isinstance(body["error"], str) and body["error"], (args, body)
+        assert "\n" not in body["error"]
