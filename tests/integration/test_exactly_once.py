@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from printctl.checker import compare, read_prints
+from printctl.checker import compare, read_print_log
 from tests.conftest import Printd, token
 
 SVC = token("service", "acme", sub="pos-1")
@@ -143,7 +143,7 @@ def test_printd_sigkill_mid_stream_loses_and_doubles_nothing(
         assert all(states.get(j) == "printed" for j in accepted), {
             j: states.get(j) for j in accepted if states.get(j) != "printed"
         }
-        report = compare(accepted, read_prints([tmp_path / "agent-out"]))
+        report = compare(accepted, read_print_log([tmp_path / "agent-out"]).job_ids)
         assert report.ok, report.to_json()
         assert report.printed == 90
     finally:
@@ -164,7 +164,7 @@ def test_agent_dies_after_printing_before_result_prints_once(printd: Printd, tmp
         assert states[job] == "printed"
         detail = printd.get(f"/api/v1/jobs/{job}", SVC).json()
         assert detail["attempts"] == 2  # it was redelivered...
-        report = compare([job], read_prints([out]))
+        report = compare([job], read_print_log([out]).job_ids)
         assert report.ok and report.printed == 1, report.to_json()  # ...and printed once
         verify = subprocess.run(
             [

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from printctl import agent as A
-from printctl.checker import read_prints
+from printctl.checker import read_print_log
 from printd.auth import mint_token
 
 # -- helpers --------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def test_device_writes_one_line_and_a_ticket_numbered_across_restarts(tmp_path: 
     dev.close()
     log = lines(tmp_path / "prints.jsonl")
     assert [r["job_id"] for r in log] == ["j1", "j2", "j/3", "j4"]
-    assert read_prints([tmp_path]) == ["j1", "j2", "j/3", "j4"]  # what verify-prints reads
+    assert read_print_log([tmp_path]).job_ids == ["j1", "j2", "j/3", "j4"]  # what verify-prints reads
     assert sorted(p.name for p in (tmp_path / "kitchen-1").iterdir()) == [
         "000001-j1.txt",
         "000002-j2.txt",
@@ -290,7 +290,7 @@ async def test_new_job_is_acked_printed_once_and_replayed(tmp_path: Path) -> Non
         assert client.results("j1")[1] == result
         nursery.cancel_scope.cancel()
     close_agent(agent)
-    assert read_prints([tmp_path]) == ["j1"]
+    assert read_print_log([tmp_path]).job_ids == ["j1"]
     assert [r["state"] for r in lines(tmp_path / A.JOURNAL)] == ["printing", "done"]
 
     # after a restart of the agent the journal still answers for it
@@ -299,7 +299,7 @@ async def test_new_job_is_acked_printed_once_and_replayed(tmp_path: Path) -> Non
     await restarted.on_dispatch(client2, dispatch_data(job(attempt=3)))  # type: ignore[arg-type]
     assert client2.sent == [("job.ack", {"job_id": "j1", "correlation_id": "c-j1"}), ("job.result", result)]
     close_agent(restarted)
-    assert read_prints([tmp_path]) == ["j1"]
+    assert read_print_log([tmp_path]).job_ids == ["j1"]
 
 
 async def test_duplicate_while_queued_gets_only_an_ack(tmp_path: Path) -> None:
@@ -317,7 +317,7 @@ async def test_duplicate_while_queued_gets_only_an_ack(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
     close_agent(agent)
     assert client.events("j1") == ["job.ack", "job.ack", "job.result"]
-    assert read_prints([tmp_path]) == ["j1"]
+    assert read_print_log([tmp_path]).job_ids == ["j1"]
 
 
 async def test_jobs_print_in_arrival_order(tmp_path: Path) -> None:
@@ -332,7 +332,7 @@ async def test_jobs_print_in_arrival_order(tmp_path: Path) -> None:
         await wait_for_result(client, ids[-1])
         nursery.cancel_scope.cancel()
     close_agent(agent)
-    assert read_prints([tmp_path]) == ids
+    assert read_print_log([tmp_path]).job_ids == ids
 
 
 async def test_printing_left_by_a_crash_is_reported_unknown_not_printed(tmp_path: Path) -> None:
@@ -347,7 +347,7 @@ async def test_printing_left_by_a_crash_is_reported_unknown_not_printed(tmp_path
     await agent.on_dispatch(client, dispatch_data(job(attempt=2)))  # type: ignore[arg-type]
     assert client.results("j1") == [result, result]
     close_agent(agent)
-    assert read_prints([tmp_path]) == []
+    assert read_print_log([tmp_path]).job_ids == []
     assert A.Journal.open(tmp_path / A.JOURNAL).decide("j1") is A.Action.REPLAY
 
 
@@ -363,7 +363,7 @@ async def test_fail_printer_fails_without_printing(tmp_path: Path) -> None:
     close_agent(agent)
     [result] = client.results("j1")
     assert result["success"] is False and result["message"] == "printer bar-1 is out of paper"
-    assert read_prints([tmp_path]) == []
+    assert read_print_log([tmp_path]).job_ids == []
     assert A.Journal.open(tmp_path / A.JOURNAL).decide("j1") is A.Action.REPLAY
 
 
@@ -374,7 +374,7 @@ async def test_job_for_a_printer_not_attached_fails_at_once(tmp_path: Path) -> N
     close_agent(agent)
     assert client.events("j1") == ["job.ack", "job.result"]
     assert "not attached" in client.results("j1")[0]["message"]
-    assert read_prints([tmp_path]) == []
+    assert read_print_log([tmp_path]).job_ids == []
 
 
 async def test_full_queue_leaves_the_job_unacked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -405,4 +405,4 @@ async def test_result_of_a_print_done_while_disconnected_waits_for_redelivery(tm
     close_agent(agent)
     assert reconnected.events("j1") == ["job.ack", "job.result"]
     assert reconnected.results("j1")[0]["success"] is True
-    assert read_prints([tmp_path]) == ["j1"]
+    assert read_print_log([tmp_path]).job_ids == ["j1"]

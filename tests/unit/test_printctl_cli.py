@@ -400,3 +400,64 @@ def test_json_failure_is_one_error_object_on_stdout(tmp_path: Path) -> None:
         assert body["ok"] is False and body["exit_code"] == code, (args, body)
         assert isinstance(body["error"], str) and body["error"], (args, body)
         assert "\n" not in body["error"]
+
+
+# ------------------------------------------------------------------ verify-prints
+
+
+def _print_log(directory: Path, *job_ids: str, torn: str = "") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps({"job_id": j, "printer_id": "k1", "printed_at": 1.0}) + "\n" for j in job_ids)
+    (directory / "prints.jsonl").write_text(lines + torn)
+    return directory
+
+
+def test_verify_prints_skips_and_counts_a_torn_last_line(tmp_path: Path) -> None:
+    """The agent expects a torn last line after a crash (it ends it before appending again)."""
+    accepted = tmp_path / "accepted.jsonl"
+    accepted.write_text('{"job_id": "j1"}\n{"job_id": "j2"}\n')
+    agent = _print_log(tmp_path / "agent", "j1", "j2", torn='{"job_id": "j3", "printer_id": "k')
+    res = run("verify-prints", "--accepted", str(accepted), str(agent))
+    assert res.exit_code == 0, res.output
+    assert "1 torn line" in " ".join(res.output.split())
+    res = run("verify-prints", "--accepted", str(accepted), str(agent), "--json")
+    assert res.exit_code == 0, res.output
+    body = json.loads(res.stdout)
+    assert body["ok"] is True and body["printed"] == 2 and body["torn"] == 1
+
+
+def test_verify_prints_torn_line_in_the_middle_after_a_restart(tmp_path: Path) -> None:
+    accepted = tmp_path / "accepted.txt"
+    accepted.write_text("j1\nj3\n")
+    # j2's line was torn by a crash (its outcome is "unknown", never printed again); the restarted
+    # agent ended that line and printed j3 after it
+    log = _print_log(tmp_path / "agent", "j1", torn='{"job_id": "j2", "prin\n') / "prints.jsonl"
+    with log.open("a") as f:
+        f.write(json.dumps({"job_id": "j3"}) + "\n")
+    res = run("verify-prints", "--accepted", str(accepted), str(log), "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["torn"] == 1
+
+
+def test_verify_prints_missing_paths_are_usage_errors(tmp_path: Path) -> None:
+    accepted = tmp_path / "accepted.jsonl"
+    accepted.write_text('{"job_id": "j1"}\n')
+    agent = _print_log(tmp_path / "agent", "j1")
+    res = run("verify-prints", "--accepted", str(accepted), str(agent), str(tmp_path / "typo"))
+    assert res.exit_code == 2, res.output
+    assert "typo" in res.stderr and "no such" in res.stderr
+    (tmp_path / "empty").mkdir()
+    res = run("verify-prints", "--accepted", str(accepted), str(tmp_path / "empty"))
+    assert res.exit_code == 2, res.output
+    assert "prints.jsonl" in res.stderr
+    res = run("verify-prints", "--accepted", str(tmp_path / "nope.jsonl"), str(agent))
+    assert res.exit_code == 2, res.output
+
+
+def test_verify_prints_unreadable_accepted_file_is_a_usage_error(tmp_path: Path) -> None:
+    accepted = tmp_path / "accepted.jsonl"
+    accepted.write_text('{"job_id": "j1"}\n{"job_id": "j2", "pr\n{"state": "printed"}\n')
+    agent = _print_log(tmp_path / "agent", "j1")
+    res = run("verify-prints", "--accepted", str(accepted), str(agent))
+    assert res.exit_code == 2, res.output
+    assert "line 2" in res.stderr
