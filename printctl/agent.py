@@ -535,6 +535,7 @@ class Agent:
         self.stopping = False
         self.fatal: str | None = None
         self.printed = 0
+        self.connected_once = False  # has printd ever accepted this agent's upgrade?
         self._send_jobs, self._recv_jobs = trio.open_memory_channel[DispatchedJob](QUEUE_SIZE)
 
     async def run(self) -> int:
@@ -572,6 +573,12 @@ class Agent:
                     # reported once, by the command (stderr, and the JSON error object with --json)
                     self.fatal = f"printd refused the token (HTTP {exc.status}): {exc.message}"
                     return EXIT_USAGE
+                if not exc.from_printd and exc.status < 500 and not self.connected_once:
+                    # a wrong --url; a proxy's error page (5xx), or any oddity once printd has
+                    # answered before, is retried like an outage
+                    url = self.settings.url
+                    self.fatal = f"{url} answered HTTP {exc.status} ({exc.message}): is --url a printd?"
+                    return EXIT_USAGE
                 delay = backoff.next_delay()
                 self.report(
                     "retrying",
@@ -591,6 +598,7 @@ class Agent:
                 )
             else:
                 attempt = 0
+                self.connected_once = True
                 started = trio.current_time()
                 code, reason = await self._session(client)
                 lasted = trio.current_time() - started

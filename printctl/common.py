@@ -75,12 +75,16 @@ def fail(message: str, code: int = EXIT_CHECK_FAILED, **fields: Any) -> NoReturn
     on stdout."""
     if json_requested():
         emit_json(error_object(message, code, **fields))
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)  # one line, unwrapped
     raise typer.Exit(code)
 
 
 def emit_json(obj: Any) -> None:
     sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+#: A proxy's answers when printd behind it is down: printd did not answer, the URL may be right.
+PROXY_ERRORS = (502, 503, 504)
 
 
 def request(
@@ -93,31 +97,47 @@ def request(
     headers: dict[str, str] | None = None,
     timeout: float = 10.0,
 ) -> httpx.Response:
-    """One HTTP call to printd; unreachable printd -> exit 1 with a clear message."""
+    """One HTTP call to printd. Unreachable printd (or a proxy's error page) exits 1; an answer
+    that is not printd's JSON exits 2 in one line: --url points somewhere else."""
     h = dict(headers or {})
     if token:
         h["Authorization"] = f"Bearer {token}"
+    base = default_url(url)
     try:
-        return httpx.request(method, default_url(url) + path, json=json_body, headers=h, timeout=timeout)
+        resp = httpx.request(method, base + path, json=json_body, headers=h, timeout=timeout)
     except httpx.HTTPError as exc:
-        fail(f"cannot reach printd at {default_url(url)}: {exc}")
+        fail(f"cannot reach printd at {base}: {exc}")
+    check_printd_answer(resp, base)
+    return resp
+
+
+def check_printd_answer(resp: httpx.Response, base: str) -> None:
+    """printd answers JSON objects, errors included; anything else is not printd speaking."""
+    try:
+        if isinstance(resp.json(), dict):
+            return
+    except ValueError:
+        pass
+    kind = resp.headers.get("content-type", "").partition(";")[0].strip() or "no content type"
+    what = f"HTTP {resp.status_code}, {kind}"
+    if resp.status_code in PROXY_ERRORS:
+        fail(f"printd did not answer at {base}: a proxy in front of it said {what}")
+    fail(f"{base} did not answer like printd ({what}): is --url a printd?", EXIT_USAGE)
 
 
 def get_json(url: str, path: str, *, timeout: float = 10.0) -> Any:
-    """GET a monitoring endpoint: an error status exits 1 with the server's message, an answer
-    that is not JSON exits 2 (the URL is probably not a printd)."""
+    """GET a monitoring endpoint: an error status exits 1 with the server's message."""
     resp = request("GET", url, path, timeout=timeout)
     if resp.status_code != 200:
         fail(error_message(resp))
-    try:
-        return resp.json()
-    except ValueError:
-        fail(f"{default_url(url)} did not answer JSON: is --url a printd?", EXIT_USAGE)
+    return resp.json()
 
 
 def error_message(resp: httpx.Response) -> str:
+    """printd's error answer in one line: status and message."""
     try:
         body = resp.json()
-        return f"HTTP {resp.status_code}: {body.get('message', body)}"
     except ValueError:
-        return f"HTTP {resp.status_code}: {resp.text[:200]}"
+        return f"HTTP {resp.status_code}"
+    message = body.get("message", body) if isinstance(body, dict) else body
+    return f"HTTP {resp.status_code}: {message}"

@@ -20,6 +20,7 @@ from printctl.common import (
     JsonOpt,
     TimeoutOpt,
     UrlOpt,
+    check_printd_answer,
     console,
     default_url,
     emit_json,
@@ -59,17 +60,17 @@ def _bytes(n: float | None) -> str:
 
 
 def fetch_health(url: str, timeout: float) -> dict[str, Any]:
-    """The /monitoring/health body; status 'unreachable' (with the error) when printd can't answer."""
+    """The /monitoring/health body; status 'unreachable' (with the error) when printd can't answer.
+    An answer that is not printd's exits (see check_printd_answer)."""
+    base = default_url(url)
     try:
-        resp = httpx.get(default_url(url) + "/monitoring/health", timeout=timeout)
+        resp = httpx.get(base + "/monitoring/health", timeout=timeout)
     except httpx.HTTPError as exc:
-        return {"status": "unreachable", "url": default_url(url), "error": f"cannot reach printd: {exc}"}
-    try:
-        body = resp.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict) or "status" not in body:
-        return {"status": "unreachable", "url": default_url(url), "error": error_message(resp)}
+        return {"status": "unreachable", "url": base, "error": f"cannot reach printd: {exc}"}
+    check_printd_answer(resp, base)
+    body: dict[str, Any] = resp.json()
+    if "status" not in body:
+        return {"status": "unreachable", "url": base, "error": error_message(resp)}
     return body
 
 

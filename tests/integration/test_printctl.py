@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -109,3 +115,73 @@ def test_http_errors_under_json_are_one_error_object(server: Printd) -> None:
         body = json.loads(res.stdout)
         assert body["ok"] is False and body["exit_code"] == 1, body
         assert ("404" in body["error"]) or ("403" in body["error"]), body
+
+
+class NotPrintd(BaseHTTPRequestHandler):
+    """A web server that is not printd: an HTML page with the status in the path's first part."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self) -> None:
+        first = self.path.strip("/").split("/")[0]
+        status = int(first) if first.isdigit() else 404
+        body = b"<!DOCTYPE html>\n<html>\n<body>\n<h1>Not Found</h1>\n</body>\n</html>\n"
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def not_printd() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), NotPrintd)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+HTTP_COMMANDS = [
+    ["health"],
+    ["instance"],
+    ["circuits", "list"],
+    ["circuits", "reset", "store"],
+    ["jobs", "submit", "--printer", "k1", "--text", "hi"],
+    ["jobs", "get", "j1"],
+    ["jobs", "list"],
+    ["printers", "list"],
+    ["printers", "test", "k1"],
+]
+
+
+@pytest.mark.parametrize("args", HTTP_COMMANDS, ids=" ".join)
+def test_a_url_that_is_not_printd_is_a_usage_error_in_one_line(not_printd: str, args: list[str]) -> None:
+    for base in (not_printd, not_printd + "/200"):  # a 404 page, and a 200 page
+        res = run(*args, env={"PRINTD_URL": base, "PRINTD_TOKEN": token("admin", "acme")})
+        assert res.exit_code == 2, (base, res.output)
+        assert res.stderr.count("\n") == 1 and "<html>" not in res.stderr, res.stderr
+        assert "is --url a printd?" in res.stderr
+
+
+@pytest.mark.parametrize("args", HTTP_COMMANDS, ids=" ".join)
+def test_a_proxy_error_page_means_printd_did_not_answer(not_printd: str, args: list[str]) -> None:
+    """A 502/503/504 page from a proxy in front of printd: printd is down there, not a wrong URL."""
+    res = run(*args, env={"PRINTD_URL": not_printd + "/502", "PRINTD_TOKEN": token("admin", "acme")})
+    assert res.exit_code == 1, res.output
+    assert res.stderr.count("\n") == 1 and "<html>" not in res.stderr, res.stderr
+    assert "502" in res.stderr
+
+
+def test_agent_pointed_at_a_url_that_is_not_printd_exits_2(not_printd: str, tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "printctl.main", "agent", "--url", not_printd, "--output", str(tmp_path)]
+    args += ["--token", token("agent", "acme"), "--printer", "k1"]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "is --url a printd?" in res.stderr and "<html>" not in res.stderr + res.stdout
