@@ -15,9 +15,12 @@ from rich.table import Table
 from printctl.common import EXIT_USAGE, JsonOpt, console, emit_json, fail
 from printd.breakers import BreakerConfig
 from printd.config import (
+    CONFIG_SEARCH_PATH,
     SECTIONS,
     Config,
     ConfigError,
+    describe_config_file,
+    find_config,
     load_config,
     redact_url,
 )
@@ -28,8 +31,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-DEFAULT_PATH = Path("config/printd.toml")
-CONFIG_ENV = "PRINTD_CONFIG"
+DEFAULT_PATH = CONFIG_SEARCH_PATH[0]  # where printd looks first
 
 #: One comment per key; the env var that overrides the key is named where one exists.
 COMMENTS: dict[str, str] = {
@@ -94,8 +96,9 @@ COMMENTS: dict[str, str] = {
     "store.pool_size": "PostgreSQL connections per instance.",
     "store.statement_timeout_ms": "PostgreSQL statement timeout in milliseconds.",
     "redis.url": (
-        "redis://[:password@]host:port/db; unset = single instance. Env REDIS_URL "
-        "(or REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_DB)."
+        "redis[s]://[[user]:password@]host[:port][/db], unix:///path.sock[?db=N] or\n"
+        "redis+sentinel://[:password@]host1:26379,host2:26379/mastername[/db]; unset = single instance.\n"
+        "Env REDIS_URL (or REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_DB)."
     ),
     "circuits.failure_threshold": "Failures within monitoring_window that open the circuit.",
     "circuits.success_threshold": "Successful trial calls that close a half-open circuit.",
@@ -133,7 +136,8 @@ HEADER = """\
 #
 # Every key shows its default. Environment variables named in the comments override the
 # file (handy for containers). Check a file with `printctl config check FILE` (or
-# `printd check-config FILE`), then run `printd run --config FILE`.
+# `printd check-config FILE`), then run `printd run --config FILE`. Without --config, printd
+# reads $PRINTD_CONFIG, else ./config/printd.toml, else /etc/printd/printd.toml.
 """
 
 
@@ -236,7 +240,9 @@ def check(
     path: Annotated[
         Path | None,
         typer.Argument(
-            help="Config file (default: $PRINTD_CONFIG, else config/printd.toml).", show_default=False
+            help="Config file (default: $PRINTD_CONFIG, else ./config/printd.toml, else "
+            "/etc/printd/printd.toml, else none: defaults + environment).",
+            show_default=False,
         ),
     ] = None,
     production: Annotated[bool, typer.Option("--production", help="Check with production rules.")] = False,
@@ -246,15 +252,14 @@ def check(
 
     Example: JWT_SECRET=$(openssl rand -hex 32) printctl config check --production config/printd.toml
     """
-    if path is None:
-        path = Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else DEFAULT_PATH
+    path = find_config(path, os.environ)
     try:
         cfg = load_config(path, overrides={"mode": "production"} if production else None)
     except ConfigError as exc:
-        fail(f"config error: {exc}", EXIT_USAGE, path=str(path))
+        fail(f"config error: {exc}", EXIT_USAGE, path=describe_config_file(path))
     summary = {
         "ok": True,
-        "path": str(path),
+        "path": describe_config_file(path),
         "mode": cfg.mode,
         "listen": f"{cfg.server.host}:{cfg.server.port}",
         "store": redact_url(cfg.database_url),
@@ -268,7 +273,7 @@ def check(
     if json_out:
         emit_json(summary)
         return
-    table = Table(title=f"[green]ok[/green]: {path}", show_header=False)
+    table = Table(title=f"[green]ok[/green]: {describe_config_file(path)}", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
     for key, value in summary.items():

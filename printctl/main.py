@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
 from printctl import agent, circuits, config_cmd, health, jobs, printers, token, verify
 from printctl.common import JSON_MODE, emit_json, error_object
+from printd import package_version
 
 
 class PrintctlGroup(TyperGroup):
@@ -43,6 +44,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"printctl {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
+    ] = False,
+) -> None:
+    """printctl: operate printd gateways (tokens, health, circuits, jobs, the reference agent)."""
+
+
 app.command("token")(token.token)
 app.command("health")(health.health)
 app.command("instance")(health.instance)

@@ -23,7 +23,7 @@ from printctl.config_cmd import COMMENTS, render_default_config
 from printctl.main import app
 from printd.breakers import BreakerConfig
 from printd.config import SECTIONS, Config, load_config
-from tests.cli import run
+from tests.cli import CLEAN_ENV, run
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "printctl-test-secret-0123456789abcdef0123"
@@ -461,3 +461,55 @@ def test_verify_prints_unreadable_accepted_file_is_a_usage_error(tmp_path: Path)
     res = run("verify-prints", "--accepted", str(accepted), str(agent))
     assert res.exit_code == 2, res.output
     assert "line 2" in res.stderr
+
+
+# ------------------------------------------------------------------ one config rule, versions
+
+
+def test_token_and_config_check_find_the_config_like_printd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No flag, no $PRINTD_CONFIG: ./config/printd.toml (what `config init` writes) is the file."""
+    monkeypatch.chdir(tmp_path)
+    local = tmp_path / "config" / "printd.toml"
+    local.parent.mkdir()
+    local.write_text(tomli_w.dumps({"auth": {"jwt_secret": SECRET}, "server": {"port": 4111}}))
+    res = run("token", "--role", "service", "--company", "acme", "--sub", "x")
+    assert res.exit_code == 0, res.output
+    jwt.decode(res.stdout.strip(), SECRET, algorithms=["HS256"])
+    res = run("config", "check", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["listen"] == "127.0.0.1:4111"
+    other = tmp_path / "other.toml"
+    other.write_text(tomli_w.dumps({"server": {"port": 4222}}))
+    res = run("config", "check", "--json", env={"PRINTD_CONFIG": str(other)})
+    assert json.loads(res.stdout)["listen"] == "127.0.0.1:4222"
+
+
+def test_printd_check_config_finds_the_same_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from printd.cli import app as printd_app
+
+    monkeypatch.chdir(tmp_path)
+    local = tmp_path / "config" / "printd.toml"
+    local.parent.mkdir()
+    local.write_text(tomli_w.dumps({"server": {"port": 4333}}))
+    res = CliRunner(env=CLEAN_ENV).invoke(printd_app, ["check-config"])
+    assert res.exit_code == 0, res.output
+    assert f"config={local.resolve()}" in res.stdout and "listen=127.0.0.1:4333" in res.stdout
+    res = CliRunner(env={**CLEAN_ENV, "REDIS_URL": "notaurl"}).invoke(printd_app, ["check-config"])
+    assert res.exit_code == 2 and "redis.url (REDIS_URL)" in res.stderr
+
+
+def test_both_tools_print_the_package_version() -> None:
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from printd.cli import app as printd_app
+
+    res = run("--version")
+    assert res.exit_code == 0 and res.stdout == f"printctl {version('printd')}\n"
+    res = CliRunner().invoke(printd_app, ["--version"])
+    assert res.exit_code == 0 and res.stdout == f"printd {version('printd')}\n"
