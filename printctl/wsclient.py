@@ -234,6 +234,10 @@ class WsClient:
         finally:
             await self.stream.aclose()
 
+    async def abort(self) -> None:
+        """Drop the TCP connection without a closing handshake (the peer is gone)."""
+        await self.stream.aclose()
+
     async def __aenter__(self) -> WsClient:
         return self
 

@@ -7,6 +7,7 @@ would, and `printctl verify-prints` at the end.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -31,8 +32,11 @@ class Agent:
         *extra: str,
         sub: str = "agent-1",
         printers: tuple[str, ...] = ("k1", "k2"),
+        url: str | None = None,
     ):
         self.p, self.out, self.extra, self.sub, self.printers = p, out, extra, sub, printers
+        self.url = url or p.url  # another path to printd (a proxy) if given
+        self.log_path = out.parent / f"{sub}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *extra: str) -> Agent:
@@ -42,7 +46,7 @@ class Agent:
             "printctl.main",
             "agent",
             "--url",
-            self.p.url,
+            self.url,
             "--output",
             str(self.out),
             "--json",
@@ -50,9 +54,25 @@ class Agent:
         args += ["--token", token("agent", "acme", sub=self.sub), "--max-backoff", "1"]
         for printer in self.printers:
             args += ["--printer", printer]
-        log = open(self.out.parent / f"{self.sub}.log", "ab")
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([*args, *self.extra, *extra], stdout=log, stderr=subprocess.STDOUT)
         return self
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The agent's --json report lines with this event name."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("event") == name:
+                out.append(record)
+        return out
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
