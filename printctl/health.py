@@ -24,11 +24,13 @@ from printctl.common import (
     console,
     default_url,
     emit_json,
+    err_console,
     error_message,
     fail,
     get_json,
 )
 
+WAIT_POLL = 0.2
 STATUS_COLOURS = {"ok": "green", "degraded": "yellow", "draining": "yellow", "unreachable": "red"}
 
 
@@ -72,6 +74,19 @@ def fetch_health(url: str, timeout: float) -> dict[str, Any]:
     if "status" not in body:
         return {"status": "unreachable", "url": base, "error": error_message(resp)}
     return body
+
+
+def wait_until_ok(url: str, timeout: float, seconds: float) -> dict[str, Any]:
+    """Poll /monitoring/health until it says ok or `seconds` have passed; the last answer."""
+    deadline = time.monotonic() + seconds
+    with err_console.status(f"waiting up to {seconds:g} s for printd at {default_url(url)}...") as status:
+        while True:
+            left = deadline - time.monotonic()
+            body = fetch_health(url, max(0.1, min(timeout, left)))
+            if body.get("status") == "ok" or time.monotonic() >= deadline:
+                return body
+            status.update(f"printd is {body.get('status')}; waiting up to {left:.0f} s more...")
+            time.sleep(min(WAIT_POLL, max(0.0, deadline - time.monotonic())))
 
 
 def health_table(body: dict[str, Any]) -> RenderableType:
@@ -121,6 +136,15 @@ def health(
         float | None,
         typer.Option("--watch", help="Refresh every N seconds until Ctrl-C (JSON: one line each).", min=0.1),
     ] = None,
+    wait: Annotated[
+        float | None,
+        typer.Option(
+            "--wait",
+            help="Wait up to N seconds for status ok (a printd that is starting), then answer as usual.",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
     timeout: TimeoutOpt = 5.0,
 ) -> None:
     """Is printd healthy? Exit 0 when status is ok, 1 when degraded, draining or unreachable.
@@ -128,7 +152,7 @@ def health(
     Example: printctl health --url http://printd-1:3001 --watch 5
     """
     if watch is None:
-        body = fetch_health(url, timeout)
+        body = fetch_health(url, timeout) if wait is None else wait_until_ok(url, timeout, wait)
         if body.get("status") == "unreachable":
             hint = "is printd running there? check --url or PRINTD_URL"
             fail(f"{body.get('error')} ({hint})", status="unreachable", url=body.get("url"))

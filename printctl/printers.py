@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 import typer
@@ -21,7 +22,16 @@ from printctl.common import (
     path_segment,
     request,
 )
-from printctl.jobs import CompanyOpt, api, describe_error, payload_from, query_string, styled_state, when
+from printctl.jobs import (
+    POLL_INTERVAL,
+    CompanyOpt,
+    api,
+    describe_error,
+    payload_from,
+    query_string,
+    styled_state,
+    when,
+)
 
 app = typer.Typer(
     help="Printers: list them with their agents' state; send a test print. Needs a service or admin token.",
@@ -125,3 +135,44 @@ def test(
                 highlight=False,
             )
         raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@app.command("wait")
+def wait(
+    printer_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Printer ids to wait for.")],
+    company: CompanyOpt = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the printers.")] = 30.0,
+) -> None:
+    """Wait until these printers are registered and their agents connected; exit 1 if not in time.
+
+    For scripts that start an agent and then print: jobs for a printer its agent has not announced
+    yet are refused (unknown printer).
+
+    Example: printctl printers wait kitchen-1 bar-1 --timeout 60
+    """
+    wanted = set(printer_ids)
+    deadline = time.monotonic() + timeout
+    path = "/api/v1/printers" + query_string(company=company)
+    with err_console.status(f"waiting for {', '.join(sorted(wanted))}...") as status:
+        while True:
+            left = deadline - time.monotonic()
+            body = api("GET", url, path, token, timeout=max(0.1, min(10.0, left)))
+            online = {p["printer_id"]: p for p in body.get("printers", []) if p.get("printer_id") in wanted}
+            missing = sorted(wanted - {pid for pid, p in online.items() if p.get("agent_online")})
+            if not missing:
+                break
+            if left <= 0:
+                fail(
+                    f"not online after {timeout:g} s: {', '.join(missing)} (is its agent running, "
+                    "with a token of this company?)",
+                    missing=missing,
+                )
+            status.update(f"waiting for {', '.join(missing)} ({left:.0f} s left)...")
+            time.sleep(min(POLL_INTERVAL, max(0.0, left)))
+    if json_out:
+        emit_json({"ok": True, "printers": [online[pid] for pid in sorted(wanted)]})
+    else:
+        console.print(f"[green]online[/green]: {', '.join(sorted(wanted))}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -14,7 +15,8 @@ from typing import Any
 import pytest
 
 from tests.cli import run
-from tests.conftest import Printd, token
+from tests.conftest import Printd, free_port, token
+from tests.integration.test_exactly_once import Agent
 
 #: These tests check the CLI, not the machine's load: health thresholds nothing here can reach.
 LENIENT_HEALTH = {"health": {"memory_percent": 100.0, "cpu_percent": 10_000.0, "error_rate": 1e6}}
@@ -185,3 +187,40 @@ def test_agent_pointed_at_a_url_that_is_not_printd_exits_2(not_printd: str, tmp_
     res = subprocess.run(args, capture_output=True, text=True, timeout=30)
     assert res.returncode == 2, res.stdout + res.stderr
     assert "is --url a printd?" in res.stderr and "<html>" not in res.stderr + res.stdout
+
+
+def test_health_wait_returns_once_a_starting_printd_is_ok(printd_factory: Any) -> None:
+    """What a script (or the README) runs right after starting printd in the background."""
+    p: Printd = printd_factory(start=False, config=LENIENT_HEALTH)
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "printctl.main", "health", "--url", p.url, "--wait", "60", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    p.start()
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+    assert json.loads(out)["status"] == "ok"
+    res = run("health", "--url", f"http://127.0.0.1:{free_port()}", "--wait", "0.5")
+    assert res.exit_code == 1 and "cannot reach printd" in res.stderr
+
+
+def test_printers_wait_returns_once_the_agent_announced_them(server: Printd, tmp_path: Path) -> None:
+    service = {"PRINTD_URL": server.url, "PRINTD_TOKEN": token("service")}
+    res = run("printers", "wait", "k1", "--timeout", "0.5", env=service)
+    assert res.exit_code == 1 and "not online after 0.5 s: k1" in res.stderr
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "printctl.main", "printers", "wait", "k1", "k2", "--timeout", "60", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **service},
+    )
+    agent = Agent(server, tmp_path / "out").start()  # announces k1 and k2
+    try:
+        out, err = waiting.communicate(timeout=60)
+        assert waiting.returncode == 0, err
+        assert [p["printer_id"] for p in json.loads(out)["printers"]] == ["k1", "k2"]
+    finally:
+        agent.stop()

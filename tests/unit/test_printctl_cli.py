@@ -381,6 +381,7 @@ def _failures(tmp: Path) -> list[tuple[list[str], int]]:
         (["jobs", "list", "--state", "lost", "--url", UNREACHABLE], 2),  # refused by the option parser
         (["printers", "list", "--url", UNREACHABLE], 1),
         (["printers", "test", "k1", "--url", UNREACHABLE], 1),
+        (["printers", "wait", "k1", "--url", UNREACHABLE], 1),
     ]
 
 
