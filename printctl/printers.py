@@ -34,7 +34,8 @@ from printctl.jobs import (
 )
 
 app = typer.Typer(
-    help="Printers: list them with their agents' state; send a test print. Needs a service or admin token.",
+    help="Printers: list them with their agents' state; wait until they are online; send a test print. "
+    "Needs a service or admin token.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
