@@ -646,7 +646,9 @@ class Agent:
                 self._ended = (None, f"no answer from printd for {quiet:.1f} s (ping unanswered)")
                 return True
             if check is Check.PING:
-                await _send(client, "ping", {}, id=live.pinged(now))  # a failure: the reader sees it
+                ping_id = live.pinged(now)
+                with trio.move_on_at(now + live.timeout):  # a send stuck on a dead socket counts too
+                    await _send(client, "ping", {}, id=ping_id)  # a failure: the reader sees it
             else:
                 self._heard = trio.Event()  # a message re-arms the check (an ack ends the wait)
                 with trio.move_on_at(wake):
