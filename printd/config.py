@@ -328,25 +328,33 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any] | Any]:
             raise ConfigError(
                 f"STATUS_BATCH_DELAY: expected milliseconds, got {env['STATUS_BATCH_DELAY']!r}"
             ) from None
+    _check_redis_parts(env)
     if not env.get("REDIS_URL") and env.get("REDIS_HOST"):
         put("redis", "url", _redis_url_from_parts(env))
     return out
 
 
 def _redis_url_from_parts(env: Mapping[str, str]) -> str:
-    """REDIS_HOST/PORT/DB/PASSWORD as one URL; each part checked here so the error names it."""
+    """REDIS_HOST/PORT/DB/PASSWORD as one URL (the parts were checked by _check_redis_parts)."""
     host = env["REDIS_HOST"]
-    port = env.get("REDIS_PORT", "6379")
-    db = env.get("REDIS_DB", "0")
-    if any(ch in host for ch in "/@?#, "):
-        raise ConfigError(f"REDIS_HOST: {host!r} is not a host name or address")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"REDIS_PORT: expected a TCP port (1-65535), got {port!r}")
-    if not db.isdigit():
-        raise ConfigError(f"REDIS_DB: expected a database number (0, 1, ...), got {db!r}")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
     password = env.get("REDIS_PASSWORD")
     auth = f":{quote(password, safe='')}@" if password else ""
-    return f"redis://{auth}{host}:{port}/{db}"
+    return f"redis://{auth}{host}:{env.get('REDIS_PORT', '6379')}/{env.get('REDIS_DB', '0')}"
+
+
+def _check_redis_parts(env: Mapping[str, str]) -> None:
+    """A REDIS_* variable that is set is checked, used or not: a typo must not pass silently."""
+    host = env.get("REDIS_HOST", "")
+    if any(ch in host for ch in "/@?#, "):
+        raise ConfigError(f"REDIS_HOST: {host!r} is not a host name or address")
+    port = env.get("REDIS_PORT")
+    if port is not None and (not port.isdigit() or not 1 <= int(port) <= 65535):
+        raise ConfigError(f"REDIS_PORT: expected a TCP port (1-65535), got {port!r}")
+    db = env.get("REDIS_DB")
+    if db is not None and not db.isdigit():
+        raise ConfigError(f"REDIS_DB: expected a database number (0, 1, ...), got {db!r}")
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")

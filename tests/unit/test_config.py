@@ -197,6 +197,8 @@ def test_bad_redis_urls_are_refused_naming_the_setting(url: str, why: str) -> No
         ({"REDIS_HOST": "cache", "REDIS_PORT": "0"}, "REDIS_PORT"),
         ({"REDIS_HOST": "cache", "REDIS_DB": "one"}, "REDIS_DB"),
         ({"REDIS_HOST": "cache/evil", "REDIS_PORT": "6379"}, "REDIS_HOST"),
+        ({"REDIS_PORT": "abc"}, "REDIS_PORT"),  # set without REDIS_HOST: still a mistake
+        ({"REDIS_URL": "redis://cache:6379/0", "REDIS_DB": "x"}, "REDIS_DB"),
     ],
 )
 def test_bad_redis_parts_are_refused_naming_the_variable(env: dict[str, str], name: str) -> None:
@@ -205,9 +207,10 @@ def test_bad_redis_parts_are_refused_naming_the_variable(env: dict[str, str], na
     assert str(exc.value).startswith(name), str(exc.value)
 
 
-def test_redis_password_with_special_characters_is_encoded() -> None:
+def test_redis_url_from_parts_encodes_the_password_and_brackets_ipv6() -> None:
     c = load_config(env={"REDIS_HOST": "cache", "REDIS_PASSWORD": "p@ss:w/rd", "REDIS_DB": "2"})
     assert c.redis.url == "redis://:p%40ss%3Aw%2Frd@cache:6379/2"
+    assert load_config(env={"REDIS_HOST": "::1"}).redis.url == "redis://[::1]:6379/0"
 
 
 # ------------------------------------------------------------------ where the JWT secret comes from
