@@ -61,10 +61,6 @@ def path_segment(what: str, value: str) -> str:
 JSON_MODE: ContextVar[bool] = ContextVar("printctl_json_mode", default=False)
 
 
-def json_requested() -> bool:
-    return JSON_MODE.get()
-
-
 def error_object(message: str, code: int, **fields: Any) -> dict[str, Any]:
     """The one shape of a failure under --json."""
     return {"ok": False, "error": message, "exit_code": code, **fields}
@@ -73,7 +69,7 @@ def error_object(message: str, code: int, **fields: Any) -> dict[str, Any]:
 def fail(message: str, code: int = EXIT_CHECK_FAILED, **fields: Any) -> NoReturn:
     """Exit with `code`: the message on stderr, and with --json the error object (plus `fields`)
     on stdout."""
-    if json_requested():
+    if JSON_MODE.get():
         emit_json(error_object(message, code, **fields))
     err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)  # one line, unwrapped
     raise typer.Exit(code)
