@@ -70,6 +70,14 @@ from printctl.common import (
     default_url,
     fail,
 )
+from printctl.keepalive import (
+    BACKOFF_CAP,
+    BACKOFF_INITIAL,
+    CLOSE_RECONNECT_NOW,
+    Check,
+    Liveness,
+    Reconnect,
+)
 from printctl.wsclient import ConnectionClosed, HandshakeRejected, WsClient, ws_url
 from printd.gateway.protocol import CLOSE_GOING_AWAY, CLOSE_REPLACED, CLOSE_TOKEN_EXPIRED
 
@@ -77,9 +85,9 @@ JOURNAL = "agent-journal.jsonl"
 LOCK_FILE = "agent.lock"
 UNKNOWN_MESSAGE = "outcome unknown: agent restarted while printing; check the printer"
 QUEUE_SIZE = 1000  # jobs waiting for the worker; beyond it a dispatch is left unacked for a re-send
-BACKOFF_INITIAL = 0.5
-STABLE_CONNECTION = 10.0  # a connection that lasted longer resets the backoff
 HELLO_TIMEOUT = 10.0
+PING_INTERVAL = 5.0  # seconds without a message from printd before the agent pings it
+PING_TIMEOUT = 10.0  # more than printd's statement timeout: an ack may wait behind a store write
 RESULT_SEND_TIMEOUT = 5.0
 AUTH_STATUSES = (401, 403)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
@@ -155,14 +163,16 @@ def make_result(job: DispatchedJob, success: bool, message: str, **extra: Any) -
 # ---------------------------------------------------------------- the de-duplication journal
 
 
-class JobState(StrEnum):
+class JournalState(StrEnum):
+    """What the agent's journal says of a job (not printd's job state: see printd.jobs.model)."""
+
     PRINTING = "printing"
     DONE = "done"
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    state: JobState
+    state: JournalState
     result: dict[str, Any] | None = None
 
 
@@ -177,11 +187,11 @@ class Action(StrEnum):
 
 def decide(entry: Entry | None, *, in_flight: bool) -> Action:
     """The whole de-duplication rule. `in_flight`: queued or printing in this process."""
-    if entry is not None and entry.state is JobState.DONE:
+    if entry is not None and entry.state is JournalState.DONE:
         return Action.REPLAY
     if in_flight:
         return Action.ACK_ONLY
-    if entry is not None and entry.state is JobState.PRINTING:
+    if entry is not None and entry.state is JournalState.PRINTING:
         return Action.UNKNOWN
     return Action.PRINT
 
@@ -189,7 +199,7 @@ def decide(entry: Entry | None, *, in_flight: bool) -> Action:
 def printing_record(job: DispatchedJob, at: float) -> dict[str, Any]:
     return {
         "job_id": job.job_id,
-        "state": JobState.PRINTING.value,
+        "state": JournalState.PRINTING.value,
         "at": at,
         "printer_id": job.printer_id,
         "correlation_id": job.correlation_id,
@@ -197,7 +207,7 @@ def printing_record(job: DispatchedJob, at: float) -> dict[str, Any]:
 
 
 def done_record(job_id: str, result: dict[str, Any], at: float) -> dict[str, Any]:
-    return {"job_id": job_id, "state": JobState.DONE.value, "at": at, "result": result}
+    return {"job_id": job_id, "state": JournalState.DONE.value, "at": at, "result": result}
 
 
 class Journal:
@@ -246,14 +256,14 @@ class Journal:
         state = record.get("state")
         if not isinstance(job_id, str) or not job_id:
             return False
-        if state == JobState.PRINTING:
+        if state == JournalState.PRINTING:
             current = self.entries.get(job_id)
-            if current is None or current.state is not JobState.DONE:
-                self.entries[job_id] = Entry(JobState.PRINTING)
+            if current is None or current.state is not JournalState.DONE:
+                self.entries[job_id] = Entry(JournalState.PRINTING)
             return True
-        if state == JobState.DONE:
+        if state == JournalState.DONE:
             result = record.get("result")
-            self.entries[job_id] = Entry(JobState.DONE, result if isinstance(result, dict) else {})
+            self.entries[job_id] = Entry(JournalState.DONE, result if isinstance(result, dict) else {})
             return True
         return False
 
@@ -265,7 +275,7 @@ class Journal:
 
     def unresolved(self) -> list[str]:
         """Jobs that were printing when the process stopped (no `done` record)."""
-        return [job_id for job_id, e in self.entries.items() if e.state is JobState.PRINTING]
+        return [job_id for job_id, e in self.entries.items() if e.state is JournalState.PRINTING]
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record durably (flush + fsync). Does not touch the in-memory view."""
@@ -423,36 +433,6 @@ class PrintDevice:
 # ---------------------------------------------------------------- reconnecting
 
 
-class Backoff:
-    """Capped exponential backoff with full jitter: uniform(0, min(cap, initial * 2**n)).
-
-    Full jitter spreads a fleet of agents that lost printd at the same moment, so a restarted
-    printd is not hit by all of them in the same second.
-    """
-
-    def __init__(self, initial: float, cap: float, rng: Callable[[], float] = random.random) -> None:
-        self.initial = initial
-        self.cap = max(cap, initial)
-        self.rng = rng
-        self.failures = 0
-
-    def ceiling(self) -> float:
-        return float(min(self.cap, self.initial * 2 ** min(self.failures, 62)))
-
-    def next_delay(self) -> float:
-        delay = self.rng() * self.ceiling()
-        self.failures += 1
-        return delay
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
-def draining_delay(rng: Callable[[], float] = random.random) -> float:
-    """After a 1001 (printd draining) reconnect soon, spread over a second."""
-    return 0.1 + 0.9 * rng()
-
-
 def token_claims(token: str) -> dict[str, Any]:
     """The token's claims read without verifying them: labels and early hints, never a check."""
     try:
@@ -506,7 +486,9 @@ class AgentSettings:
     print_delay: float = 0.0
     fail_printers: frozenset[str] = frozenset()
     crash_after_print: bool = False
-    max_backoff: float = 30.0
+    max_backoff: float = BACKOFF_CAP
+    ping_interval: float = PING_INTERVAL
+    ping_timeout: float = PING_TIMEOUT
 
 
 class Agent:
@@ -533,6 +515,10 @@ class Agent:
         self.stopping = False
         self.fatal: str | None = None
         self.printed = 0
+        self.connected_once = False  # has printd ever accepted this agent's upgrade?
+        self._liveness: Liveness | None = None  # the live connection's, while there is one
+        self._heard = trio.Event()  # set by the reader on every message from printd
+        self._ended: tuple[int | None, str] = (None, "")
         self._send_jobs, self._recv_jobs = trio.open_memory_channel[DispatchedJob](QUEUE_SIZE)
 
     async def run(self) -> int:
@@ -558,7 +544,8 @@ class Agent:
     # ------------------------------------------------------------ connection
 
     async def _connect_loop(self) -> int:
-        backoff = Backoff(BACKOFF_INITIAL, self.settings.max_backoff, self.rng)
+        """Connect, serve the session, wait what the reconnect policy says; again, until a signal."""
+        policy = Reconnect(BACKOFF_INITIAL, self.settings.max_backoff, rng=self.rng)
         attempt = 0
         while True:
             attempt += 1
@@ -566,12 +553,10 @@ class Agent:
             try:
                 client = await WsClient.connect(self.ws_url, token=self.settings.token, deflate=True)
             except HandshakeRejected as exc:
-                if exc.status in AUTH_STATUSES:
-                    self.fatal = f"printd refused the token (HTTP {exc.status}): {exc.message}"
-                    if self.report.json_mode:  # people get it once, on stderr, from the command
-                        self.report("rejected", self.fatal, level="error", status=exc.status)
+                self.fatal = self._fatal_refusal(exc)
+                if self.fatal:  # reported once, by the command (stderr; the JSON error with --json)
                     return EXIT_USAGE
-                delay = backoff.next_delay()
+                delay = policy.failed()
                 self.report(
                     "retrying",
                     f"printd answered HTTP {exc.status}: {exc.message}; retrying in {delay:.1f} s",
@@ -580,7 +565,7 @@ class Agent:
                     delay=round(delay, 3),
                 )
             except _NET_ERRORS as exc:
-                delay = backoff.next_delay()
+                delay = policy.failed()
                 self.report(
                     "retrying",
                     f"cannot reach printd: {_describe(exc)}; retrying in {delay:.1f} s",
@@ -590,49 +575,89 @@ class Agent:
                 )
             else:
                 attempt = 0
+                self.connected_once = True
                 started = trio.current_time()
-                code, reason = await self._session(client)
-                lasted = trio.current_time() - started
-                if lasted > STABLE_CONNECTION:
-                    backoff.reset()
-                if code == CLOSE_GOING_AWAY:
-                    backoff.reset()
-                    delay = draining_delay(self.rng)
-                else:
-                    delay = backoff.next_delay()
+                code, reason = await self._session(client, policy)
+                delay = policy.closed(code)
                 self.report(
                     "disconnected",
-                    f"connection closed ({code}) {_close_hint(code, reason)}; reconnecting in {delay:.1f} s",
+                    f"connection closed ({code}) {_close_hint(code, reason)}; reconnecting in {delay:.2f} s",
                     level="warning",
                     code=code,
                     reason=reason,
-                    lasted=round(lasted, 3),
+                    lasted=round(trio.current_time() - started, 3),
                     delay=round(delay, 3),
                 )
             await trio.sleep(delay)
 
-    async def _session(self, client: WsClient) -> tuple[int | None, str]:
-        """One connection, until it closes; always ends with our close (1000) sent if still open."""
+    def _fatal_refusal(self, exc: HandshakeRejected) -> str | None:
+        """Why this refusal ends the agent (exit 2), or None to retry it like an outage."""
+        if exc.status in AUTH_STATUSES:
+            return f"printd refused the token (HTTP {exc.status}): {exc.message}"
+        if not exc.from_printd and exc.status < 500 and not self.connected_once:
+            # a wrong --url; a proxy's error page (5xx), or an oddity once printd has answered
+            # before, is retried like an outage
+            return f"{self.settings.url} answered HTTP {exc.status} ({exc.message}): is --url a printd?"
+        return None
+
+    async def _session(self, client: WsClient, policy: Reconnect) -> tuple[int | None, str]:
+        """One connection, until it closes or stops answering: (close code, reason). Ends with our
+        close (1000) when the peer is there to answer it, else by dropping the socket."""
         self.client = client
+        self._ended = (None, "connection ended")
+        dead = False
         try:
             async with trio.open_nursery() as nursery:
-                try:
-                    await self._read_loop(client, nursery)
-                    code, reason = None, "reader stopped"  # not reached: the loop ends by raising
-                except ConnectionClosed as exc:
-                    code, reason = exc.code, exc.reason
-                except _NET_ERRORS as exc:
-                    code, reason = None, _describe(exc)
-                nursery.cancel_scope.cancel()
-            return code, reason
+                nursery.start_soon(self._reader, client, policy, nursery)
+                if self.settings.ping_interval > 0:
+                    live = Liveness(
+                        self.settings.ping_interval, self.settings.ping_timeout, trio.current_time()
+                    )
+                    self._liveness = live
+                    dead = await self._keepalive(client, live)
+                    nursery.cancel_scope.cancel()
+            return self._ended
         finally:
             self.client = None
+            self._liveness = None
             with trio.CancelScope(shield=True):
-                await client.close(1000, "agent stopping" if self.stopping else "")
+                if dead:
+                    await client.abort()  # no closing handshake with a peer that is gone
+                else:
+                    await client.close(1000, "agent stopping" if self.stopping else "")
 
-    async def _read_loop(self, client: WsClient, nursery: trio.Nursery) -> None:
-        first = await client.recv(timeout=HELLO_TIMEOUT)
+    async def _reader(self, client: WsClient, policy: Reconnect, nursery: trio.Nursery) -> None:
+        try:
+            await self._read_loop(client, policy, nursery)
+        except ConnectionClosed as exc:
+            self._ended = (exc.code, exc.reason)
+        except _NET_ERRORS as exc:
+            self._ended = (None, _describe(exc))
+        nursery.cancel_scope.cancel()
+
+    async def _keepalive(self, client: WsClient, live: Liveness) -> bool:
+        """Ping printd after `ping_interval` s of silence; True when no answer came within
+        `ping_timeout` s (the connection is dead). Runs until cancelled with the session."""
+        while True:
+            now = trio.current_time()
+            check, wake = live.check(now)
+            if check is Check.DEAD:
+                quiet = now - live.last_heard
+                self._ended = (None, f"no answer from printd for {quiet:.1f} s (ping unanswered)")
+                return True
+            if check is Check.PING:
+                ping_id = live.pinged(now)
+                with trio.move_on_at(now + live.timeout):  # a send stuck on a dead socket counts too
+                    await _send(client, "ping", {}, id=ping_id)  # a failure: the reader sees it
+            else:
+                self._heard = trio.Event()  # a message re-arms the check (an ack ends the wait)
+                with trio.move_on_at(wake):
+                    await self._heard.wait()
+
+    async def _read_loop(self, client: WsClient, policy: Reconnect, nursery: trio.Nursery) -> None:
+        first = await self._recv(client, timeout=HELLO_TIMEOUT)
         if isinstance(first, dict) and first.get("event") == "hello":
+            policy.hello()
             hello = first.get("data") or {}
             self.report(
                 "connected",
@@ -650,7 +675,14 @@ class Agent:
         await self._announce(client)  # a failure shows up in recv() below
         nursery.start_soon(self._status_loop, client)
         while True:
-            await self._handle(client, await client.recv())
+            await self._handle(client, await self._recv(client))
+
+    async def _recv(self, client: WsClient, timeout: float | None = None) -> Any:
+        msg = await client.recv(timeout=timeout)
+        if self._liveness is not None:
+            self._liveness.heard(trio.current_time())  # any message shows printd is there
+            self._heard.set()
+        return msg
 
     async def _announce(self, client: WsClient) -> bool:
         for printer_id in self.settings.printers:
@@ -814,10 +846,10 @@ class Agent:
         return result
 
 
-async def _send(client: WsClient, event: str, data: dict[str, Any]) -> bool:
+async def _send(client: WsClient, event: str, data: dict[str, Any], *, id: int | None = None) -> bool:
     """Send, or False if the connection is gone (the reader notices and reconnects)."""
     try:
-        await client.send(event, data)
+        await client.send(event, data, id=id)
     except _NET_ERRORS:
         return False
     return True
@@ -831,6 +863,8 @@ def _describe(exc: BaseException) -> str:
 def _close_hint(code: int | None, reason: str) -> str:
     if code == CLOSE_GOING_AWAY:
         return "printd is draining or restarting"
+    if code == CLOSE_RECONNECT_NOW:
+        return "printd hands this agent over: reconnecting now, to any instance"
     if code == CLOSE_REPLACED:
         return "another connection with this agent's token took over (two agents on one token?)"
     if code == CLOSE_TOKEN_EXPIRED:
@@ -895,7 +929,17 @@ def agent(
     ] = False,
     max_backoff: Annotated[
         float, typer.Option("--max-backoff", help="Upper bound of the reconnect delay, seconds.")
-    ] = 30.0,
+    ] = BACKOFF_CAP,
+    ping_interval: Annotated[
+        float,
+        typer.Option(
+            "--ping-interval", help="Seconds without a message from printd before pinging it (0: never)."
+        ),
+    ] = PING_INTERVAL,
+    ping_timeout: Annotated[
+        float,
+        typer.Option("--ping-timeout", help="Seconds to wait for printd's answer before reconnecting."),
+    ] = PING_TIMEOUT,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the reference print agent: receive jobs over /printing-ws and "print" them to files.
@@ -906,8 +950,54 @@ def agent(
 
     Example: printctl agent --url http://127.0.0.1:3001 --token $AGENT_TOKEN --printer kitchen-1 --output ./prints
     """  # noqa: E501
-    printers = tuple(dict.fromkeys(printer or []))
-    failing = frozenset(fail_printer or [])
+    settings = agent_settings(
+        url=url,
+        token=token,
+        printers=tuple(dict.fromkeys(printer or [])),
+        output=output,
+        status_interval=status_interval,
+        print_delay=print_delay,
+        fail_printers=frozenset(fail_printer or []),
+        crash_after_print=crash_after_print,
+        max_backoff=max_backoff,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+    )
+    lock_fd = _lock_output(settings.output)
+    report = Reporter(json_out)
+    journal = Journal.open(settings.output / JOURNAL)
+    device = PrintDevice(settings.output, token_subject(settings.token))
+    runner = Agent(settings, journal, device, report)
+    _report_start(report, settings, journal, device.agent_id)
+    try:
+        code = trio.run(runner.run)
+    except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed
+        code = EXIT_OK
+    finally:
+        journal.close()
+        device.close()
+        os.close(lock_fd)
+    if runner.fatal:
+        fail(runner.fatal, EXIT_USAGE)
+    raise typer.Exit(code)
+
+
+def agent_settings(
+    *,
+    url: str,
+    token: str | None,
+    printers: tuple[str, ...],
+    output: Path | None,
+    status_interval: float,
+    print_delay: float,
+    fail_printers: frozenset[str],
+    crash_after_print: bool,
+    max_backoff: float,
+    ping_interval: float,
+    ping_timeout: float,
+) -> AgentSettings:
+    """The command line checked (exit 2 naming the option) and turned into settings; the output
+    directory exists afterwards."""
     if not token:
         fail("--token (or PRINTD_TOKEN) is required: an agent token from `printctl token`", EXIT_USAGE)
     if not printers:
@@ -917,15 +1007,16 @@ def agent(
     for p in printers:
         if not _SAFE_ID.match(p) or p in (".", ".."):
             fail(f"bad --printer {p!r}: 1-128 letters, digits and _ . : @ -", EXIT_USAGE)
-    if not failing <= set(printers):
+    if not fail_printers <= set(printers):
+        unknown = ", ".join(sorted(fail_printers - set(printers)))
+        fail(f"--fail-printer {unknown} is not one of --printer", EXIT_USAGE)
+    if min(status_interval, ping_timeout) <= 0 or min(print_delay, ping_interval) < 0:
         fail(
-            f"--fail-printer {', '.join(sorted(failing - set(printers)))} is not one of --printer", EXIT_USAGE
-        )
-    if status_interval <= 0 or print_delay < 0 or max_backoff < BACKOFF_INITIAL:
-        fail(
-            f"--status-interval must be > 0, --print-delay >= 0, --max-backoff >= {BACKOFF_INITIAL}",
+            "--status-interval and --ping-timeout must be > 0, --print-delay and --ping-interval >= 0",
             EXIT_USAGE,
         )
+    if max_backoff < BACKOFF_INITIAL:
+        fail(f"--max-backoff must be >= {BACKOFF_INITIAL}", EXIT_USAGE)
     role = token_claims(token).get("role")
     if isinstance(role, str) and role != "agent":
         fail(f"this is a {role!r} token; an agent needs a token with role 'agent'", EXIT_USAGE)
@@ -938,30 +1029,31 @@ def agent(
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"cannot create {output}: {exc}", EXIT_USAGE)
-
-    lock_fd = _lock_output(output)
-    report = Reporter(json_out)
-    journal = Journal.open(output / JOURNAL)
-    device = PrintDevice(output, token_subject(token))
-    settings = AgentSettings(
+    return AgentSettings(
         url=base,
         token=token,
         printers=printers,
         output=output,
         status_interval=status_interval,
         print_delay=print_delay,
-        fail_printers=failing,
+        fail_printers=fail_printers,
         crash_after_print=crash_after_print,
         max_backoff=max_backoff,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
     )
-    runner = Agent(settings, journal, device, report)
+
+
+def _report_start(report: Reporter, settings: AgentSettings, journal: Journal, agent_id: str) -> None:
+    """Who this agent is, and what an earlier run left for people to look at."""
+    printers = settings.printers
     report(
         "started",
-        f"agent {device.agent_id or '?'}: printers {', '.join(printers)}, output {output}, "
+        f"agent {agent_id or '?'}: printers {', '.join(printers)}, output {settings.output}, "
         f"{len(journal.entries)} job(s) in the journal",
-        agent_id=device.agent_id,
+        agent_id=agent_id,
         printers=list(printers),
-        output=str(output),
+        output=str(settings.output),
         journal_jobs=len(journal.entries),
     )
     unresolved = journal.unresolved()
@@ -975,14 +1067,3 @@ def agent(
         )
     if journal.skipped:
         report("journal_skipped", f"{journal.skipped} unreadable journal line(s) ignored", level="warning")
-    try:
-        code = trio.run(runner.run)
-    except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed
-        code = EXIT_OK
-    finally:
-        journal.close()
-        device.close()
-        os.close(lock_fd)
-    if runner.fatal:
-        fail(runner.fatal, EXIT_USAGE)
-    raise typer.Exit(code)

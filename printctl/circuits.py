@@ -9,7 +9,6 @@ from rich.table import Table
 
 from printctl.common import (
     DEFAULT_URL,
-    EXIT_USAGE,
     JsonOpt,
     MonitoringTokenOpt,
     TimeoutOpt,
@@ -20,6 +19,7 @@ from printctl.common import (
     error_message,
     fail,
     get_json,
+    path_segment,
     request,
 )
 
@@ -43,12 +43,6 @@ ADMIN_HINT = (
     "pass an admin token with --token or PRINTD_TOKEN, e.g. "
     "--token $(printctl token --role admin --company '*' --sub $USER --ttl 15m)"
 )
-
-
-def check_path_segment(what: str, value: str) -> None:
-    """printd does not percent-decode path parameters: refuse what cannot be sent as is (exit 2)."""
-    if not value or any(ch in value for ch in "/?#% ") or not value.isprintable():
-        fail(f"{what}: {value!r} cannot be part of a URL path (no / ? # % or spaces)", EXIT_USAGE)
 
 
 def _state(state: str) -> str:
@@ -106,8 +100,8 @@ def list_circuits(
 
 
 def _action(action: str, name: str, url: str, token: str | None, json_out: bool, timeout: float) -> None:
-    check_path_segment("NAME", name)
-    resp = request("POST", url, f"/monitoring/circuits/{name}/{action}", token=token, timeout=timeout)
+    path = f"/monitoring/circuits/{path_segment('NAME', name)}/{action}"
+    resp = request("POST", url, path, token=token, timeout=timeout)
     if resp.status_code != 200:
         message = error_message(resp)
         if resp.status_code in (401, 403):

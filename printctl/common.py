@@ -1,13 +1,17 @@
 """What every printctl command shares: where printd is, the token, output, exit codes.
 
 Exit codes scripts can trust: 0 ok, 1 check failed (or printd unreachable), 2 usage/config error.
+With `--json`, a failure also prints one error object on stdout (`error_object`), whatever the
+command and wherever it failed, so a script reads stdout the same way in every case.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from contextvars import ContextVar
 from typing import Annotated, Any, NoReturn
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -52,13 +56,40 @@ def default_url(url: str | None) -> str:
     return (url or os.environ.get("PRINTD_URL") or DEFAULT_URL).rstrip("/")
 
 
-def fail(message: str, code: int = EXIT_CHECK_FAILED) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+def path_segment(what: str, value: str) -> str:
+    """`value` as one URL path segment. printd's router percent-decodes path parameters, so any
+    id travels encoded (`/` `?` `#` `%` spaces included); only an empty one cannot be sent."""
+    if not value:
+        fail(f"{what}: must not be empty", EXIT_USAGE)
+    encoded = quote(value, safe="")
+    # "." and ".." would be dot-segments that clients and proxies collapse: encode the dots too.
+    return encoded.replace(".", "%2E") if encoded in (".", "..") else encoded
+
+
+#: Set by the root command (printctl.main) for the whole invocation: was --json given?
+JSON_MODE: ContextVar[bool] = ContextVar("printctl_json_mode", default=False)
+
+
+def error_object(message: str, code: int, **fields: Any) -> dict[str, Any]:
+    """The one shape of a failure under --json."""
+    return {"ok": False, "error": message, "exit_code": code, **fields}
+
+
+def fail(message: str, code: int = EXIT_CHECK_FAILED, **fields: Any) -> NoReturn:
+    """Exit with `code`: the message on stderr, and with --json the error object (plus `fields`)
+    on stdout."""
+    if JSON_MODE.get():
+        emit_json(error_object(message, code, **fields))
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)  # one line, unwrapped
     raise typer.Exit(code)
 
 
 def emit_json(obj: Any) -> None:
     sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+#: A proxy's answers when printd behind it is down: printd did not answer, the URL may be right.
+PROXY_ERRORS = (502, 503, 504)
 
 
 def request(
@@ -71,31 +102,47 @@ def request(
     headers: dict[str, str] | None = None,
     timeout: float = 10.0,
 ) -> httpx.Response:
-    """One HTTP call to printd; unreachable printd -> exit 1 with a clear message."""
+    """One HTTP call to printd. Unreachable printd (or a proxy's error page) exits 1; an answer
+    that is not printd's JSON exits 2 in one line: --url points somewhere else."""
     h = dict(headers or {})
     if token:
         h["Authorization"] = f"Bearer {token}"
+    base = default_url(url)
     try:
-        return httpx.request(method, default_url(url) + path, json=json_body, headers=h, timeout=timeout)
+        resp = httpx.request(method, base + path, json=json_body, headers=h, timeout=timeout)
     except httpx.HTTPError as exc:
-        fail(f"cannot reach printd at {default_url(url)}: {exc}")
+        fail(f"cannot reach printd at {base}: {exc}")
+    check_printd_answer(resp, base)
+    return resp
+
+
+def check_printd_answer(resp: httpx.Response, base: str) -> None:
+    """printd answers JSON objects, errors included; anything else is not printd speaking."""
+    try:
+        if isinstance(resp.json(), dict):
+            return
+    except ValueError:
+        pass
+    kind = resp.headers.get("content-type", "").partition(";")[0].strip() or "no content type"
+    what = f"HTTP {resp.status_code}, {kind}"
+    if resp.status_code in PROXY_ERRORS:
+        fail(f"printd did not answer at {base}: a proxy in front of it said {what}")
+    fail(f"{base} did not answer like printd ({what}): is --url a printd?", EXIT_USAGE)
 
 
 def get_json(url: str, path: str, *, token: str | None = None, timeout: float = 10.0) -> Any:
-    """GET a monitoring endpoint: an error status exits 1 with the server's message, an answer
-    that is not JSON exits 2 (the URL is probably not a printd)."""
+    """GET a monitoring endpoint: an error status exits 1 with the server's message."""
     resp = request("GET", url, path, token=token, timeout=timeout)
     if resp.status_code != 200:
         fail(error_message(resp))
-    try:
-        return resp.json()
-    except ValueError:
-        fail(f"{default_url(url)} did not answer JSON: is --url a printd?", EXIT_USAGE)
+    return resp.json()
 
 
 def error_message(resp: httpx.Response) -> str:
+    """printd's error answer in one line: status and message."""
     try:
         body = resp.json()
-        return f"HTTP {resp.status_code}: {body.get('message', body)}"
     except ValueError:
-        return f"HTTP {resp.status_code}: {resp.text[:200]}"
+        return f"HTTP {resp.status_code}"
+    message = body.get("message", body) if isinstance(body, dict) else body
+    return f"HTTP {resp.status_code}: {message}"

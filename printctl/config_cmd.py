@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,17 +15,12 @@ from rich.table import Table
 from printctl.common import EXIT_USAGE, JsonOpt, console, emit_json, fail
 from printd.breakers import BreakerConfig
 from printd.config import (
-    AuthConfig,
-    CompressionConfig,
+    CONFIG_SEARCH_PATH,
+    SECTIONS,
     Config,
     ConfigError,
-    HealthConfig,
-    JobsConfig,
-    RateLimitConfig,
-    RedisConfig,
-    ServerConfig,
-    StatusConfig,
-    StoreConfig,
+    describe_config_file,
+    find_config,
     load_config,
     redact_url,
 )
@@ -35,25 +31,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-DEFAULT_PATH = Path("config/printd.toml")
-CONFIG_ENV = "PRINTD_CONFIG"
-
-#: (section, class, comment above the table) in the order they are written.
-SECTIONS: tuple[tuple[str, type, str], ...] = (
-    ("server", ServerConfig, "HTTP API, WebSocket gateway and monitoring, all on one port."),
-    ("compression", CompressionConfig, "permessage-deflate for WebSocket connections."),
-    ("auth", AuthConfig, "Tokens (HS256 JWTs) and browser origins."),
-    ("status", StatusConfig, "Printer status fan-out to dashboards."),
-    ("jobs", JobsConfig, "Print job delivery to agents."),
-    ("ratelimit", RateLimitConfig, "Printer test limits (POST /api/v1/printers/{id}/test)."),
-    (
-        "health",
-        HealthConfig,
-        "/monitoring/health thresholds: above one, the instance reports degraded (503).",
-    ),
-    ("store", StoreConfig, "Where jobs and printers are kept."),
-    ("redis", RedisConfig, "Redis, for running several instances behind one load balancer."),
-)
+DEFAULT_PATH = CONFIG_SEARCH_PATH[0]  # where printd looks first
 
 #: One comment per key; the env var that overrides the key is named where one exists.
 COMMENTS: dict[str, str] = {
@@ -132,8 +110,9 @@ COMMENTS: dict[str, str] = {
     "store.pool_size": "PostgreSQL connections per instance.",
     "store.statement_timeout_ms": "PostgreSQL statement timeout in milliseconds.",
     "redis.url": (
-        "redis://[:password@]host:port/db; unset = single instance. Env REDIS_URL "
-        "(or REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_DB)."
+        "redis[s]://[[user]:password@]host[:port][/db], unix:///path.sock[?db=N] or\n"
+        "redis+sentinel://[:password@]host1:26379,host2:26379/mastername[/db]; unset = single instance.\n"
+        "Env REDIS_URL (or REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_DB)."
     ),
     "circuits.failure_threshold": "Failures within monitoring_window that open the circuit.",
     "circuits.success_threshold": "Successful trial calls that close a half-open circuit.",
@@ -172,7 +151,8 @@ HEADER = """\
 #
 # Every key shows its default. Environment variables named in the comments override the
 # file (handy for containers). Check a file with `printctl config check FILE` (or
-# `printd check-config FILE`), then run `printd run --config FILE`.
+# `printd check-config FILE`), then run `printd run --config FILE`. Without --config, printd
+# reads $PRINTD_CONFIG, else ./config/printd.toml, else /etc/printd/printd.toml.
 """
 
 
@@ -210,12 +190,12 @@ def render_default_config() -> str:
     out: list[str] = [HEADER]
     defaults = Config()
     for f in dataclasses.fields(Config):
-        if f.name in {s[0] for s in SECTIONS} or f.name == "circuits":
+        if f.name in SECTIONS or f.name == "circuits":
             continue
         out.extend(_key_lines(f.name, f.name, getattr(defaults, f.name)))
         out.append("")
-    for section, cls, about in SECTIONS:
-        out.extend(_comment_lines(about))
+    for section, cls in SECTIONS.items():
+        out.extend(_comment_lines(inspect.getdoc(cls) or section))
         out.append(f"[{section}]")
         for key, value in _defaults_of(cls).items():
             out.extend(_key_lines(f"{section}.{key}", key, value))
@@ -275,7 +255,9 @@ def check(
     path: Annotated[
         Path | None,
         typer.Argument(
-            help="Config file (default: $PRINTD_CONFIG, else config/printd.toml).", show_default=False
+            help="Config file (default: $PRINTD_CONFIG, else ./config/printd.toml, else "
+            "/etc/printd/printd.toml, else none: defaults + environment).",
+            show_default=False,
         ),
     ] = None,
     production: Annotated[bool, typer.Option("--production", help="Check with production rules.")] = False,
@@ -285,17 +267,14 @@ def check(
 
     Example: JWT_SECRET=$(openssl rand -hex 32) printctl config check --production config/printd.toml
     """
-    if path is None:
-        path = Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else DEFAULT_PATH
+    path = find_config(path, os.environ)
     try:
         cfg = load_config(path, overrides={"mode": "production"} if production else None)
     except ConfigError as exc:
-        if json_out:
-            emit_json({"ok": False, "path": str(path), "error": str(exc)})
-        fail(f"config error: {exc}", EXIT_USAGE)
+        fail(f"config error: {exc}", EXIT_USAGE, path=describe_config_file(path))
     summary = {
         "ok": True,
-        "path": str(path),
+        "path": describe_config_file(path),
         "mode": cfg.mode,
         "listen": f"{cfg.server.host}:{cfg.server.port}",
         "store": redact_url(cfg.database_url),
@@ -309,7 +288,7 @@ def check(
     if json_out:
         emit_json(summary)
         return
-    table = Table(title=f"[green]ok[/green]: {path}", show_header=False)
+    table = Table(title=f"[green]ok[/green]: {describe_config_file(path)}", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
     for key, value in summary.items():

@@ -21,14 +21,17 @@ from printctl.common import (
     MonitoringTokenOpt,
     TimeoutOpt,
     UrlOpt,
+    check_printd_answer,
     console,
     default_url,
     emit_json,
+    err_console,
     error_message,
     fail,
     get_json,
 )
 
+WAIT_POLL = 0.2
 STATUS_COLOURS = {"ok": "green", "degraded": "yellow", "draining": "yellow", "unreachable": "red"}
 
 
@@ -60,18 +63,31 @@ def _bytes(n: float | None) -> str:
 
 
 def fetch_health(url: str, timeout: float) -> dict[str, Any]:
-    """The /monitoring/health body; status 'unreachable' (with the error) when printd can't answer."""
+    """The /monitoring/health body; status 'unreachable' (with the error) when printd can't answer.
+    An answer that is not printd's exits (see check_printd_answer)."""
+    base = default_url(url)
     try:
-        resp = httpx.get(default_url(url) + "/monitoring/health", timeout=timeout)
+        resp = httpx.get(base + "/monitoring/health", timeout=timeout)
     except httpx.HTTPError as exc:
-        return {"status": "unreachable", "url": default_url(url), "error": f"cannot reach printd: {exc}"}
-    try:
-        body = resp.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict) or "status" not in body:
-        return {"status": "unreachable", "url": default_url(url), "error": error_message(resp)}
+        return {"status": "unreachable", "url": base, "error": f"cannot reach printd: {exc}"}
+    check_printd_answer(resp, base)
+    body: dict[str, Any] = resp.json()
+    if "status" not in body:
+        return {"status": "unreachable", "url": base, "error": error_message(resp)}
     return body
+
+
+def wait_until_ok(url: str, timeout: float, seconds: float) -> dict[str, Any]:
+    """Poll /monitoring/health until it says ok or `seconds` have passed; the last answer."""
+    deadline = time.monotonic() + seconds
+    with err_console.status(f"waiting up to {seconds:g} s for printd at {default_url(url)}...") as status:
+        while True:
+            left = deadline - time.monotonic()
+            body = fetch_health(url, max(0.1, min(timeout, left)))
+            if body.get("status") == "ok" or time.monotonic() >= deadline:
+                return body
+            status.update(f"printd is {body.get('status')}; waiting up to {left:.0f} s more...")
+            time.sleep(min(WAIT_POLL, max(0.0, deadline - time.monotonic())))
 
 
 def health_table(body: dict[str, Any]) -> RenderableType:
@@ -121,6 +137,15 @@ def health(
         float | None,
         typer.Option("--watch", help="Refresh every N seconds until Ctrl-C (JSON: one line each).", min=0.1),
     ] = None,
+    wait: Annotated[
+        float | None,
+        typer.Option(
+            "--wait",
+            help="Wait up to N seconds for status ok (a printd that is starting), then answer as usual.",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
     timeout: TimeoutOpt = 5.0,
 ) -> None:
     """Is printd healthy? Exit 0 when status is ok, 1 when degraded, draining or unreachable.
@@ -128,11 +153,12 @@ def health(
     Example: printctl health --url http://printd-1:3001 --watch 5
     """
     if watch is None:
-        body = fetch_health(url, timeout)
+        body = fetch_health(url, timeout) if wait is None else wait_until_ok(url, timeout, wait)
+        if body.get("status") == "unreachable":
+            hint = "is printd running there? check --url or PRINTD_URL"
+            fail(f"{body.get('error')} ({hint})", status="unreachable", url=body.get("url"))
         if json_out:
             emit_json(body)
-        elif body.get("status") == "unreachable":
-            fail(f"{body.get('error')} (is printd running there? check --url or PRINTD_URL)")
         else:
             console.print(health_table(body))
         raise typer.Exit(_exit_code(body))

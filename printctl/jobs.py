@@ -14,7 +14,6 @@ import typer
 from rich import box
 from rich.table import Table
 
-from printctl.circuits import check_path_segment
 from printctl.common import (
     DEFAULT_URL,
     EXIT_CHECK_FAILED,
@@ -28,6 +27,7 @@ from printctl.common import (
     err_console,
     error_message,
     fail,
+    path_segment,
     request,
 )
 from printd.jobs.model import TERMINAL_STATES, JobState
@@ -166,7 +166,7 @@ def wait_for(
 ) -> dict[str, Any] | None:
     """Poll the job until it is printed, failed or expired; None when `seconds` ran out."""
     deadline = time.monotonic() + seconds
-    path = f"/api/v1/jobs/{job_id}" + query_string(company=company)
+    path = f"/api/v1/jobs/{path_segment('ID', job_id)}" + query_string(company=company)
     with err_console.status(f"waiting for job {job_id}...") as status:
         while True:
             job = api("GET", url, path, token, timeout=timeout)
@@ -215,7 +215,8 @@ def submit(
 
     Example: printctl jobs submit --printer kitchen-1 --text "Table 4: soup" --idempotency-key o-981 --wait 30
     """
-    check_path_segment("--printer", printer)
+    if not printer:
+        fail("--printer: must not be empty", EXIT_USAGE)
     body: dict[str, Any] = {"printer_id": printer, "kind": str(kind), "payload": payload_from(payload, text)}
     if company is not None:
         body["company"] = company
@@ -236,9 +237,11 @@ def submit(
         return
     job = wait_for(job_id, url, token, company, wait, timeout)
     if job is None:
-        if json_out:
-            emit_json({**created, "timed_out": True})
-        fail(f"job {job_id} did not finish within {wait:g} s; follow it with: printctl jobs get {job_id}")
+        fail(
+            f"job {job_id} did not finish within {wait:g} s; follow it with: printctl jobs get {job_id}",
+            job=created,
+            timed_out=True,
+        )
     if json_out:
         emit_json(job)
     else:
@@ -260,8 +263,8 @@ def get(
 
     Example: printctl jobs get 01J9Z6X4Q8 --json | jq .state
     """
-    check_path_segment("ID", job_id)
-    job = api("GET", url, f"/api/v1/jobs/{job_id}" + query_string(company=company), token, timeout=timeout)
+    path = f"/api/v1/jobs/{path_segment('ID', job_id)}" + query_string(company=company)
+    job = api("GET", url, path, token, timeout=timeout)
     if json_out:
         emit_json(job)
     else:

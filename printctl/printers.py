@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from printctl.circuits import check_path_segment
 from printctl.common import (
     DEFAULT_URL,
     EXIT_CHECK_FAILED,
@@ -18,12 +18,24 @@ from printctl.common import (
     console,
     emit_json,
     err_console,
+    fail,
+    path_segment,
     request,
 )
-from printctl.jobs import CompanyOpt, api, describe_error, payload_from, query_string, styled_state, when
+from printctl.jobs import (
+    POLL_INTERVAL,
+    CompanyOpt,
+    api,
+    describe_error,
+    payload_from,
+    query_string,
+    styled_state,
+    when,
+)
 
 app = typer.Typer(
-    help="Printers: list them with their agents' state; send a test print. Needs a service or admin token.",
+    help="Printers: list them with their agents' state; wait until they are online; send a test print. "
+    "Needs a service or admin token.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -89,26 +101,19 @@ def test(
 
     Example: printctl printers test kitchen-1 --text "printd test"
     """
-    check_path_segment("ID", printer_id)
     body: dict[str, Any] = {}
     if text is not None or payload is not None:
         body["payload"] = payload_from(payload, text)
     if company is not None:
         body["company"] = company
-    resp = request(
-        "POST", url, f"/api/v1/printers/{printer_id}/test", token=token, json_body=body, timeout=timeout
-    )
+    path = f"/api/v1/printers/{path_segment('ID', printer_id)}/test"
+    resp = request("POST", url, path, token=token, json_body=body, timeout=timeout)
     try:
         answer: Any = resp.json()
     except ValueError:
         answer = None
     if resp.status_code != 200 or not isinstance(answer, dict):
-        if json_out and isinstance(answer, dict):
-            emit_json({"status": resp.status_code, **answer})
-        err_console.print(
-            f"[red]error:[/red] test of {printer_id} failed: {describe_error(resp)}", highlight=False
-        )
-        raise typer.Exit(EXIT_CHECK_FAILED)
+        fail(f"test of {printer_id} failed: {describe_error(resp)}", status=resp.status_code, answer=answer)
     if json_out:
         emit_json(answer)
     else:
@@ -131,3 +136,44 @@ def test(
                 highlight=False,
             )
         raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@app.command("wait")
+def wait(
+    printer_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Printer ids to wait for.")],
+    company: CompanyOpt = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the printers.")] = 30.0,
+) -> None:
+    """Wait until these printers are registered and their agents connected; exit 1 if not in time.
+
+    For scripts that start an agent and then print: jobs for a printer its agent has not announced
+    yet are refused (unknown printer).
+
+    Example: printctl printers wait kitchen-1 bar-1 --timeout 60
+    """
+    wanted = set(printer_ids)
+    deadline = time.monotonic() + timeout
+    path = "/api/v1/printers" + query_string(company=company)
+    with err_console.status(f"waiting for {', '.join(sorted(wanted))}...") as status:
+        while True:
+            left = deadline - time.monotonic()
+            body = api("GET", url, path, token, timeout=max(0.1, min(10.0, left)))
+            online = {p["printer_id"]: p for p in body.get("printers", []) if p.get("printer_id") in wanted}
+            missing = sorted(wanted - {pid for pid, p in online.items() if p.get("agent_online")})
+            if not missing:
+                break
+            if left <= 0:
+                fail(
+                    f"not online after {timeout:g} s: {', '.join(missing)} (is its agent running, "
+                    "with a token of this company?)",
+                    missing=missing,
+                )
+            status.update(f"waiting for {', '.join(missing)} ({left:.0f} s left)...")
+            time.sleep(min(POLL_INTERVAL, max(0.0, left)))
+    if json_out:
+        emit_json({"ok": True, "printers": [online[pid] for pid in sorted(wanted)]})
+    else:
+        console.print(f"[green]online[/green]: {', '.join(sorted(wanted))}")

@@ -14,9 +14,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 
 from printctl.common import EXIT_USAGE, JsonOpt, emit_json, err_console, fail
 from printd.auth import ALGORITHM, ROLES, AuthError, mint_token, parse_ttl, resolve_secret
-from printd.config import GENERATE_SECRET, ConfigError, load_config, secret_weakness
-
-CONFIG_ENV = "PRINTD_CONFIG"
+from printd.config import GENERATE_SECRET, ConfigError, find_config, load_config, secret_weakness
 
 
 def load_secret(config_file: Path | None, data_dir: Path | None) -> tuple[str, str]:
@@ -24,9 +22,7 @@ def load_secret(config_file: Path | None, data_dir: Path | None) -> tuple[str, s
 
     Exits 2 with the fix when the config is invalid or no secret exists anywhere.
     """
-    path = config_file
-    if path is None and os.environ.get(CONFIG_ENV):
-        path = Path(os.environ[CONFIG_ENV])
+    path = find_config(config_file, os.environ)
     overrides: dict[str, Any] = {"data_dir": str(data_dir)} if data_dir is not None else {}
     try:
         config = load_config(path, overrides=overrides)
@@ -66,7 +62,7 @@ def token(
         Path | None,
         typer.Option(
             "--secret-from-config",
-            help="printd config file to take the secret from (default: $PRINTD_CONFIG).",
+            help="printd config file to take the secret from (default: found like printd finds it).",
             show_default=False,
         ),
     ] = None,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from printctl.checker import compare, read_job_ids, read_prints
+from printctl.checker import BadInput, compare, read_job_ids, read_print_log
 from printctl.common import EXIT_CHECK_FAILED, EXIT_USAGE, JsonOpt, console, emit_json, fail
 
 
@@ -21,11 +21,17 @@ def verify_prints(
 ) -> None:
     """Compare accepted jobs with the agents' print logs; exit 1 on any lost, duplicated or unexpected print.
 
+    Lines of a print log torn by an agent crash are skipped and counted ("torn"); a missing path is
+    a usage error (exit 2).
+
     Example: printctl verify-prints --accepted accepted.jsonl ./prints-agent-1 ./prints-agent-2
     """
-    if not accepted.exists():
-        fail(f"{accepted}: no such file", EXIT_USAGE)
-    report = compare(read_job_ids(accepted), read_prints(prints))
+    try:
+        accepted_ids = read_job_ids(accepted)
+        log = read_print_log(prints)
+    except BadInput as exc:
+        fail(str(exc), EXIT_USAGE)
+    report = compare(accepted_ids, log.job_ids, torn=log.torn)
     if json_out:
         emit_json(report.to_json())
     else:
@@ -48,5 +54,11 @@ def verify_prints(
             console.print(f"  lost: {job}")
         for job, n in list(report.duplicated.items())[:20]:
             console.print(f"  printed {n} times: {job}")
+        if report.torn:
+            console.print(
+                f"[yellow]{report.torn} torn line(s) skipped[/]: a print record cut short by an agent "
+                "crash; that job's outcome is unknown to the agent, which reports it instead of printing "
+                "it again (see `printctl jobs get`)"
+            )
     if not report.ok:
         raise typer.Exit(EXIT_CHECK_FAILED)

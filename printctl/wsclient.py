@@ -25,14 +25,24 @@ from websockets.uri import parse_uri
 class HandshakeRejected(Exception):
     """The server answered the upgrade with an HTTP error (401, 403, 503...)."""
 
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes, content_type: str = "") -> None:
         self.status = status
         self.body = body
         try:
-            self.message = str(orjson.loads(body).get("message", ""))
-        except (orjson.JSONDecodeError, AttributeError):
-            self.message = body[:200].decode(errors="replace")
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            answer = None
+        #: printd refuses with a JSON object; anything else came from something that is not printd
+        self.from_printd = isinstance(answer, dict)
+        if isinstance(answer, dict):
+            self.message = str(answer.get("message", ""))
+        else:  # not printd: say what it was, never dump the page
+            self.message = f"{content_type.partition(';')[0] or 'no content type'}, {len(body)} bytes"
         super().__init__(f"HTTP {status}: {self.message}")
+
+
+def _rejected(resp: Response) -> HandshakeRejected:
+    return HandshakeRejected(resp.status_code, bytes(resp.body or b""), resp.headers.get("Content-Type", ""))
 
 
 class ConnectionClosed(Exception):
@@ -122,13 +132,13 @@ class WsClient:
                         if isinstance(ev, Response):
                             client.response = ev
                             if ev.status_code != 101:
-                                raise HandshakeRejected(ev.status_code, bytes(ev.body or b""))
+                                raise _rejected(ev)
                         else:
                             client._accept_event(ev)
                     if proto.handshake_exc is not None:
                         resp = client.response
                         if resp is not None and resp.status_code != 101:
-                            raise HandshakeRejected(resp.status_code, bytes(resp.body or b""))
+                            raise _rejected(resp)
                         raise proto.handshake_exc
                     if proto.state is State.OPEN:
                         return client
@@ -223,6 +233,10 @@ class WsClient:
             pass
         finally:
             await self.stream.aclose()
+
+    async def abort(self) -> None:
+        """Drop the TCP connection without a closing handshake (the peer is gone)."""
+        await self.stream.aclose()
 
     async def __aenter__(self) -> WsClient:
         return self

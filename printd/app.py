@@ -18,7 +18,7 @@ import structlog
 import trio
 from prometheus_client import CollectorRegistry
 
-from printd import systemd
+from printd import package_version, systemd
 from printd.auth import TokenVerifier, resolve_secret
 from printd.breakers import BreakerMetrics, CircuitRegistry, CircuitState
 from printd.cache import TTLCache
@@ -40,7 +40,7 @@ from printd.store import Store, StoreUnavailable, open_store
 from printd.store.guarded import GuardedStore, StoreCircuitOpen
 
 log = structlog.get_logger("printd")
-VERSION = "0.1.0"
+VERSION = package_version()
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 CORS_PREFLIGHT = (
     ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
@@ -189,7 +189,6 @@ class App:
                     listen=f"{cfg.server.host}:{self.port}",
                     store=redact_url(cfg.database_url),
                     mode=cfg.mode,
-                    jwt_from=self.secret_source,
                 )
                 if self.secret_source not in ("config",):
                     log.info(

@@ -1,20 +1,27 @@
 """`printd`: run the gateway, validate a config, apply migrations.
 
-Exit codes: 0 ok, 1 runtime failure (a dependency down at start), 2 usage or config error.
+Exit codes: 0 ok, 1 runtime failure (a dependency down at start), 2 usage or config error
+(including an address printd cannot listen on).
+
+Every command finds its config file the same way (`printd.config.find_config`): --config, else
+$PRINTD_CONFIG, else ./config/printd.toml, else /etc/printd/printd.toml, else none.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
+import structlog
 import trio
 import typer
 
-from printd.auth import AuthError
-from printd.config import Config, ConfigError, load_config, redact_url
+from printd import package_version
+from printd.auth import SECRET_FILE, AuthError
+from printd.config import Config, ConfigError, describe_config_file, find_config, load_config, redact_url
 from printd.logs import setup_logging
 
 app = typer.Typer(
@@ -24,20 +31,72 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DEFAULT_CONFIG_ENV = "PRINTD_CONFIG"
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="TOML config file (default: $PRINTD_CONFIG).", show_default=False),
+    typer.Option(
+        "--config",
+        "-c",
+        help="TOML config file (default: $PRINTD_CONFIG, else ./config/printd.toml, "
+        "else /etc/printd/printd.toml, else none).",
+        show_default=False,
+    ),
 ]
 
 
-def _load(config: Path | None, overrides: dict[str, Any]) -> Config:
-    path = config or (Path(os.environ[DEFAULT_CONFIG_ENV]) if os.environ.get(DEFAULT_CONFIG_ENV) else None)
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"printd {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
+    ] = False,
+) -> None:
+    """printd: the print gateway (HTTP API + WebSocket gateway + monitoring on one port)."""
+
+
+def _exit(message: str, code: int) -> NoReturn:
+    typer.echo(f"printd: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _load(config: Path | None, overrides: dict[str, Any]) -> tuple[Config, Path | None]:
+    """The config and the file it came from (None: defaults + environment)."""
+    path = find_config(config, os.environ)
     try:
-        return load_config(path, overrides=overrides)
+        return load_config(path, overrides=overrides), path
     except ConfigError as exc:
-        typer.echo(f"printd: config error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _exit(f"config error: {exc}", EXIT_USAGE)
+
+
+def describe_jwt_secret(config: Config, path: Path | None, env: Mapping[str, str]) -> str:
+    """Where the JWT secret comes from, as printd will resolve it (call before the App makes one)."""
+    if env.get("JWT_SECRET"):  # the environment wins over the file (config._env_overrides)
+        return "env JWT_SECRET"
+    if config.auth.jwt_secret:
+        return f"auth.jwt_secret in {path}"
+    generated = Path(config.data_dir) / SECRET_FILE
+    return f"{generated} ({'generated earlier' if generated.exists() else 'generated now'})"
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, as raised."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def os_reason(exc: OSError) -> str:
+    """`address already in use`, `name or service not known`: the system's words, in one line."""
+    text = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else (exc.strerror or str(exc))
+    return text[:1].lower() + text[1:]
 
 
 @app.command()
@@ -71,31 +130,47 @@ def run(
         server["host"] = host
     if server:
         overrides["server"] = server
-    cfg = _load(config, overrides)
+    cfg, path = _load(config, overrides)
     setup_logging(cfg.log_level, cfg.log_format)
+    # The start-up line says which file was used and where the JWT secret comes from ("jwt_from":
+    # a key named *secret* would be masked by the log pipeline).
+    structlog.get_logger("printd").info(
+        "config", file=describe_config_file(path), jwt_from=describe_jwt_secret(cfg, path, os.environ)
+    )
     from printd.app import App
     from printd.store import StoreError
 
+    gateway: list[App] = []
+
     async def serve() -> None:
-        await App(cfg).run()
+        gateway.append(App(cfg))
+        await gateway[0].run()
 
     try:
         trio.run(serve)
-    except (AuthError, ConfigError) as exc:
-        typer.echo(f"printd: config error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except StoreError as exc:
-        typer.echo(f"printd: cannot use the store {redact_url(cfg.database_url)}: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except OSError as exc:
-        typer.echo(f"printd: cannot listen on {cfg.server.host}:{cfg.server.port}: {exc}", err=True)
-        raise typer.Exit(1) from None
+    except BaseException as exc:  # start-up failures become one line; anything else re-raises
+        listening = bool(gateway) and gateway[0].port is not None
+        for leaf in _leaves(exc):
+            if isinstance(leaf, AuthError | ConfigError):
+                _exit(f"config error: {leaf}", EXIT_USAGE)
+            if isinstance(leaf, StoreError):
+                _exit(f"cannot use the store {redact_url(cfg.database_url)}: {leaf}", EXIT_RUNTIME)
+            if isinstance(leaf, OSError) and not listening:
+                if leaf.filename is not None:
+                    _exit(f"cannot use {leaf.filename}: {os_reason(leaf)}", EXIT_USAGE)
+                _exit(f"cannot listen on {cfg.server.host}:{cfg.server.port}: {os_reason(leaf)}", EXIT_USAGE)
+        raise
 
 
 @app.command("check-config")
 def check_config(
     file: Annotated[
-        Path | None, typer.Argument(help="Config file to check (default: $PRINTD_CONFIG).")
+        Path | None,
+        typer.Argument(
+            help="Config file to check (default: $PRINTD_CONFIG, else ./config/printd.toml, "
+            "else /etc/printd/printd.toml).",
+            show_default=False,
+        ),
     ] = None,
     production: Annotated[bool, typer.Option("--production", help="Check with production rules.")] = False,
 ) -> None:
@@ -103,9 +178,9 @@ def check_config(
 
     Example: printd check-config config/printd.toml
     """
-    cfg = _load(file, {"mode": "production"} if production else {})
+    cfg, path = _load(file, {"mode": "production"} if production else {})
     typer.echo(
-        f"ok: mode={cfg.mode} listen={cfg.server.host}:{cfg.server.port} "
+        f"ok: config={describe_config_file(path)} mode={cfg.mode} listen={cfg.server.host}:{cfg.server.port} "
         f"store={redact_url(cfg.database_url)} instance={cfg.instance_id}"
     )
 
@@ -118,7 +193,7 @@ def migrate(
 
     Example: DATABASE_URL=postgresql://printd@db/printd printd migrate
     """
-    cfg = _load(config, {"data_dir": str(data_dir)} if data_dir else {})
+    cfg, _ = _load(config, {"data_dir": str(data_dir)} if data_dir else {})
     from printd.store import StoreError, open_store
 
     async def go() -> list[int]:
@@ -132,8 +207,7 @@ def migrate(
     try:
         applied = trio.run(go)
     except StoreError as exc:
-        typer.echo(f"printd: migration failed on {redact_url(cfg.database_url)}: {exc}", err=True)
-        raise typer.Exit(1) from None
+        _exit(f"migration failed on {redact_url(cfg.database_url)}: {exc}", EXIT_RUNTIME)
     typer.echo(f"applied migrations: {applied}" if applied else "schema is up to date")
 
 

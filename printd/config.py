@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from urllib.parse import parse_qs, quote, urlsplit
 
 from printd.breakers import BreakerConfig
 
@@ -32,8 +33,37 @@ class ConfigError(ValueError):
     """A configuration value is missing or wrong; the message names the key and the fix."""
 
 
+#: Names the config file outright (after --config, before the search path).
+CONFIG_ENV = "PRINTD_CONFIG"
+#: Where printd and printctl look for a config file when none is named: the file
+#: `printctl config init` writes (relative to the working directory), then the system one.
+CONFIG_SEARCH_PATH = (Path("config/printd.toml"), Path("/etc/printd/printd.toml"))
+
+
+def find_config(
+    explicit: Path | None,
+    env: Mapping[str, str],
+    search_path: tuple[Path, ...] = CONFIG_SEARCH_PATH,
+) -> Path | None:
+    """The one rule every command follows: `--config FILE`, else `$PRINTD_CONFIG`, else the first
+    file of the search path that exists; None means no file (defaults + environment). A file that
+    is named but missing is returned anyway, so that loading it says so."""
+    if explicit is not None:
+        return explicit
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    return next((p for p in search_path if p.is_file()), None)
+
+
+def describe_config_file(path: Path | None) -> str:
+    """What start-up lines and checks say about the file in use."""
+    return str(path.resolve()) if path is not None else "no config file; defaults + environment"
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
+    """HTTP API, WebSocket gateway and monitoring, all on one port."""
+
     host: str = "127.0.0.1"
     port: int = 3001
     backlog: int = 4096
@@ -51,6 +81,8 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class CompressionConfig:
+    """permessage-deflate for WebSocket connections."""
+
     enabled: bool = True
     level: int = 3
     mem_level: int = 7
@@ -61,6 +93,8 @@ class CompressionConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
+    """Tokens (HS256 JWTs) and browser origins."""
+
     jwt_secret: str | None = None
     cors_origins: tuple[str, ...] = ()
     leeway: float = 30.0
@@ -71,11 +105,15 @@ class AuthConfig:
 
 @dataclass(frozen=True, slots=True)
 class StatusConfig:
+    """Printer status fan-out to dashboards."""
+
     batch_delay: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
 class JobsConfig:
+    """Print job delivery to agents."""
+
     ack_timeout: float = 10.0
     retry_initial: float = 1.0
     retry_max: float = 30.0
@@ -92,6 +130,8 @@ class JobsConfig:
 
 @dataclass(frozen=True, slots=True)
 class RateLimitConfig:
+    """Printer test limits (POST /api/v1/printers/{id}/test)."""
+
     branch_tests: int = 10
     printer_tests: int = 5
     window: float = 60.0
@@ -99,6 +139,8 @@ class RateLimitConfig:
 
 @dataclass(frozen=True, slots=True)
 class HealthConfig:
+    """/monitoring/health thresholds: above one, the instance reports degraded (503)."""
+
     memory_percent: float = 85.0
     cpu_percent: float = 90.0
     error_rate: float = 10.0
@@ -108,6 +150,8 @@ class HealthConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
+    """Where jobs and printers are kept."""
+
     database_url: str | None = None
     pool_size: int = 10
     statement_timeout_ms: int = 5000
@@ -115,6 +159,8 @@ class StoreConfig:
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
+    """Redis, for running several instances behind one load balancer."""
+
     url: str | None = None
 
 
@@ -154,7 +200,9 @@ class Config:
         return f"sqlite:///{(self.data_dir / 'printd.db').resolve()}"
 
 
-_SECTIONS: dict[str, type] = {
+#: The `[table]` sections of a config file and the class each one builds, in file order.
+#: `printctl config init` writes them in this order, each under its class's docstring.
+SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "compression": CompressionConfig,
     "auth": AuthConfig,
@@ -290,12 +338,85 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any] | Any]:
             raise ConfigError(
                 f"STATUS_BATCH_DELAY: expected milliseconds, got {env['STATUS_BATCH_DELAY']!r}"
             ) from None
+    _check_redis_parts(env)
     if not env.get("REDIS_URL") and env.get("REDIS_HOST"):
-        password = env.get("REDIS_PASSWORD")
-        auth = f":{password}@" if password else ""
-        url = f"redis://{auth}{env['REDIS_HOST']}:{env.get('REDIS_PORT', '6379')}/{env.get('REDIS_DB', '0')}"
-        put("redis", "url", url)
+        put("redis", "url", _redis_url_from_parts(env))
     return out
+
+
+def _redis_url_from_parts(env: Mapping[str, str]) -> str:
+    """REDIS_HOST/PORT/DB/PASSWORD as one URL (the parts were checked by _check_redis_parts)."""
+    host = env["REDIS_HOST"]
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    password = env.get("REDIS_PASSWORD")
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}{host}:{env.get('REDIS_PORT', '6379')}/{env.get('REDIS_DB', '0')}"
+
+
+def _check_redis_parts(env: Mapping[str, str]) -> None:
+    """A REDIS_* variable that is set is checked, used or not: a typo must not pass silently."""
+    host = env.get("REDIS_HOST", "")
+    if any(ch in host for ch in "/@?#, "):
+        raise ConfigError(f"REDIS_HOST: {host!r} is not a host name or address")
+    port = env.get("REDIS_PORT")
+    if port is not None and (not port.isdigit() or not 1 <= int(port) <= 65535):
+        raise ConfigError(f"REDIS_PORT: expected a TCP port (1-65535), got {port!r}")
+    db = env.get("REDIS_DB")
+    if db is not None and not db.isdigit():
+        raise ConfigError(f"REDIS_DB: expected a database number (0, 1, ...), got {db!r}")
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why `url` is not a usable Redis URL, or None. Accepted forms:
+    redis[s]://[[user]:password@]host[:port][/db], unix://[[user]:password@]/path[?db=N] and
+    redis+sentinel://[:password@]host1[:port],host2[:port]/master_name[/db]."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in REDIS_SCHEMES:
+        return "use redis://, rediss://, unix:// or redis+sentinel:// (e.g. redis://localhost:6379/0)"
+    netloc, _, path_query = rest.partition("/")
+    path, _, query = path_query.partition("?")
+    db_in_query = parse_qs(query).get("db", [])
+    if scheme == "unix":
+        if not path:
+            return "a unix:// URL needs the socket path, e.g. unix:///run/redis/redis.sock"
+        return _db_problem(db_in_query[-1]) if db_in_query else None
+    hosts = netloc.rpartition("@")[2]
+    if scheme == "redis+sentinel":
+        master, _, db = path.partition("/")
+        if not master:
+            return "a redis+sentinel:// URL needs the master name: redis+sentinel://host:26379/mymaster/0"
+        parts = hosts.split(",")
+    else:
+        db = path
+        parts = [hosts]
+    for part in parts:
+        problem = _host_port_problem(part)
+        if problem:
+            return problem
+    return _db_problem(db) if db else None
+
+
+def _host_port_problem(host_port: str) -> str | None:
+    try:
+        parsed = urlsplit("//" + host_port)
+        port = parsed.port
+    except ValueError:
+        return f"{host_port!r}: the port must be a number 1-65535"
+    if not parsed.hostname:
+        return f"{host_port!r}: a host is missing"
+    if port is not None and not 1 <= port <= 65535:
+        return f"{host_port!r}: the port must be a number 1-65535"
+    return None
+
+
+def _db_problem(db: str) -> str | None:
+    if not db.isdigit():
+        return f"{db!r} is not a database number (0, 1, ...)"
+    return None
 
 
 def load_config(
@@ -335,14 +456,14 @@ def build_config(raw: Mapping[str, Any]) -> Config:
     hints = get_type_hints(Config)
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in _SECTIONS:
-            kwargs[key] = _build(_SECTIONS[key], key, value)
+        if key in SECTIONS:
+            kwargs[key] = _build(SECTIONS[key], key, value)
         elif key == "circuits":
             kwargs[key] = _circuits(value)
         elif key in _TOP_LEVEL:
             kwargs[key] = _coerce(key, value, hints[key])
         else:
-            known = ", ".join([*_TOP_LEVEL, *_SECTIONS, "circuits"])
+            known = ", ".join([*_TOP_LEVEL, *SECTIONS, "circuits"])
             raise ConfigError(f"{key}: unknown key (known: {known})")
     config = Config(**kwargs)
     validate(config)
@@ -381,6 +502,10 @@ def validate(config: Config) -> None:
     url = config.store.database_url
     if url and not url.startswith(("sqlite:", "postgresql://", "postgres://")):
         raise ConfigError("store.database_url (DATABASE_URL): use sqlite:///path or postgresql://...")
+    if config.redis.url:
+        problem = redis_url_problem(config.redis.url)
+        if problem:
+            raise ConfigError(f"redis.url (REDIS_URL): {problem}")
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: {config.log_level!r} is not one of debug, info, warning, error")
     if config.production:

@@ -109,19 +109,25 @@ class Sentinels:
             )
             log = open(self.workdir / f"sentinel-{port}.log", "ab")
             self.procs.append(
-                subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=log, stderr=subprocess.STDOUT)
+                subprocess.Popen(
+                    ["redis-server", str(conf), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
+                )
             )
             _wait_port(port)
         return self
 
     def master_port(self) -> int | None:
         for port in self.sentinel_ports:
-            out = subprocess.run(
-                ["redis-cli", "-p", str(port), "SENTINEL", "get-master-addr-by-name", self.master_name],
-                capture_output=True,
-                timeout=5,
-                check=False,
-            ).stdout.decode().split()
+            out = (
+                subprocess.run(
+                    ["redis-cli", "-p", str(port), "SENTINEL", "get-master-addr-by-name", self.master_name],
+                    capture_output=True,
+                    timeout=5,
+                    check=False,
+                )
+                .stdout.decode()
+                .split()
+            )
             if len(out) == 2:
                 return int(out[1])
         return None

@@ -1,9 +1,11 @@
 """A small TCP proxy to cut a real dependency on purpose (the Toxiproxy idea).
 
-It sits between printd and the shared PostgreSQL or Redis on a loopback port. `down()` resets
-every open connection and refuses new ones (a dead server, as the client sees it); `up()`
-lets traffic through again. Threads, not trio: it must keep working whatever the test's own
-event loop is doing.
+It sits between printd and the shared PostgreSQL or Redis (or between an agent and printd) on a
+loopback port. `down()` resets every open connection and refuses new ones (a dead server, as the
+client sees it); `up()` lets traffic through again. `blackhole()` silently drops everything on
+the connections open now, both ways, without a reset or a close (a NAT or firewall that forgot
+the flow): neither end hears anything, and only a timeout can tell. New connections still pass.
+Threads, not trio: it must keep working whatever the test's own event loop is doing.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class TcpProxy:
         self._up = True
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
+        self._black: set[socket.socket] = set()
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -48,15 +51,20 @@ class TcpProxy:
         try:
             while True:
                 data = src.recv(65536)
+                if src in self._black:
+                    if not data:
+                        return  # even a FIN is swallowed: the other end keeps waiting
+                    continue
                 if not data:
                     break
                 dst.sendall(data)
         except OSError:
             pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+        if src in self._black:
+            return
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
 
     @staticmethod
     def _reset(s: socket.socket) -> None:
@@ -71,6 +79,11 @@ class TcpProxy:
             conns, self._conns = self._conns, set()
         for s in conns:
             self._reset(s)
+
+    def blackhole(self) -> None:
+        """Drop every byte of the connections open now, both ways, silently and for good."""
+        with self._lock:
+            self._black |= self._conns
 
     def up(self) -> None:
         self._up = True

@@ -7,6 +7,7 @@ would, and `printctl verify-prints` at the end.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from printctl.checker import compare, read_prints
+from printctl.checker import compare, read_print_log
 from tests.conftest import Printd, token
 
 SVC = token("service", "acme", sub="pos-1")
@@ -31,8 +32,11 @@ class Agent:
         *extra: str,
         sub: str = "agent-1",
         printers: tuple[str, ...] = ("k1", "k2"),
+        url: str | None = None,
     ):
         self.p, self.out, self.extra, self.sub, self.printers = p, out, extra, sub, printers
+        self.url = url or p.url  # another path to printd (a proxy) if given
+        self.log_path = out.parent / f"{sub}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *extra: str) -> Agent:
@@ -42,7 +46,7 @@ class Agent:
             "printctl.main",
             "agent",
             "--url",
-            self.p.url,
+            self.url,
             "--output",
             str(self.out),
             "--json",
@@ -50,9 +54,25 @@ class Agent:
         args += ["--token", token("agent", "acme", sub=self.sub), "--max-backoff", "1"]
         for printer in self.printers:
             args += ["--printer", printer]
-        log = open(self.out.parent / f"{self.sub}.log", "ab")
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([*args, *self.extra, *extra], stdout=log, stderr=subprocess.STDOUT)
         return self
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The agent's --json report lines with this event name."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("event") == name:
+                out.append(record)
+        return out
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -143,7 +163,7 @@ def test_printd_sigkill_mid_stream_loses_and_doubles_nothing(
         assert all(states.get(j) == "printed" for j in accepted), {
             j: states.get(j) for j in accepted if states.get(j) != "printed"
         }
-        report = compare(accepted, read_prints([tmp_path / "agent-out"]))
+        report = compare(accepted, read_print_log([tmp_path / "agent-out"]).job_ids)
         assert report.ok, report.to_json()
         assert report.printed == 90
     finally:
@@ -164,7 +184,7 @@ def test_agent_dies_after_printing_before_result_prints_once(printd: Printd, tmp
         assert states[job] == "printed"
         detail = printd.get(f"/api/v1/jobs/{job}", SVC).json()
         assert detail["attempts"] == 2  # it was redelivered...
-        report = compare([job], read_prints([out]))
+        report = compare([job], read_print_log([out]).job_ids)
         assert report.ok and report.printed == 1, report.to_json()  # ...and printed once
         verify = subprocess.run(
             [

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from printctl import agent as A
-from printctl.checker import read_prints
+from printctl.checker import read_print_log
 from printd.auth import mint_token
 
 # -- helpers --------------------------------------------------------------------------------
@@ -97,18 +97,18 @@ def test_decide_new_job_prints() -> None:
 
 
 def test_decide_done_job_replays_even_if_in_flight() -> None:
-    done = A.Entry(A.JobState.DONE, {"success": True})
+    done = A.Entry(A.JournalState.DONE, {"success": True})
     assert A.decide(done, in_flight=False) is A.Action.REPLAY
     assert A.decide(done, in_flight=True) is A.Action.REPLAY
 
 
 def test_decide_job_queued_or_printing_in_this_process_gets_an_ack_only() -> None:
     assert A.decide(None, in_flight=True) is A.Action.ACK_ONLY
-    assert A.decide(A.Entry(A.JobState.PRINTING), in_flight=True) is A.Action.ACK_ONLY
+    assert A.decide(A.Entry(A.JournalState.PRINTING), in_flight=True) is A.Action.ACK_ONLY
 
 
 def test_decide_printing_left_by_an_earlier_run_is_unknown() -> None:
-    assert A.decide(A.Entry(A.JobState.PRINTING), in_flight=False) is A.Action.UNKNOWN
+    assert A.decide(A.Entry(A.JournalState.PRINTING), in_flight=False) is A.Action.UNKNOWN
 
 
 # -- the journal ------------------------------------------------------------------------------
@@ -185,8 +185,8 @@ def test_journal_repairs_a_torn_last_line_before_appending(tmp_path: Path) -> No
 
 def test_replay_result_is_the_stored_one() -> None:
     stored = A.make_result(job(), True, "printed on kitchen-1", printed_at=5.0)
-    assert A.replay_result(job(), A.Entry(A.JobState.DONE, stored)) == stored
-    damaged = A.replay_result(job(), A.Entry(A.JobState.DONE, {}))
+    assert A.replay_result(job(), A.Entry(A.JournalState.DONE, stored)) == stored
+    damaged = A.replay_result(job(), A.Entry(A.JournalState.DONE, {}))
     assert damaged["job_id"] == "j1" and damaged["success"] is False
 
 
@@ -217,7 +217,7 @@ def test_device_writes_one_line_and_a_ticket_numbered_across_restarts(tmp_path: 
     dev.close()
     log = lines(tmp_path / "prints.jsonl")
     assert [r["job_id"] for r in log] == ["j1", "j2", "j/3", "j4"]
-    assert read_prints([tmp_path]) == ["j1", "j2", "j/3", "j4"]  # what verify-prints reads
+    assert read_print_log([tmp_path]).job_ids == ["j1", "j2", "j/3", "j4"]  # what verify-prints reads
     assert sorted(p.name for p in (tmp_path / "kitchen-1").iterdir()) == [
         "000001-j1.txt",
         "000002-j2.txt",
@@ -246,19 +246,6 @@ def test_parse_dispatch() -> None:
         1,
         {"value": [1]},
     )
-
-
-def test_backoff_doubles_to_the_cap_with_full_jitter() -> None:
-    b = A.Backoff(0.5, 4.0, rng=lambda: 1.0)
-    assert [b.next_delay() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-    b.reset()
-    assert b.next_delay() == 0.5
-    zero = A.Backoff(0.5, 30.0, rng=lambda: 0.0)
-    assert zero.next_delay() == 0.0
-    half = A.Backoff(0.5, 30.0, rng=lambda: 0.5)
-    half.failures = 100  # no overflow after a very long outage
-    assert half.next_delay() == 15.0
-    assert 0.1 <= A.draining_delay(lambda: 0.0) < A.draining_delay(lambda: 1.0) <= 1.0
 
 
 def test_token_subject_is_read_without_verifying() -> None:
@@ -290,7 +277,7 @@ async def test_new_job_is_acked_printed_once_and_replayed(tmp_path: Path) -> Non
         assert client.results("j1")[1] == result
         nursery.cancel_scope.cancel()
     close_agent(agent)
-    assert read_prints([tmp_path]) == ["j1"]
+    assert read_print_log([tmp_path]).job_ids == ["j1"]
     assert [r["state"] for r in lines(tmp_path / A.JOURNAL)] == ["printing", "done"]
 
     # after a restart of the agent the journal still answers for it
@@ -299,7 +286,7 @@ async def test_new_job_is_acked_printed_once_and_replayed(tmp_path: Path) -> Non
     await restarted.on_dispatch(client2, dispatch_data(job(attempt=3)))  # type: ignore[arg-type]
     assert client2.sent == [("job.ack", {"job_id": "j1", "correlation_id": "c-j1"}), ("job.result", result)]
     close_agent(restarted)
-    assert read_prints([tmp_path]) == ["j1"]
+    assert read_print_log([tmp_path]).job_ids == ["j1"]
 
 
 async def test_duplicate_while_queued_gets_only_an_ack(tmp_path: Path) -> None:
@@ -317,7 +304,7 @@ async def test_duplicate_while_queued_gets_only_an_ack(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
     close_agent(agent)
     assert client.events("j1") == ["job.ack", "job.ack", "job.result"]
-    assert read_prints([tmp_path]) == ["j1"]
+    assert read_print_log([tmp_path]).job_ids == ["j1"]
 
 
 async def test_jobs_print_in_arrival_order(tmp_path: Path) -> None:
@@ -332,7 +319,7 @@ async def test_jobs_print_in_arrival_order(tmp_path: Path) -> None:
         await wait_for_result(client, ids[-1])
         nursery.cancel_scope.cancel()
     close_agent(agent)
-    assert read_prints([tmp_path]) == ids
+    assert read_print_log([tmp_path]).job_ids == ids
 
 
 async def test_printing_left_by_a_crash_is_reported_unknown_not_printed(tmp_path: Path) -> None:
@@ -347,7 +334,7 @@ async def test_printing_left_by_a_crash_is_reported_unknown_not_printed(tmp_path
     await agent.on_dispatch(client, dispatch_data(job(attempt=2)))  # type: ignore[arg-type]
     assert client.results("j1") == [result, result]
     close_agent(agent)
-    assert read_prints([tmp_path]) == []
+    assert read_print_log([tmp_path]).job_ids == []
     assert A.Journal.open(tmp_path / A.JOURNAL).decide("j1") is A.Action.REPLAY
 
 
@@ -363,7 +350,7 @@ async def test_fail_printer_fails_without_printing(tmp_path: Path) -> None:
     close_agent(agent)
     [result] = client.results("j1")
     assert result["success"] is False and result["message"] == "printer bar-1 is out of paper"
-    assert read_prints([tmp_path]) == []
+    assert read_print_log([tmp_path]).job_ids == []
     assert A.Journal.open(tmp_path / A.JOURNAL).decide("j1") is A.Action.REPLAY
 
 
@@ -374,7 +361,7 @@ async def test_job_for_a_printer_not_attached_fails_at_once(tmp_path: Path) -> N
     close_agent(agent)
     assert client.events("j1") == ["job.ack", "job.result"]
     assert "not attached" in client.results("j1")[0]["message"]
-    assert read_prints([tmp_path]) == []
+    assert read_print_log([tmp_path]).job_ids == []
 
 
 async def test_full_queue_leaves_the_job_unacked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -405,4 +392,141 @@ async def test_result_of_a_print_done_while_disconnected_waits_for_redelivery(tm
     close_agent(agent)
     assert reconnected.events("j1") == ["job.ack", "job.result"]
     assert reconnected.results("j1")[0]["success"] is True
-    assert read_prints([tmp_path]) == ["j1"]
+    assert read_print_log([tmp_path]).job_ids == ["j1"]
+
+
+# -- reconnecting and keeping the connection (trio's MockClock) ------------------------------
+
+
+class Stop(Exception):
+    """The script of connection outcomes is over."""
+
+
+class SessionClient(FakeClient):
+    """A connection printd accepted: hello, then it ends after `lasts` s with `code`."""
+
+    def __init__(self, lasts: float, code: int | None, *, answers_pings: bool = True) -> None:
+        super().__init__()
+        self.lasts, self.code, self.answers_pings = lasts, code, answers_pings
+        self.inbox: list[dict[str, Any]] = [{"event": "hello", "data": {"instance": "p1", "company": "acme"}}]
+        self.arrived = trio.Event()
+        self.ends_at: float | None = None
+        self.aborted = False
+
+    async def send(self, event: str, data: dict[str, Any] | None = None, *, id: int | None = None) -> None:
+        await super().send(event, data, id=id)
+        if event == "ping" and self.answers_pings:
+            self.inbox.append({"event": "ack", "id": id, "data": {}})
+            self.arrived.set()
+
+    async def recv(self, timeout: float | None = None) -> Any:
+        if self.ends_at is None:
+            self.ends_at = trio.current_time() + self.lasts
+        while not self.inbox:
+            if trio.current_time() >= self.ends_at:
+                raise A.ConnectionClosed(self.code, "scripted end")
+            self.arrived = trio.Event()
+            with trio.move_on_at(self.ends_at):
+                await self.arrived.wait()
+        return self.inbox.pop(0)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        pass
+
+    async def abort(self) -> None:
+        self.aborted = True
+
+
+class ScriptedPrintd:
+    """Stands in for WsClient.connect: each attempt takes the next outcome of the script."""
+
+    def __init__(self, *script: SessionClient | None) -> None:
+        self.script = list(script)
+        self.attempts: list[float] = []
+        self.ended: list[float] = []
+
+    async def connect(self, url: str, **kw: Any) -> SessionClient:
+        now = trio.current_time()
+        self.attempts.append(now)
+        if not self.script:
+            raise Stop
+        step = self.script.pop(0)
+        if step is None:
+            raise OSError(111, "Connection refused")
+        return step
+
+
+def top() -> float:
+    return 1.0  # the jitter's upper end: every delay is its ceiling
+
+
+async def run_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, printd: ScriptedPrintd) -> A.Agent:
+    monkeypatch.setattr(A.WsClient, "connect", printd.connect)
+    settings = A.AgentSettings(url="http://127.0.0.1:1", token="t", printers=("kitchen-1",), output=tmp_path)
+    agent = A.Agent(
+        settings,
+        A.Journal.open(tmp_path / A.JOURNAL),
+        A.PrintDevice(tmp_path, "a"),
+        A.Reporter(True),
+        rng=top,
+    )
+    with pytest.raises(Stop):
+        await agent._connect_loop()
+    close_agent(agent)
+    return agent
+
+
+async def test_a_hello_resets_the_backoff_even_after_a_short_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
+) -> None:
+    """An agent that once reconnected late must not wait up to 30 s at the next printd restart."""
+    session = SessionClient(lasts=3.0, code=None)  # lost after 3 s (printd killed again)
+    printd = ScriptedPrintd(*[None] * 10, session)
+    await run_script(tmp_path, monkeypatch, printd)
+    lost_at = printd.attempts[10] + 3.0
+    assert printd.attempts[11] - lost_at <= 0.5 + 1e-6
+
+
+async def test_going_away_and_reconnect_now_reconnect_within_250_ms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
+) -> None:
+    for code in (1001, 4012):
+        printd = ScriptedPrintd(*[None] * 10, SessionClient(lasts=2.0, code=code), None)
+        (tmp_path / str(code)).mkdir()
+        await run_script(tmp_path / str(code), monkeypatch, printd)
+        assert printd.attempts[11] - (printd.attempts[10] + 2.0) <= 0.25 + 1e-6, code
+        # and if printd is not back yet, the next attempts stay short (early cap)
+        assert printd.attempts[12] - printd.attempts[11] <= 0.5 + 1e-6
+
+
+async def test_first_attempts_after_a_clean_close_are_capped_low(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
+) -> None:
+    printd = ScriptedPrintd(SessionClient(lasts=60.0, code=1000), *[None] * 5)
+    await run_script(tmp_path, monkeypatch, printd)
+    closed_at = printd.attempts[0] + 60.0
+    gaps = [b - a for a, b in zip([closed_at, *printd.attempts[1:]], printd.attempts[1:], strict=False)]
+    assert gaps == pytest.approx([0.5, 1.0, 2.0, 4.0, 5.0, 5.0])
+
+
+async def test_a_silent_connection_is_dropped_within_ping_interval_plus_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
+) -> None:
+    silent = SessionClient(lasts=3600.0, code=None, answers_pings=False)  # the network dropped it
+    printd = ScriptedPrintd(silent)
+    await run_script(tmp_path, monkeypatch, printd)
+    pings = [d for e, d in silent.sent if e == "ping"]
+    assert len(pings) == 1 and silent.aborted  # dropped without a closing handshake
+    bound = A.PING_INTERVAL + A.PING_TIMEOUT + 0.5  # + the first reconnect delay
+    assert printd.attempts[1] - printd.attempts[0] <= bound + 1e-6
+
+
+async def test_a_quiet_but_healthy_connection_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
+) -> None:
+    quiet = SessionClient(lasts=120.0, code=1000)  # printd answers every ping, sends nothing else
+    printd = ScriptedPrintd(quiet)
+    await run_script(tmp_path, monkeypatch, printd)
+    assert not quiet.aborted
+    assert printd.attempts[1] - printd.attempts[0] >= 120.0  # held until printd closed it
+    assert len([e for e, _ in quiet.sent if e == "ping"]) >= 120 // A.PING_INTERVAL - 1

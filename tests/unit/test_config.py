@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from printd.config import Config, ConfigError, load_config, redact_url
+from printd.cli import describe_jwt_secret
+from printd.config import (
+    CONFIG_SEARCH_PATH,
+    Config,
+    ConfigError,
+    find_config,
+    load_config,
+    redact_url,
+)
 
 GOOD_SECRET = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
@@ -148,3 +156,114 @@ def test_production_refuses_a_weak_metrics_token() -> None:
     token = "5994471abb01112afcc18159f6cc74b4f511b99806da59b3caf5a9c173cacfc5"
     assert load_config(env={**env, "PRINTD_METRICS_TOKEN": token}).auth.metrics_token == token
     assert load_config(env={"PRINTD_METRICS_TOKEN": "dev"}).auth.metrics_token == "dev"  # development
+
+
+# ------------------------------------------------------------------ which file
+
+
+def test_config_search_order(tmp_path: Path) -> None:
+    local, system = tmp_path / "config" / "printd.toml", tmp_path / "etc" / "printd.toml"
+    candidates = (local, system)
+    assert find_config(None, {}, candidates) is None  # none: defaults + environment
+    system.parent.mkdir()
+    system.write_text("")
+    assert find_config(None, {}, candidates) == system
+    local.parent.mkdir()
+    local.write_text("")
+    assert find_config(None, {}, candidates) == local
+    env = {"PRINTD_CONFIG": str(tmp_path / "from-env.toml")}
+    assert find_config(None, env, candidates) == tmp_path / "from-env.toml"  # named: used even if missing
+    assert find_config(tmp_path / "flag.toml", env, candidates) == tmp_path / "flag.toml"
+    assert find_config(None, {"PRINTD_CONFIG": ""}, candidates) == local  # empty = unset
+
+
+def test_default_search_paths_are_the_documented_ones() -> None:
+    assert CONFIG_SEARCH_PATH == (Path("config/printd.toml"), Path("/etc/printd/printd.toml"))
+
+
+# ------------------------------------------------------------------ redis
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost",
+        "redis://localhost:6379/0",
+        "redis://:p%40ss@cache.internal:6380/15",
+        "redis://user:pw@[::1]:6379/2",
+        "rediss://cache:6380/1",
+        "unix:///run/redis/redis.sock",
+        "unix://:pw@/run/redis/redis.sock?db=3",
+        "redis+sentinel://sentinel-1:26379,sentinel-2:26379/mymaster/0",
+        "redis+sentinel://:pw@s1:26379,s2:26380,s3/printd",
+    ],
+)
+def test_redis_urls_accepted(url: str) -> None:
+    assert load_config(env={"REDIS_URL": url}).redis.url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("notaurl", "redis://"),
+        ("http://cache:6379", "redis://"),
+        ("redis://", "host"),
+        ("redis://cache:notaport/0", "port"),
+        ("redis://cache:70000/0", "port"),
+        ("redis://cache:6379/x", "database number"),
+        ("redis://cache:6379/-1", "database number"),
+        ("redis://cache:6379/0/1", "database number"),
+        ("rediss://cache:0", "port"),
+        ("unix://", "socket path"),
+        ("unix:///run/redis.sock?db=two", "database number"),
+        ("redis+sentinel://s1:26379", "master name"),
+        ("redis+sentinel://s1:26379,:26379/m", "host"),
+        ("redis+sentinel://s1:26379,s2:x/m", "port"),
+        ("redis+sentinel://s1:26379/m/db", "database number"),
+    ],
+)
+def test_bad_redis_urls_are_refused_naming_the_setting(url: str, why: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(env={"REDIS_URL": url})
+    message = str(exc.value)
+    assert message.startswith("redis.url (REDIS_URL): ") and why in message, message
+    assert "pw" not in message
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"REDIS_HOST": "cache", "REDIS_PORT": "abc"}, "REDIS_PORT"),
+        ({"REDIS_HOST": "cache", "REDIS_PORT": "0"}, "REDIS_PORT"),
+        ({"REDIS_HOST": "cache", "REDIS_DB": "one"}, "REDIS_DB"),
+        ({"REDIS_HOST": "cache/evil", "REDIS_PORT": "6379"}, "REDIS_HOST"),
+        ({"REDIS_PORT": "abc"}, "REDIS_PORT"),  # set without REDIS_HOST: still a mistake
+        ({"REDIS_URL": "redis://cache:6379/0", "REDIS_DB": "x"}, "REDIS_DB"),
+    ],
+)
+def test_bad_redis_parts_are_refused_naming_the_variable(env: dict[str, str], name: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(env=env)
+    assert str(exc.value).startswith(name), str(exc.value)
+
+
+def test_redis_url_from_parts_encodes_the_password_and_brackets_ipv6() -> None:
+    c = load_config(env={"REDIS_HOST": "cache", "REDIS_PASSWORD": "p@ss:w/rd", "REDIS_DB": "2"})
+    assert c.redis.url == "redis://:p%40ss%3Aw%2Frd@cache:6379/2"
+    assert load_config(env={"REDIS_HOST": "::1"}).redis.url == "redis://[::1]:6379/0"
+
+
+# ------------------------------------------------------------------ where the JWT secret comes from
+
+
+def test_jwt_secret_source_is_told_truthfully(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "printd.toml"
+    cfg_file.write_text(f'data_dir = "{tmp_path}"\n[auth]\njwt_secret = "{GOOD_SECRET}"\n')
+    env = {"JWT_SECRET": "t" * 40}
+    assert describe_jwt_secret(load_config(cfg_file, env=env), cfg_file, env) == "env JWT_SECRET"
+    from_file = describe_jwt_secret(load_config(cfg_file, env={}), cfg_file, {})
+    assert from_file == f"auth.jwt_secret in {cfg_file}"
+    bare = load_config(env={}, overrides={"data_dir": str(tmp_path)})
+    assert describe_jwt_secret(bare, None, {}) == f"{tmp_path / 'jwt_secret'} (generated now)"
+    (tmp_path / "jwt_secret").write_text("x" * 64 + "\n")
+    assert describe_jwt_secret(bare, None, {}) == f"{tmp_path / 'jwt_secret'} (generated earlier)"

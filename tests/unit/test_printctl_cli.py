@@ -1,63 +1,32 @@
-"""printctl operator commands: token, config, health, instance, circuits, jobs, printers.
+"""printctl operator commands without a server: token, config, help, usage errors.
 
-Most tests need no server; the HTTP ones share one real `printd run` subprocess per module.
+The commands that talk to printd are tested against a real one in tests/integration/test_printctl.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
-import httpx
 import jwt
 import pytest
 import tomli_w
 import typer
-from typer.testing import CliRunner, Result
 
-from printctl.config_cmd import COMMENTS, SECTIONS, render_default_config
+from printctl.common import path_segment
+from printctl.config_cmd import COMMENTS, render_default_config
 from printctl.main import app
 from printd.breakers import BreakerConfig
-from printd.config import Config, load_config
+from printd.config import SECTIONS, Config, load_config
+from tests.cli import CLEAN_ENV, run
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "printctl-test-secret-0123456789abcdef0123"
-#: Variables that would make a test depend on the machine it runs on.
-CLEAN_ENV: dict[str, str | None] = {
-    name: None
-    for name in (
-        "JWT_SECRET",
-        "PRINTD_CONFIG",
-        "PRINTD_DATA_DIR",
-        "PRINTD_MODE",
-        "PRINTD_URL",
-        "PRINTD_TOKEN",
-        "PORT",
-        "HOST",
-        "DATABASE_URL",
-        "REDIS_URL",
-        "REDIS_HOST",
-        "CORS_ORIGINS",
-        "INSTANCE_ID",
-        "STATUS_BATCH_DELAY",
-        "PRINTD_LOG_LEVEL",
-        "PRINTD_LOG_FORMAT",
-    )
-}
-
-
-def run(*args: str, env: dict[str, str | None] | None = None) -> Result:
-    runner = CliRunner(env={**CLEAN_ENV, "COLUMNS": "200", **(env or {})})
-    return runner.invoke(app, list(args))
 
 
 # ------------------------------------------------------------------ token
@@ -210,11 +179,11 @@ def test_config_init_comments_every_key() -> None:
     text = render_default_config()
     assert "see printd/config.py" not in text  # no key fell back to the generic comment
     lines = text.splitlines()
-    keys = [f"{s}.{f.name}" for s, cls, _ in SECTIONS for f in dataclasses.fields(cls)]
+    for section, cls in SECTIONS.items():  # the comment above the table is the class docstring
+        assert cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("), section
+    keys = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
     keys += [f"circuits.{f.name}" for f in dataclasses.fields(BreakerConfig)]
-    keys += [
-        f.name for f in dataclasses.fields(Config) if f.name not in {s for s, _, _ in SECTIONS} | {"circuits"}
-    ]
+    keys += [f.name for f in dataclasses.fields(Config) if f.name not in {*SECTIONS, "circuits"}]
     for key in keys:
         assert key in COMMENTS, key
         name = key.rsplit(".", 1)[-1]
@@ -377,132 +346,171 @@ def test_health_unreachable_exits_1() -> None:
     assert run("circuits", "list", "--url", url, "--timeout", "2").exit_code == 1
 
 
-# ------------------------------------------------------------------ against a real printd
+def test_path_segment_encodes_what_the_router_decodes() -> None:
+    for value in ("kitchen-1", "a/b c?d#e%f", "é", ".", "..", "..."):
+        encoded = path_segment("ID", value)
+        assert "/" not in encoded and encoded not in (".", "..")
+        assert unquote(encoded) == value  # what printd's Router.resolve hands the handler
+    with pytest.raises(typer.Exit) as exc:
+        path_segment("ID", "")
+    assert exc.value.exit_code == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# ------------------------------------------------------------------ --json on failure
+
+UNREACHABLE = "http://127.0.0.1:9"  # discard port: connection refused
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `printd run` subprocess; yields its URL."""
-    data = tmp_path_factory.mktemp("printd")
-    port = _free_port()
-    # Lenient health thresholds: these tests check the CLI, not the machine's load.
-    cfg = data / "printd.toml"
-    cfg.write_text(
-        tomli_w.dumps({"health": {"memory_percent": 100.0, "cpu_percent": 10_000.0, "error_rate": 1e6}})
-    )
-    exe = Path(sys.executable).parent / "printd"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "printd"]
-    cmd += ["run", "--config", str(cfg), "--port", str(port), "--data-dir", str(data)]
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    env.update({"JWT_SECRET": SECRET, "PYTHONUNBUFFERED": "1"})
-    log_path = data / "printd.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"printd exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                httpx.get(url + "/monitoring/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"printd did not answer:\n{log_path.read_text()}") from None
-                time.sleep(0.05)
-        yield url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+def _failures(tmp: Path) -> list[tuple[list[str], int]]:
+    """One failing invocation per command that has --json, with the exit code it must give."""
+    return [
+        (["token", "--role", "root", "--company", "acme", "--sub", "x"], 2),
+        (["config", "init", str(tmp)], 2),
+        (["config", "check", str(tmp / "missing.toml")], 2),
+        (["health", "--url", UNREACHABLE, "--timeout", "2"], 1),
+        (["instance", "--url", UNREACHABLE, "--timeout", "2"], 1),
+        (["agent", "--printer", "k1", "--output", str(tmp)], 2),
+        (["verify-prints", "--accepted", str(tmp / "missing.jsonl"), str(tmp)], 2),
+        (["circuits", "list", "--url", UNREACHABLE], 1),
+        (["circuits", "reset", "store", "--url", UNREACHABLE], 1),
+        (["circuits", "force-open", "store", "--url", UNREACHABLE], 1),
+        (["circuits", "disable", "store", "--url", UNREACHABLE], 1),
+        (["jobs", "submit", "--printer", "k1", "--url", UNREACHABLE], 1),
+        (["jobs", "get", "j1", "--url", UNREACHABLE], 1),
+        (["jobs", "list", "--url", UNREACHABLE], 1),
+        (["jobs", "list", "--state", "lost", "--url", UNREACHABLE], 2),  # refused by the option parser
+        (["printers", "list", "--url", UNREACHABLE], 1),
+        (["printers", "test", "k1", "--url", UNREACHABLE], 1),
+        (["printers", "wait", "k1", "--url", UNREACHABLE], 1),
+    ]
 
 
-def _token(role: str, company: str = "acme") -> str:
-    res = run("token", "--role", role, "--company", company, "--sub", f"{role}-1", env={"JWT_SECRET": SECRET})
+def test_every_json_command_is_covered_by_the_failure_test(tmp_path: Path) -> None:
+    covered = {tuple(a for a in args if not a.startswith("-"))[:2] for args, _ in _failures(tmp_path)}
+    for path in COMMANDS:
+        res = run(*path, "--help")
+        if "--json" in res.stdout:
+            assert any(path == c[: len(path)] for c in covered), path
+
+
+def test_json_failure_is_one_error_object_on_stdout(tmp_path: Path) -> None:
+    for args, code in _failures(tmp_path):
+        res = run(*args, "--json", env={"JWT_SECRET": SECRET})
+        assert res.exit_code == code, (args, res.output)
+        body = json.loads(res.stdout)  # exactly one JSON document
+        assert body["ok"] is False and body["exit_code"] == code, (args, body)
+        assert isinstance(body["error"], str) and body["error"], (args, body)
+        assert "\n" not in body["error"]
+
+
+# ------------------------------------------------------------------ verify-prints
+
+
+def _print_log(directory: Path, *job_ids: str, torn: str = "") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps({"job_id": j, "printer_id": "k1", "printed_at": 1.0}) + "\n" for j in job_ids)
+    (directory / "prints.jsonl").write_text(lines + torn)
+    return directory
+
+
+def test_verify_prints_skips_and_counts_a_torn_last_line(tmp_path: Path) -> None:
+    """The agent expects a torn last line after a crash (it ends it before appending again)."""
+    accepted = tmp_path / "accepted.jsonl"
+    accepted.write_text('{"job_id": "j1"}\n{"job_id": "j2"}\n')
+    agent = _print_log(tmp_path / "agent", "j1", "j2", torn='{"job_id": "j3", "printer_id": "k')
+    res = run("verify-prints", "--accepted", str(accepted), str(agent))
     assert res.exit_code == 0, res.output
-    return res.stdout.strip()
-
-
-def test_health(server: str) -> None:
-    res = run("health", "--url", server)
-    assert res.exit_code == 0, res.output
-    assert "ok" in res.stdout and "memory" in res.stdout
-    res = run("health", "--json", env={"PRINTD_URL": server})
+    assert "1 torn line" in " ".join(res.output.split())
+    res = run("verify-prints", "--accepted", str(accepted), str(agent), "--json")
     assert res.exit_code == 0, res.output
     body = json.loads(res.stdout)
-    assert body["status"] == "ok"
-    assert set(body["checks"]) == {"memory", "cpu", "errors"}
+    assert body["ok"] is True and body["printed"] == 2 and body["torn"] == 1
 
 
-def test_instance(server: str) -> None:
-    admin = {"PRINTD_TOKEN": _token("admin", "*")}
-    res = run("instance", "--url", server, "--json", env=admin)
+def test_verify_prints_torn_line_in_the_middle_after_a_restart(tmp_path: Path) -> None:
+    accepted = tmp_path / "accepted.txt"
+    accepted.write_text("j1\nj3\n")
+    # j2's line was torn by a crash (its outcome is "unknown", never printed again); the restarted
+    # agent ended that line and printed j3 after it
+    log = _print_log(tmp_path / "agent", "j1", torn='{"job_id": "j2", "prin\n') / "prints.jsonl"
+    with log.open("a") as f:
+        f.write(json.dumps({"job_id": "j3"}) + "\n")
+    res = run("verify-prints", "--accepted", str(accepted), str(log), "--json")
     assert res.exit_code == 0, res.output
-    body = json.loads(res.stdout)
-    assert {"connections", "messages", "bytes", "jobs", "memory", "rates"} <= set(body)
-    res = run("instance", "--url", server, env=admin)
+    assert json.loads(res.stdout)["torn"] == 1
+
+
+def test_verify_prints_missing_paths_are_usage_errors(tmp_path: Path) -> None:
+    accepted = tmp_path / "accepted.jsonl"
+    accepted.write_text('{"job_id": "j1"}\n')
+    agent = _print_log(tmp_path / "agent", "j1")
+    res = run("verify-prints", "--accepted", str(accepted), str(agent), str(tmp_path / "typo"))
+    assert res.exit_code == 2, res.output
+    assert "typo" in res.stderr and "no such" in res.stderr
+    (tmp_path / "empty").mkdir()
+    res = run("verify-prints", "--accepted", str(accepted), str(tmp_path / "empty"))
+    assert res.exit_code == 2, res.output
+    assert "prints.jsonl" in res.stderr
+    res = run("verify-prints", "--accepted", str(tmp_path / "nope.jsonl"), str(agent))
+    assert res.exit_code == 2, res.output
+
+
+def test_verify_prints_unreadable_accepted_file_is_a_usage_error(tmp_path: Path) -> None:
+    accepted = tmp_path / "accepted.jsonl"
+    accepted.write_text('{"job_id": "j1"}\n{"job_id": "j2", "pr\n{"state": "printed"}\n')
+    agent = _print_log(tmp_path / "agent", "j1")
+    res = run("verify-prints", "--accepted", str(accepted), str(agent))
+    assert res.exit_code == 2, res.output
+    assert "line 2" in res.stderr
+
+
+# ------------------------------------------------------------------ one config rule, versions
+
+
+def test_token_and_config_check_find_the_config_like_printd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No flag, no $PRINTD_CONFIG: ./config/printd.toml (what `config init` writes) is the file."""
+    monkeypatch.chdir(tmp_path)
+    local = tmp_path / "config" / "printd.toml"
+    local.parent.mkdir()
+    local.write_text(tomli_w.dumps({"auth": {"jwt_secret": SECRET}, "server": {"port": 4111}}))
+    res = run("token", "--role", "service", "--company", "acme", "--sub", "x")
     assert res.exit_code == 0, res.output
-    assert "connections by role" in res.stdout and "saving" in res.stdout
-
-
-def test_circuits_list(server: str) -> None:
-    admin = {"PRINTD_TOKEN": _token("admin", "*")}
-    res = run("circuits", "list", "--url", server, "--json", env=admin)
+    jwt.decode(res.stdout.strip(), SECRET, algorithms=["HS256"])
+    res = run("config", "check", "--json")
     assert res.exit_code == 0, res.output
-    circuits = {c["name"]: c for c in json.loads(res.stdout)["circuits"]}
-    assert "store" in circuits
-    res = run("circuits", "list", "--url", server, env=admin)
-    assert res.exit_code == 0 and "store" in res.stdout
+    assert json.loads(res.stdout)["listen"] == "127.0.0.1:4111"
+    other = tmp_path / "other.toml"
+    other.write_text(tomli_w.dumps({"server": {"port": 4222}}))
+    res = run("config", "check", "--json", env={"PRINTD_CONFIG": str(other)})
+    assert json.loads(res.stdout)["listen"] == "127.0.0.1:4222"
 
 
-def test_circuit_actions_need_an_admin_token(server: str) -> None:
-    res = run("circuits", "reset", "store", "--url", server)
-    assert res.exit_code == 1
-    assert "401" in res.stderr and "--role admin" in " ".join(res.stderr.split())
-    res = run("circuits", "reset", "store", "--url", server, "--token", _token("service"))
-    assert res.exit_code == 1 and "403" in res.stderr
+def test_printd_check_config_finds_the_same_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
 
+    from printd.cli import app as printd_app
 
-def test_circuit_actions_with_an_admin_token(server: str) -> None:
-    admin = _token("admin", "*")
-    try:
-        res = run("circuits", "force-open", "store", "--url", server, "--token", admin, "--json")
-        assert res.exit_code == 0, res.output
-        assert json.loads(res.stdout)["circuit"]["state"] == "forced_open"
-        res = run("circuits", "list", "--url", server, "--json", "--token", admin)
-        assert {c["name"]: c["state"] for c in json.loads(res.stdout)["circuits"]}["store"] == "forced_open"
-    finally:
-        res = run("circuits", "reset", "store", "--url", server, env={"PRINTD_TOKEN": admin})
+    monkeypatch.chdir(tmp_path)
+    local = tmp_path / "config" / "printd.toml"
+    local.parent.mkdir()
+    local.write_text(tomli_w.dumps({"server": {"port": 4333}}))
+    res = CliRunner(env=CLEAN_ENV).invoke(printd_app, ["check-config"])
     assert res.exit_code == 0, res.output
-    assert "closed" in res.stdout
-    res = run("circuits", "disable", "nope", "--url", server, "--token", admin)
-    assert res.exit_code == 1 and "404" in res.stderr
+    assert f"config={local.resolve()}" in res.stdout and "listen=127.0.0.1:4333" in res.stdout
+    res = CliRunner(env={**CLEAN_ENV, "REDIS_URL": "notaurl"}).invoke(printd_app, ["check-config"])
+    assert res.exit_code == 2 and "redis.url (REDIS_URL)" in res.stderr
 
 
-def test_jobs_and_printers_without_agents(server: str) -> None:
-    service = {"PRINTD_URL": server, "PRINTD_TOKEN": _token("service")}
-    res = run("jobs", "list", "--json", env=service)
-    assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["count"] == 0
-    res = run("printers", "list", "--json", env=service)
-    assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["printers"] == []
-    res = run("jobs", "submit", "--printer", "p1", "--text", "hi", env=service)
-    assert res.exit_code == 1 and "unknown printer" in res.stderr
-    res = run("jobs", "get", "nope", env=service)
-    assert res.exit_code == 1 and "404" in res.stderr
-    res = run("printers", "test", "p1", env=service)
-    assert res.exit_code == 1 and "unknown printer" in res.stderr
-    res = run("jobs", "list", env={"PRINTD_URL": server})
-    assert res.exit_code == 1 and "401" in res.stderr
+def test_both_tools_print_the_package_version() -> None:
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from printd.cli import app as printd_app
+
+    res = run("--version")
+    assert res.exit_code == 0 and res.stdout == f"printctl {version('printd')}\n"
+    res = CliRunner().invoke(printd_app, ["--version"])
+    assert res.exit_code == 0 and res.stdout == f"printd {version('printd')}\n"
