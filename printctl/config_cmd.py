@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from printctl.common import EXIT_USAGE, JsonOpt, console, emit_json, fail
-from printd.breakers import BreakerConfig
+from printd.breakers.core import BreakerConfig
 from printd.config import (
     CONFIG_SEARCH_PATH,
     SECTIONS,

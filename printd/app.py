@@ -20,7 +20,9 @@ from prometheus_client import CollectorRegistry
 
 from printd import package_version, systemd
 from printd.auth import TokenVerifier, resolve_secret
-from printd.breakers import BreakerMetrics, CircuitRegistry, CircuitState
+from printd.breakers.core import CircuitState
+from printd.breakers.metrics import BreakerMetrics
+from printd.breakers.shell import CircuitRegistry
 from printd.cache import TTLCache
 from printd.cluster.bus import LocalBus
 from printd.config import Config, redact_url

@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote
 
-from printd.breakers import BreakerConfig
+from printd.breakers.core import BreakerConfig
+from printd.cluster.target import parse_redis_url, with_sentinels
 
 Mode = Literal["development", "production"]
 #: Secrets that ship in examples and must never run in production.
@@ -159,9 +160,28 @@ class StoreConfig:
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
-    """Redis, for running several instances behind one load balancer."""
+    """Redis: set `url` (REDIS_URL) and several instances form one gateway (a cluster)."""
 
     url: str | None = None
+    sentinels: tuple[str, ...] = ()
+    master_name: str | None = None
+    prefix: str = "printd"
+    connect_timeout: float = 2.0
+    command_timeout: float = 2.0
+    backoff_initial: float = 0.1
+    backoff_max: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """How instances find each other and decide who does the cluster-wide chores."""
+
+    advertise_url: str | None = None
+    heartbeat_interval: float = 2.0
+    member_ttl: float = 6.0
+    chore_interval: float = 5.0
+    orphan_after: float = 10.0
+    status_snapshot_ttl: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +206,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     circuits: CircuitsConfig = field(default_factory=CircuitsConfig)
 
     @property
@@ -212,6 +233,7 @@ SECTIONS: dict[str, type] = {
     "health": HealthConfig,
     "store": StoreConfig,
     "redis": RedisConfig,
+    "cluster": ClusterConfig,
 }
 _TOP_LEVEL = ("mode", "instance_id", "data_dir", "log_level", "log_format")
 
@@ -322,6 +344,10 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any] | Any]:
         "PRINTD_METRICS_TOKEN": ("auth", "metrics_token"),
         "DATABASE_URL": ("store", "database_url"),
         "REDIS_URL": ("redis", "url"),
+        "REDIS_SENTINELS": ("redis", "sentinels"),
+        "REDIS_MASTER_NAME": ("redis", "master_name"),
+        "REDIS_PREFIX": ("redis", "prefix"),
+        "PRINTD_ADVERTISE_URL": ("cluster", "advertise_url"),
         "INSTANCE_ID": (None, "instance_id"),
         "PRINTD_DATA_DIR": (None, "data_dir"),
         "PRINTD_MODE": (None, "mode"),
@@ -367,55 +393,12 @@ def _check_redis_parts(env: Mapping[str, str]) -> None:
         raise ConfigError(f"REDIS_DB: expected a database number (0, 1, ...), got {db!r}")
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
-
-
 def redis_url_problem(url: str) -> str | None:
-    """Why `url` is not a usable Redis URL, or None. Accepted forms:
-    redis[s]://[[user]:password@]host[:port][/db], unix://[[user]:password@]/path[?db=N] and
-    redis+sentinel://[:password@]host1[:port],host2[:port]/master_name[/db]."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in REDIS_SCHEMES:
-        return "use redis://, rediss://, unix:// or redis+sentinel:// (e.g. redis://localhost:6379/0)"
-    netloc, _, path_query = rest.partition("/")
-    path, _, query = path_query.partition("?")
-    db_in_query = parse_qs(query).get("db", [])
-    if scheme == "unix":
-        if not path:
-            return "a unix:// URL needs the socket path, e.g. unix:///run/redis/redis.sock"
-        return _db_problem(db_in_query[-1]) if db_in_query else None
-    hosts = netloc.rpartition("@")[2]
-    if scheme == "redis+sentinel":
-        master, _, db = path.partition("/")
-        if not master:
-            return "a redis+sentinel:// URL needs the master name: redis+sentinel://host:26379/mymaster/0"
-        parts = hosts.split(",")
-    else:
-        db = path
-        parts = [hosts]
-    for part in parts:
-        problem = _host_port_problem(part)
-        if problem:
-            return problem
-    return _db_problem(db) if db else None
-
-
-def _host_port_problem(host_port: str) -> str | None:
+    """Why `url` is not a usable Redis URL, or None (the forms: printd.cluster.target)."""
     try:
-        parsed = urlsplit("//" + host_port)
-        port = parsed.port
-    except ValueError:
-        return f"{host_port!r}: the port must be a number 1-65535"
-    if not parsed.hostname:
-        return f"{host_port!r}: a host is missing"
-    if port is not None and not 1 <= port <= 65535:
-        return f"{host_port!r}: the port must be a number 1-65535"
-    return None
-
-
-def _db_problem(db: str) -> str | None:
-    if not db.isdigit():
-        return f"{db!r} is not a database number (0, 1, ...)"
+        parse_redis_url(url)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
@@ -502,6 +485,19 @@ def validate(config: Config) -> None:
     url = config.store.database_url
     if url and not url.startswith(("sqlite:", "postgresql://", "postgres://")):
         raise ConfigError("store.database_url (DATABASE_URL): use sqlite:///path or postgresql://...")
+    r = config.redis
+    if r.sentinels:
+        try:
+            with_sentinels(parse_redis_url(r.url or "redis://localhost"), r.sentinels, r.master_name or "")
+        except ValueError as exc:
+            raise ConfigError(f"redis.sentinels (REDIS_SENTINELS): {exc}") from None
+    if not r.prefix or any(ch in r.prefix for ch in " {}"):
+        raise ConfigError("redis.prefix (REDIS_PREFIX): a non-empty key prefix without spaces or braces")
+    k = config.cluster
+    if not 0 < k.heartbeat_interval * 2 <= k.member_ttl:
+        raise ConfigError("cluster.member_ttl: must be at least twice cluster.heartbeat_interval")
+    if k.orphan_after < k.member_ttl:
+        raise ConfigError("cluster.orphan_after: must be at least cluster.member_ttl")
     if config.redis.url:
         problem = redis_url_problem(config.redis.url)
         if problem:

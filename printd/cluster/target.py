@@ -52,16 +52,15 @@ def _port(text: str, default: int, what: str) -> int:
     if not text:
         return default
     if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"{what}: port {text!r} is not a number from 1 to 65535")
+        raise ValueError(f"{what}: the port must be a number 1-65535, got {text!r}")
     return int(text)
 
 
 def _db(text: str) -> int:
-    text = text.strip("/")
     if not text:
         return 0
     if not text.isdigit():
-        raise ValueError(f"database {text!r} is not a number (redis://host:6379/0)")
+        raise ValueError(f"{text!r} is not a database number (0, 1, ...)")
     return int(text)
 
 
@@ -74,7 +73,7 @@ def _split_hostport(item: str, default_port: int, what: str) -> tuple[str, int]:
     if not sep:
         host, port = item, ""
     if not host:
-        raise ValueError(f"{what}: missing host in {item!r}")
+        raise ValueError(f"{what}: a host is missing in {item!r}")
     return host, _port(port, default_port, what)
 
 
@@ -83,8 +82,7 @@ def parse_redis_url(url: str) -> RedisTarget:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in SCHEMES:
         raise ValueError(
-            f"not a Redis URL (scheme must be one of {', '.join(s + '://' for s in SCHEMES)}); "
-            "e.g. redis://127.0.0.1:6379/0"
+            "use redis://, rediss://, unix:// or redis+sentinel:// (e.g. redis://localhost:6379/0)"
         )
     userinfo, at, hostpart = rest.rpartition("@")
     if not at:
@@ -105,14 +103,14 @@ def parse_redis_url(url: str) -> RedisTarget:
     )
     if scheme == "unix":
         if not path.startswith("/"):
-            raise ValueError("unix:// needs an absolute socket path, e.g. unix:///run/redis/redis.sock")
+            raise ValueError("a unix:// URL needs the socket path, e.g. unix:///run/redis/redis.sock")
         return replace(base, unix_path=path, db=_db(query.get("db", "0")))
     if scheme.endswith("+sentinel"):
         hosts, _, tail = path.partition("/")
         name, _, db = tail.partition("/")
         if not hosts or not name:
             raise ValueError(
-                "a Sentinel URL names the sentinels and the master: "
+                "a redis+sentinel:// URL needs the sentinels and the master name: "
                 "redis+sentinel://host1:26379,host2:26379/mymaster/0"
             )
         sentinels = tuple(
@@ -126,7 +124,9 @@ def parse_redis_url(url: str) -> RedisTarget:
             sentinel_password=query.get("sentinel_password"),
         )
     netloc, _, db = path.partition("/")
-    host, port = _split_hostport(netloc or "127.0.0.1", DEFAULT_PORT, "Redis URL")
+    if not netloc:
+        raise ValueError("a host is missing, e.g. redis://localhost:6379/0")
+    host, port = _split_hostport(netloc, DEFAULT_PORT, "Redis URL")
     return replace(base, host=host, port=port, db=_db(db))
 
 

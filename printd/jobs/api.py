@@ -15,7 +15,6 @@ from typing import Any
 import orjson
 
 from printd.auth import AuthError, Claims, TokenVerifier, bearer_token
-from printd.breakers import CircuitOpenError
 from printd.cache import TTLCache
 from printd.config import JobsConfig
 from printd.http.router import HttpError, HttpRequest, HttpResponse, Router, json_response
@@ -153,10 +152,12 @@ class JobsApi:
             after=None if cursor is None else _id("cursor", cursor),
             limit=limit + 1,  # one more tells whether another page follows
         )
+        page = printers[:limit]
+        online = await self.jobs.agents_online(list({(company, p.agent_id) for p in page}))
         out = []
-        for p in printers[:limit]:
+        for p in page:
             item = p.to_json()
-            item["agent_online"] = self.jobs.agent_online(company, p.agent_id)
+            item["agent_online"] = (company, p.agent_id) in online
             out.append(item)
         next_cursor = out[-1]["printer_id"] if len(printers) > limit else None
         return json_response(200, {"printers": out, "count": len(out), "next_cursor": next_cursor})
@@ -207,7 +208,7 @@ class JobsApi:
 
         try:
             res = await self.fleet_cache.get_or_load(company, load)
-        except (StoreUnavailable, CircuitOpenError) as exc:
+        except StoreUnavailable as exc:  # StoreCircuitOpen included
             raise HttpError(503, f"fleet data unavailable: {exc}", headers=[("Retry-After", "5")]) from None
         return json_response(
             200,

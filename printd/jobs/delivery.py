@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from printd.breakers import Admission, CircuitBreaker
+from printd.breakers.core import Admission, CircuitBreaker
 from printd.jobs.model import JobState
 
 AgentKey = tuple[str, str]

@@ -27,7 +27,8 @@ import structlog
 import trio
 
 from printd.agents import AgentDirectory, AgentKey, AgentLink
-from printd.breakers import CircuitBreaker, CircuitRegistry
+from printd.breakers.core import CircuitBreaker
+from printd.breakers.shell import CircuitRegistry
 from printd.cluster.base import ClusterUnavailable
 from printd.config import JobsConfig
 from printd.gateway import protocol as P

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
 
-from printd.breakers import Circuit, CircuitOpenError
+from printd.breakers.shell import Circuit, CircuitOpenError
 from printd.jobs.model import LIVE_STATES, TRANSITIONS, Job, JobEvent, JobState, Printer
 from printd.store import migrate
 from printd.store.base import (

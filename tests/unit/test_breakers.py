@@ -8,17 +8,15 @@ import trio
 import trio.testing
 from prometheus_client import CollectorRegistry
 
-from printd.breakers import (
+from printd.breakers.core import (
     HALF_OPEN_RETRY_AFTER,
     BreakerConfig,
-    BreakerMetrics,
     CallOutcome,
-    Circuit,
     CircuitBreaker,
-    CircuitOpenError,
-    CircuitRegistry,
     CircuitState,
 )
+from printd.breakers.metrics import BreakerMetrics
+from printd.breakers.shell import Circuit, CircuitOpenError, CircuitRegistry
 
 CLOSED = CircuitState.CLOSED
 OPEN = CircuitState.OPEN

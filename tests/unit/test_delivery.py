@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from printd.breakers import BreakerConfig, CircuitBreaker, CircuitState
+from printd.breakers.core import BreakerConfig, CircuitBreaker, CircuitState
 from printd.jobs.delivery import (
     DeliveryCore,
     Expire,

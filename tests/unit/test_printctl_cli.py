@@ -21,7 +21,7 @@ import typer
 from printctl.common import path_segment
 from printctl.config_cmd import COMMENTS, render_default_config
 from printctl.main import app
-from printd.breakers import BreakerConfig
+from printd.breakers.core import BreakerConfig
 from printd.config import SECTIONS, Config, load_config
 from tests.cli import CLEAN_ENV, run
 
