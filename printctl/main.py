@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from printctl import agent, circuits, config_cmd, deploy, health, jobs, printers, token, verify
+from printctl import agent, circuits, cluster, config_cmd, deploy, health, jobs, printers, token, verify
 
 app = typer.Typer(
     help="printctl: operate printd gateways (tokens, health, circuits, jobs, the reference agent).",
@@ -22,6 +22,7 @@ app.add_typer(circuits.app, name="circuits")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(printers.app, name="printers")
 app.command("deploy")(deploy.deploy)
+app.add_typer(cluster.app, name="cluster")
 
 
 def main() -> None:
