@@ -522,3 +522,17 @@ def test_a_bad_cluster_file_exits_2_without_a_traceback(tmp_path: Path) -> None:
     assert "instances[0].port: 'x' is not a TCP port" in json.loads(result.stdout)["error"]
     missing = deploy(None, "--config", str(tmp_path / "nope.toml"), "--dry-run")
     assert missing.exit_code == 2 and "file not found" in missing.output
+
+
+def test_the_operations_doc_shows_what_deploy_renders() -> None:
+    """docs/operations.md §7.2 quotes the rendered files; this keeps them true."""
+    doc = (ROOT / "docs/operations.md").read_text()
+    rendering = render(load_cluster_file(CLUSTER_FILE), source="/etc/printd/cluster.toml", printd_bin=PRINTD)
+    expected = {
+        "unit": rendering.unit.content,
+        "env printd-1": rendering.envs["printd-1"].content,
+        "settings": rendering.settings.content,
+        "site": rendering.site.content,
+    }
+    quoted = dict(re.findall(r"<!-- rendered: ([^>]+) -->\n```\w+\n(.*?)```\n", doc, re.S))
+    assert quoted == expected
