@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -131,6 +132,7 @@ def _exit_code(body: dict[str, Any]) -> int:
 
 
 def health(
+    ctx: typer.Context,
     url: UrlOpt = DEFAULT_URL,
     json_out: JsonOpt = False,
     watch: Annotated[
@@ -147,11 +149,45 @@ def health(
         ),
     ] = None,
     timeout: TimeoutOpt = 5.0,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster",
+            help="Every instance in one table: from --config, --state-dir, the local cluster in "
+            "./var/cluster, or else the front at --url (GET /monitoring/cluster).",
+        ),
+    ] = False,
+    cluster_file: Annotated[
+        Path | None,
+        typer.Option("--config", help="With --cluster: the cluster description.", show_default=False),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir", help="With --cluster: a local cluster's state directory.", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Is printd healthy? Exit 0 when status is ok, 1 when degraded, draining or unreachable.
 
     Example: printctl health --url http://printd-1:3001 --watch 5
+    Example: printctl health --cluster --config config/cluster.toml
     """
+    if cluster:
+        from printctl.cluster import cluster_health
+
+        source = ctx.get_parameter_source("url")
+        raise typer.Exit(
+            cluster_health(
+                url=default_url(url),
+                url_given=source is not None and source.name != "DEFAULT",
+                config=cluster_file,
+                state_dir=state_dir,
+                watch=watch,
+                timeout=timeout,
+                json_out=json_out,
+            )
+        )
     if watch is None:
         body = fetch_health(url, timeout) if wait is None else wait_until_ok(url, timeout, wait)
         if body.get("status") == "unreachable":

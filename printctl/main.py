@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from printctl import agent, circuits, config_cmd, health, jobs, printers, token, verify
+from printctl import agent, circuits, cluster, config_cmd, deploy, health, jobs, printers, token, verify
 from printctl.common import JSON_MODE, emit_json, error_object
 from printd import package_version
 
@@ -71,6 +71,8 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(circuits.app, name="circuits")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(printers.app, name="printers")
+app.command("deploy")(deploy.deploy)
+app.add_typer(cluster.app, name="cluster")
 
 
 def main() -> None:

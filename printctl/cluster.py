@@ -1,0 +1,678 @@
+"""`printctl cluster up / down / ls`: the deployment's layout as local processes (N printd behind
+nginx on loopback), for demos, drills and benchmarks; and `printctl health --cluster`.
+
+Everything a local cluster is lives in one state directory (default ./var/cluster): the process
+records (`cluster.json`, and a pidfile each in run/), logs in logs/, each instance's data
+directory, nginx's prefix. A process counts as ours only while its pid has the start time we
+recorded, so `down` never signals a recycled pid.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import orjson
+import psutil
+import tomli_w
+import typer
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from printctl.clusterspec import (
+    DEFAULT_REDIS_URL,
+    ClusterFileError,
+    ClusterSpec,
+    InstanceSpec,
+    NginxSpec,
+    load_cluster_file,
+)
+from printctl.common import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, JsonOpt, console, emit_json
+from printctl.deploy import default_printd, fail_for, instance_environment, render_site, write_nginx_prefix
+from printctl.health import STATUS_COLOURS, _duration, fetch_health
+
+DEFAULT_STATE_DIR = Path("var/cluster")
+STATE_FILE = "cluster.json"
+DEFAULT_FRONT_PORT = 8080
+
+app = typer.Typer(
+    help="A local cluster: N printd behind nginx on loopback (up, down, ls).", no_args_is_help=True
+)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Cluster description (instances, ports, Redis, database).", show_default=False
+    ),
+]
+StateDirOpt = Annotated[
+    Path, typer.Option("--state-dir", help="Pidfiles, logs and data of the local cluster.")
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    name: str
+    kind: str  # "printd" or "nginx"
+    pid: int
+    create_time: float
+    url: str
+    log: str
+
+    def alive(self) -> bool:
+        """Still the process we started (not a recycled pid) and not a zombie."""
+        try:
+            proc = psutil.Process(self.pid)
+            return abs(proc.create_time() - self.create_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class LocalCluster:
+    state_dir: Path
+    front_url: str
+    redis_prefix: str
+    processes: tuple[Process, ...] = ()
+
+    def save(self) -> None:
+        run = self.state_dir / "run"
+        run.mkdir(parents=True, exist_ok=True)
+        for proc in self.processes:
+            (run / f"{proc.name}.pid").write_text(f"{proc.pid}\n")
+        body = {k: v for k, v in asdict(self).items() if k != "state_dir"}
+        tmp = self.state_dir / f".{STATE_FILE}.tmp"
+        tmp.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2))
+        os.replace(tmp, self.state_dir / STATE_FILE)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> LocalCluster | None:
+        try:
+            raw = orjson.loads((state_dir / STATE_FILE).read_bytes())
+            return cls(
+                state_dir=state_dir,
+                front_url=raw["front_url"],
+                redis_prefix=raw["redis_prefix"],
+                processes=tuple(Process(**p) for p in raw["processes"]),
+            )
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ClusterFileError(
+                f"{state_dir / STATE_FILE}: unreadable ({exc}); remove it by hand"
+            ) from None
+
+    def forget(self) -> None:
+        for proc in self.processes:
+            (self.state_dir / "run" / f"{proc.name}.pid").unlink(missing_ok=True)
+        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def local_spec(config: Path | None, instances: int | None, front_port: int | None) -> ClusterSpec:
+    """The layout to run: the cluster file's, or N instances on free loopback ports."""
+    if config is not None:
+        spec = load_cluster_file(config)
+        if instances is not None and instances != len(spec.instances):
+            raise ClusterFileError(
+                f"--instances {instances}: {config} describes {len(spec.instances)}; drop one"
+            )
+    else:
+        count = instances or 3
+        spec = ClusterSpec(
+            name="printd",
+            mode="development",
+            instances=tuple(InstanceSpec(id=f"printd-{n}", port=free_port()) for n in range(1, count + 1)),
+            nginx=NginxSpec(port=DEFAULT_FRONT_PORT),
+        )
+    if front_port is not None:
+        spec = replace(spec, nginx=replace(spec.nginx, port=front_port or free_port()))
+    if spec.nginx.port < 1024:
+        raise ClusterFileError(
+            f"nginx port {spec.nginx.port}: a local cluster binds ports from 1024 up (--port)"
+        )
+    if spec.nginx.host not in (None, "127.0.0.1", "::1", "localhost"):
+        raise ClusterFileError(f"nginx.listen: a local cluster listens on loopback, not {spec.nginx.host}")
+    return replace(spec, nginx=replace(spec.nginx, host=spec.nginx.host or "127.0.0.1"))
+
+
+def _log_tail(path: str, lines: int = 15) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def stop_processes(processes: tuple[Process, ...], timeout: float) -> dict[str, str]:
+    """SIGTERM (printd drains, nginx stops), then SIGKILL what is left after `timeout`.
+    Returns name -> 'stopped' | 'killed' | 'not running' | 'still running'."""
+    result = {p.name: "not running" for p in processes if not p.alive()}
+    running = [p for p in processes if p.name not in result]
+    for proc in running:
+        os.kill(proc.pid, signal.SIGTERM)
+    for sig, outcome, wait in ((None, "stopped", timeout), (signal.SIGKILL, "killed", 5.0)):
+        if sig is not None:
+            for proc in running:
+                if proc.alive():
+                    os.kill(proc.pid, sig)
+        deadline = time.monotonic() + wait
+        while running and time.monotonic() < deadline:
+            for proc in [p for p in running if not p.alive()]:
+                result[proc.name] = outcome
+                running.remove(proc)
+            time.sleep(0.05)
+    for proc in running:
+        result[proc.name] = "still running"
+    return result
+
+
+def is_healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/monitoring/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# -------------------------------------------------------------------------------------------- up
+
+
+def up(
+    config: ConfigOpt = None,
+    instances: Annotated[
+        int | None,
+        typer.Option(
+            "--instances", "-n", help="printd instances (default 3, or the cluster file's).", min=1, max=16
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port", help="nginx's loopback port (default 8080 or the cluster file's; 0 = any free one)."
+        ),
+    ] = None,
+    state_dir: StateDirOpt = DEFAULT_STATE_DIR,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for every instance.")] = 30.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Start N printd instances and nginx in front of them on loopback; return once all are healthy.
+
+    Instances share DATABASE_URL (required for more than one: one PostgreSQL database) and REDIS_URL
+    (default redis://127.0.0.1:6379/0, keys under a prefix of their own); the environment wins over
+    the cluster file. Tokens: printctl token --data-dir STATE_DIR ...
+
+    Example: DATABASE_URL=postgresql://postgres@127.0.0.1/test printctl cluster up --instances 3
+    """
+    try:
+        spec = local_spec(config, instances, port)
+    except ClusterFileError as exc:
+        fail_for(json_out, str(exc), EXIT_USAGE)
+    try:
+        existing = LocalCluster.load(state_dir)
+    except ClusterFileError as exc:
+        fail_for(json_out, str(exc), EXIT_USAGE)
+    if existing is not None:
+        dead = [p for p in existing.processes if not p.alive()]
+        if not dead:
+            _report(existing, json_out, already=True)
+            return
+        if len(dead) < len(existing.processes):
+            names = ", ".join(f"{p.name} (pid {p.pid})" for p in dead)
+            fail_for(
+                json_out,
+                f"the cluster in {state_dir} is partly up: {names} not running; "
+                "run `printctl cluster down` and then `up` again",
+            )
+        existing.forget()  # all gone: a stale record of a cluster that died
+
+    database_url = os.environ.get("DATABASE_URL") or spec.database_url
+    if len(spec.instances) > 1 and not (database_url or "").startswith(("postgresql:", "postgres:")):
+        fail_for(
+            json_out,
+            f"{len(spec.instances)} instances need one shared PostgreSQL database: set "
+            "DATABASE_URL=postgresql://user@host/db (each on its own SQLite would not see the others' jobs)",
+            EXIT_USAGE,
+        )
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+    if nginx is None:
+        fail_for(json_out, "nginx is not installed (apt-get install nginx-light)", EXIT_USAGE)
+    for who, host, p in [(i.id, i.host, i.port) for i in spec.instances] + [
+        ("nginx", spec.nginx.host or "127.0.0.1", spec.nginx.port)
+    ]:
+        if port_in_use(host, p):
+            fail_for(
+                json_out,
+                f"{host}:{p} ({who}) is already in use; pick other ports (--port, --config)",
+                EXIT_USAGE,
+            )
+
+    try:
+        cluster = _start(spec, state_dir, database_url, nginx, timeout, json_out)
+    except _StartFailed as exc:
+        fail_for(json_out, exc.message, EXIT_CHECK_FAILED)
+    _report(cluster, json_out, already=False)
+
+
+class _StartFailed(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _start(
+    spec: ClusterSpec, state_dir: Path, database_url: str | None, nginx: str, timeout: float, json_out: bool
+) -> LocalCluster:
+    state_dir = state_dir.resolve()
+    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+    secret = os.environ.get("JWT_SECRET") or _secret(state_dir)
+    config_path = state_dir / "printd.toml"
+    config_path.write_text(tomli_w.dumps(dict(spec.settings)))
+    redis_url = os.environ.get("REDIS_URL") or spec.redis_url or DEFAULT_REDIS_URL
+    cluster = LocalCluster(state_dir, spec.nginx.front_url, f"{spec.prefix}-{secrets.token_hex(4)}")
+    base_env = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "PRINTD_CONFIG")
+    }
+    printd = default_printd()
+
+    def spawn(name: str, kind: str, argv: list[str], env: dict[str, str], cwd: Path, url: str) -> Process:
+        log = state_dir / "logs" / f"{name}.log"
+        with open(log, "ab") as out:
+            child = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            started = psutil.Process(child.pid).create_time()
+        except psutil.Error:
+            started = 0.0  # already gone: alive() says so, and the wait below shows its log
+        proc = Process(name, kind, child.pid, started, url, str(log))
+        nonlocal cluster
+        cluster = replace(cluster, processes=(*cluster.processes, proc))
+        cluster.save()
+        return proc
+
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=json_out,
+        transient=True,
+    )
+    try:
+        with progress:
+            task = progress.add_task(f"starting {len(spec.instances)} printd", total=len(spec.instances) + 1)
+            for inst in spec.instances:
+                data = state_dir / inst.id
+                data.mkdir(exist_ok=True)
+                env = base_env | instance_environment(
+                    spec,
+                    inst,
+                    data_dir=str(data),
+                    config_path=str(config_path),
+                    database_url=database_url,
+                    redis_url=redis_url,
+                    redis_prefix=cluster.redis_prefix,
+                )
+                env |= {"JWT_SECRET": secret, "PYTHONUNBUFFERED": "1"}
+                spawn(inst.id, "printd", [printd, "run"], env, data, inst.url)
+            _wait(cluster.processes, timeout, progress, task)
+            prefix = state_dir / "nginx"
+            site = render_site(spec, source="printctl cluster up", access_log=str(prefix / "access.log"))
+            conf = write_nginx_prefix(prefix, site)
+            front = spawn(
+                "nginx",
+                "nginx",
+                [nginx, "-p", str(prefix), "-c", str(conf)],
+                dict(os.environ),
+                prefix,
+                cluster.front_url,
+            )
+            progress.update(task, description="starting nginx")
+            _wait((front,), timeout, progress, task)
+    except _StartFailed:
+        stop_processes(cluster.processes, timeout=10)
+        cluster.forget()
+        raise
+    return cluster
+
+
+def _secret(state_dir: Path) -> str:
+    """One secret for every instance (as `printctl token --data-dir STATE_DIR` reads it)."""
+    path = state_dir / "jwt_secret"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = secrets.token_hex(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+        return value
+
+
+def _wait(processes: tuple[Process, ...], timeout: float, progress: Progress, task: Any) -> None:
+    pending = list(processes)
+    deadline = time.monotonic() + timeout
+    while pending:
+        for proc in list(pending):
+            if not proc.alive():
+                raise _StartFailed(
+                    f"{proc.name} exited at start; the end of {proc.log}:\n{_log_tail(proc.log)}"
+                )
+            if is_healthy(proc.url):
+                pending.remove(proc)
+                progress.advance(task)
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(p.name for p in pending)
+            raise _StartFailed(f"{names} not healthy after {timeout:g} s; see {pending[0].log}")
+        if pending:
+            time.sleep(0.1)
+
+
+def _report(cluster: LocalCluster, json_out: bool, *, already: bool) -> None:
+    if json_out:
+        emit_json(
+            {
+                "ok": True,
+                "already_up": already,
+                "front_url": cluster.front_url,
+                "state_dir": str(cluster.state_dir),
+                "redis_prefix": cluster.redis_prefix,
+                "processes": [asdict(p) for p in cluster.processes],
+            }
+        )
+        return
+    console.print(_process_table(cluster, rows=None))
+    if already:
+        console.print(f"[yellow]already up[/yellow]: {cluster.front_url}", highlight=False)
+    else:
+        console.print(f"[green]up[/green]: {cluster.front_url}", highlight=False)
+    console.print(
+        f"  export PRINTD_URL={cluster.front_url}\n"
+        f"  printctl token --data-dir {cluster.state_dir} --role agent --company acme --branch b1 "
+        "--sub agent-1\n"
+        "  printctl cluster ls; printctl cluster down",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+# ------------------------------------------------------------------------------------ down and ls
+
+
+def down(
+    state_dir: StateDirOpt = DEFAULT_STATE_DIR,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to let printd drain before SIGKILL.")
+    ] = 20.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Stop every process of the local cluster (printd drains on SIGTERM; SIGKILL after --timeout).
+    Logs and data stay in the state directory.
+
+    Example: printctl cluster down --state-dir var/cluster
+    """
+    try:
+        cluster = LocalCluster.load(state_dir)
+    except ClusterFileError as exc:
+        fail_for(json_out, str(exc), EXIT_USAGE)
+    if cluster is None:
+        if json_out:
+            emit_json({"ok": True, "stopped": {}, "message": f"no local cluster in {state_dir}"})
+        else:
+            console.print(f"no local cluster in {state_dir}: nothing to stop", highlight=False)
+        return
+    result = stop_processes(cluster.processes, timeout)
+    left = [name for name, outcome in result.items() if outcome == "still running"]
+    if not left:
+        cluster.forget()
+    if json_out:
+        emit_json({"ok": not left, "stopped": result, "state_dir": str(state_dir)})
+    else:
+        table = Table(title=f"cluster down ({state_dir})")
+        table.add_column("process")
+        table.add_column("pid", justify="right")
+        table.add_column("result")
+        for proc in cluster.processes:
+            outcome = result[proc.name]
+            colour = "red" if outcome == "still running" else "green"
+            table.add_row(proc.name, str(proc.pid), f"[{colour}]{outcome}[/{colour}]")
+        console.print(table)
+    if left:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def ls(
+    state_dir: StateDirOpt = DEFAULT_STATE_DIR,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for each health answer.")
+    ] = 3.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """The local cluster's processes: pid, running or not, health, connections, log. Exit 0 when
+    every process runs and answers healthy, 1 otherwise (or when there is no cluster).
+
+    Example: printctl cluster ls --json | jq '.processes[] | {name, status}'
+    """
+    try:
+        cluster = LocalCluster.load(state_dir)
+    except ClusterFileError as exc:
+        fail_for(json_out, str(exc), EXIT_USAGE)
+    if cluster is None:
+        fail_for(json_out, f"no local cluster in {state_dir} (start one with `printctl cluster up`)")
+    rows = []
+    for proc in cluster.processes:
+        running = proc.alive()
+        health = fetch_health(proc.url, timeout) if running else {"status": "exited"}
+        rows.append({**asdict(proc), "running": running, "status": health.get("status"), "health": health})
+    ok = bool(rows) and all(r["status"] == "ok" for r in rows)
+    if json_out:
+        emit_json({"ok": ok, "front_url": cluster.front_url, "processes": rows})
+    else:
+        console.print(_process_table(cluster, rows))
+    raise typer.Exit(EXIT_OK if ok else EXIT_CHECK_FAILED)
+
+
+def _process_table(cluster: LocalCluster, rows: list[dict[str, Any]] | None) -> Table:
+    table = Table(title=f"local cluster: {cluster.front_url}  ({cluster.state_dir})")
+    table.add_column("process")
+    table.add_column("pid", justify="right")
+    table.add_column("url")
+    if rows is not None:
+        table.add_column("status")
+        table.add_column("connections", justify="right")
+    table.add_column("log")
+    for n, proc in enumerate(cluster.processes):
+        cells = [proc.name, str(proc.pid), proc.url]
+        if rows is not None:
+            status = str(rows[n]["status"])
+            colour = STATUS_COLOURS.get(status, "red")
+            connections = rows[n]["health"].get("connections", "-") if proc.kind == "printd" else "-"
+            cells += [f"[{colour}]{status}[/{colour}]", str(connections)]
+        table.add_row(*cells, proc.log)
+    return table
+
+
+app.command("up")(up)
+app.command("down")(down)
+app.command("ls")(ls)
+
+
+# ------------------------------------------------------------------------------- health --cluster
+
+
+def member_rows(body: Any) -> list[dict[str, Any]]:
+    """Rows from a GET /monitoring/cluster answer: `members` with an id, health status,
+    connection count (a number or counts by role) and whether it leads."""
+    members = body.get("members") if isinstance(body, dict) else None
+    if not isinstance(members, list):
+        raise ValueError("the answer has no `members` list")
+    leader = body.get("leader")
+    rows = []
+    for m in members:
+        if not isinstance(m, dict):
+            continue
+        ident = m.get("instance_id") or m.get("id") or m.get("instance") or "?"
+        connections = m.get("connections")
+        if isinstance(connections, dict):
+            connections = sum(v for v in connections.values() if isinstance(v, int))
+        rows.append(
+            {
+                "instance": ident,
+                "url": m.get("url") or m.get("address") or "-",
+                "status": m.get("status") or m.get("health") or "unknown",
+                "connections": connections,
+                "uptime": m.get("uptime"),
+                "leader": bool(m.get("leader")) or ident == leader,
+                "error": m.get("error"),
+            }
+        )
+    return rows
+
+
+def health_rows(targets: list[tuple[str, str]], timeout: float) -> list[dict[str, Any]]:
+    """Each instance asked directly for /monitoring/health."""
+    rows = []
+    for ident, url in targets:
+        body = fetch_health(url, timeout)
+        rows.append(
+            {
+                "instance": ident,
+                "url": url,
+                "status": body.get("status", "unknown"),
+                "connections": body.get("connections"),
+                "uptime": body.get("uptime"),
+                "circuits_open": body.get("circuits_open") or [],
+                "leader": False,
+                "error": body.get("error"),
+            }
+        )
+    return rows
+
+
+def all_healthy(rows: list[dict[str, Any]]) -> bool:
+    return bool(rows) and all(r["status"] == "ok" for r in rows)
+
+
+def cluster_table(rows: list[dict[str, Any]], source: str) -> Table:
+    healthy = sum(r["status"] == "ok" for r in rows)
+    colour = "green" if all_healthy(rows) else "red"
+    table = Table(title=f"cluster health: [{colour}]{healthy}/{len(rows)} healthy[/{colour}]  ({source})")
+    for column in ("instance", "url", "status", "connections", "uptime", "notes"):
+        table.add_column(column, justify="right" if column in ("connections", "uptime") else "left")
+    for r in rows:
+        status = str(r["status"])
+        notes = []
+        if r.get("leader"):
+            notes.append("leader")
+        if r.get("circuits_open"):
+            notes.append(f"[red]open: {', '.join(r['circuits_open'])}[/red]")
+        if r.get("error"):
+            notes.append(f"[red]{r['error']}[/red]")
+        table.add_row(
+            str(r["instance"]) + (" *" if r.get("leader") else ""),
+            str(r["url"]),
+            f"[{STATUS_COLOURS.get(status, 'red')}]{status}[/]",
+            "-" if r.get("connections") is None else str(r["connections"]),
+            _duration(r.get("uptime")),
+            "; ".join(notes),
+        )
+    return table
+
+
+def cluster_health(
+    *,
+    url: str,
+    url_given: bool,
+    config: Path | None,
+    state_dir: Path | None,
+    watch: float | None,
+    timeout: float,
+    json_out: bool,
+) -> int:
+    """`printctl health --cluster`: from the cluster file, the local cluster's state directory,
+    or the front's GET /monitoring/cluster, in that order. Returns the exit code."""
+    if watch is not None:
+        fail_for(
+            json_out,
+            "--watch does not combine with --cluster (try: watch printctl health --cluster)",
+            EXIT_USAGE,
+        )
+    if state_dir is None and config is None and not url_given and (DEFAULT_STATE_DIR / STATE_FILE).exists():
+        state_dir = DEFAULT_STATE_DIR
+    try:
+        if config is not None:
+            spec = load_cluster_file(config)
+            source = f"cluster file {config}"
+            rows = health_rows([(i.id, i.url) for i in spec.instances], timeout)
+        elif state_dir is not None:
+            cluster = LocalCluster.load(state_dir)
+            if cluster is None:
+                fail_for(json_out, f"no local cluster in {state_dir} (start one with `printctl cluster up`)")
+            source = f"local cluster {state_dir}"
+            rows = health_rows([(p.name, p.url) for p in cluster.processes if p.kind == "printd"], timeout)
+        else:
+            source = f"{url}/monitoring/cluster"
+            rows = _members(url, timeout, json_out)
+    except ClusterFileError as exc:
+        fail_for(json_out, str(exc), EXIT_USAGE)
+    ok = all_healthy(rows)
+    if json_out:
+        emit_json(
+            {"ok": ok, "source": source, "healthy": sum(r["status"] == "ok" for r in rows), "instances": rows}
+        )
+    else:
+        console.print(cluster_table(rows, source))
+    return EXIT_OK if ok else EXIT_CHECK_FAILED
+
+
+def _members(url: str, timeout: float, json_out: bool) -> list[dict[str, Any]]:
+    try:
+        resp = httpx.get(url + "/monitoring/cluster", timeout=timeout)
+    except httpx.HTTPError as exc:
+        fail_for(json_out, f"cannot reach {url}: {exc}")
+    if resp.status_code == 404:
+        fail_for(
+            json_out,
+            f"{url} has no /monitoring/cluster (a single printd, or not printd): "
+            "use --config CLUSTER_FILE or --state-dir DIR",
+            EXIT_USAGE,
+        )
+    try:
+        return member_rows(resp.json())
+    except ValueError as exc:
+        fail_for(
+            json_out, f"{url}/monitoring/cluster answered HTTP {resp.status_code} without members: {exc}"
+        )
