@@ -8,18 +8,18 @@ _printctl_children() {
         "printctl cluster") echo "down ls up" ;;
         "printctl config") echo "check init" ;;
         "printctl jobs") echo "get list submit" ;;
-        "printctl printers") echo "list test" ;;
+        "printctl printers") echo "list test wait" ;;
     esac
 }
 
 _printctl_options() {
     case "$1" in
-        "printctl") echo "--install-completion --show-completion -h --help" ;;
-        "printctl agent") echo "--url --token --printer --output --status-interval --print-delay --fail-printer --crash-after-print --max-backoff --json -h --help" ;;
+        "printctl") echo "--version --install-completion --show-completion -h --help" ;;
+        "printctl agent") echo "--url --token --printer --output --status-interval --print-delay --fail-printer --crash-after-print --max-backoff --ping-interval --ping-timeout --json -h --help" ;;
         "printctl circuits") echo "-h --help" ;;
         "printctl circuits disable") echo "--url --token --json --timeout -h --help" ;;
         "printctl circuits force-open") echo "--url --token --json --timeout -h --help" ;;
-        "printctl circuits list") echo "--url --json --timeout -h --help" ;;
+        "printctl circuits list") echo "--url --token --json --timeout -h --help" ;;
         "printctl circuits reset") echo "--url --token --json --timeout -h --help" ;;
         "printctl cluster") echo "-h --help" ;;
         "printctl cluster down") echo "--state-dir --timeout --json -h --help" ;;
@@ -29,8 +29,8 @@ _printctl_options() {
         "printctl config check") echo "--production --json -h --help" ;;
         "printctl config init") echo "--force --json -h --help" ;;
         "printctl deploy") echo "--config -c --output -o --dry-run --apply --restart --health-timeout --json -h --help" ;;
-        "printctl health") echo "--url --json --watch --timeout --cluster --config --state-dir -h --help" ;;
-        "printctl instance") echo "--url --json --timeout -h --help" ;;
+        "printctl health") echo "--url --json --watch --wait --timeout --cluster --config --state-dir -h --help" ;;
+        "printctl instance") echo "--url --token --json --timeout -h --help" ;;
         "printctl jobs") echo "-h --help" ;;
         "printctl jobs get") echo "--company --url --token --json --timeout -h --help" ;;
         "printctl jobs list") echo "--printer --state --limit --company --url --token --json --timeout -h --help" ;;
@@ -38,6 +38,7 @@ _printctl_options() {
         "printctl printers") echo "-h --help" ;;
         "printctl printers list") echo "--branch --company --url --token --json --timeout -h --help" ;;
         "printctl printers test") echo "--text --payload --company --url --token --json --timeout -h --help" ;;
+        "printctl printers wait") echo "--company --url --token --json --timeout -h --help" ;;
         "printctl token") echo "--role --company --sub --branch --ttl --secret-from-config --data-dir --json -h --help" ;;
         "printctl verify-prints") echo "--accepted --json -h --help" ;;
     esac
@@ -54,6 +55,8 @@ _printctl_value() {
         "printctl agent|--print-delay") echo "any" ;;
         "printctl agent|--fail-printer") echo "any" ;;
         "printctl agent|--max-backoff") echo "any" ;;
+        "printctl agent|--ping-interval") echo "any" ;;
+        "printctl agent|--ping-timeout") echo "any" ;;
         "printctl circuits disable|--url") echo "any" ;;
         "printctl circuits disable|--token") echo "any" ;;
         "printctl circuits disable|--timeout") echo "any" ;;
@@ -61,6 +64,7 @@ _printctl_value() {
         "printctl circuits force-open|--token") echo "any" ;;
         "printctl circuits force-open|--timeout") echo "any" ;;
         "printctl circuits list|--url") echo "any" ;;
+        "printctl circuits list|--token") echo "any" ;;
         "printctl circuits list|--timeout") echo "any" ;;
         "printctl circuits reset|--url") echo "any" ;;
         "printctl circuits reset|--token") echo "any" ;;
@@ -84,10 +88,12 @@ _printctl_value() {
         "printctl deploy|--health-timeout") echo "any" ;;
         "printctl health|--url") echo "any" ;;
         "printctl health|--watch") echo "any" ;;
+        "printctl health|--wait") echo "any" ;;
         "printctl health|--timeout") echo "any" ;;
         "printctl health|--config") echo "file" ;;
         "printctl health|--state-dir") echo "file" ;;
         "printctl instance|--url") echo "any" ;;
+        "printctl instance|--token") echo "any" ;;
         "printctl instance|--timeout") echo "any" ;;
         "printctl jobs get|--company") echo "any" ;;
         "printctl jobs get|--url") echo "any" ;;
@@ -121,6 +127,10 @@ _printctl_value() {
         "printctl printers test|--url") echo "any" ;;
         "printctl printers test|--token") echo "any" ;;
         "printctl printers test|--timeout") echo "any" ;;
+        "printctl printers wait|--company") echo "any" ;;
+        "printctl printers wait|--url") echo "any" ;;
+        "printctl printers wait|--token") echo "any" ;;
+        "printctl printers wait|--timeout") echo "any" ;;
         "printctl token|--role") echo "any" ;;
         "printctl token|--company") echo "any" ;;
         "printctl token|--sub") echo "any" ;;

@@ -5,6 +5,7 @@
 _printctl() {
     local curcontext="$curcontext" state line
     _arguments -C \
+        '--version[Print the version and exit]' \
         '--install-completion[Install completion for the current shell]' \
         '--show-completion[Show completion for the current shell, to copy it or customize the installation]' \
         '(-h --help)-h[Show the help and exit]' \
@@ -12,7 +13,7 @@ _printctl() {
         '1: :->command' \
         '*:: :->args'
     case $state in
-        command) local -a commands; commands=('agent:Run the reference print agent\: receive jobs over /printing-ws and "print" them t' 'circuits:Circuit breakers\: list them; reset, force-open or disable one (admin token)' 'cluster:A local cluster\: N printd behind nginx on loopback (up, down, ls)' 'config:Write and check printd config files' 'deploy:Render the deployment of a cluster\: systemd unit, one env file per instance, the' 'health:Is printd healthy? Exit 0 when status is ok, 1 when degraded, draining or unreac' 'instance:This instances figures\: connections by role, messages, compression saving, jobs' 'jobs:Print jobs\: submit one (and wait for it), show one, list them' 'printers:Printers\: list them with their agents state; send a test print' 'token:Mint a token; only the token is printed on stdout, so `$(printctl token ...)` wo' 'verify-prints:Compare accepted jobs with the agents print logs; exit 1 on any lost, duplicate'); _describe command commands ;;
+        command) local -a commands; commands=('agent:Run the reference print agent\: receive jobs over /printing-ws and "print" them t' 'circuits:Circuit breakers\: list them; reset, force-open or disable one (admin token)' 'cluster:A local cluster\: N printd behind nginx on loopback (up, down, ls)' 'config:Write and check printd config files' 'deploy:Render the deployment of a cluster\: systemd unit, one env file per instance, the' 'health:Is printd healthy? Exit 0 when status is ok, 1 when degraded, draining or unreac' 'instance:This instances figures\: connections by role, messages, compression saving, jobs' 'jobs:Print jobs\: submit one (and wait for it), show one, list them' 'printers:Printers\: list them with their agents state; wait until they are online; send a' 'token:Mint a token; only the token is printed on stdout, so `$(printctl token ...)` wo' 'verify-prints:Compare accepted jobs with the agents print logs; exit 1 on any lost, duplicate'); _describe command commands ;;
         args)
             case $words[1] in
                 agent) _printctl_agent ;;
@@ -42,6 +43,8 @@ _printctl_agent() {
         '*--fail-printer[This printer is out of paper\: its jobs fail]:fail-printer: ' \
         '--crash-after-print[Fault drill\: exit (3) right after a print is journaled, before the result is sen]' \
         '--max-backoff[Upper bound of the reconnect delay, seconds]:max-backoff: ' \
+        '--ping-interval[Seconds without a message from printd before pinging it (0\: never)]:ping-interval: ' \
+        '--ping-timeout[Seconds to wait for printds answer before reconnecting]:ping-timeout: ' \
         '--json[Machine-readable JSON on stdout]' \
         '(-h --help)-h[Show the help and exit]' \
         '(-h --help)--help[Show the help and exit]'
@@ -92,6 +95,7 @@ _printctl_circuits_list() {
     local curcontext="$curcontext" state line
     _arguments \
         '--url[printd base URL (env PRINTD_URL)]:url: ' \
+        '--token[Admin token, or printds metrics token (env PRINTD_TOKEN or PRINTD_METRICS_TOKEN]:token: ' \
         '--json[Machine-readable JSON on stdout]' \
         '--timeout[Seconds to wait for printd]:timeout: ' \
         '(-h --help)-h[Show the help and exit]' \
@@ -221,6 +225,7 @@ _printctl_health() {
         '--url[printd base URL (env PRINTD_URL)]:url: ' \
         '--json[Machine-readable JSON on stdout]' \
         '--watch[Refresh every N seconds until Ctrl-C (JSON\: one line each)]:watch: ' \
+        '--wait[Wait up to N seconds for status ok (a printd that is starting), then answer as u]:wait: ' \
         '--timeout[Seconds to wait for printd]:timeout: ' \
         '--cluster[Every instance in one table\: from --config, --state-dir, the local cluster in ./]' \
         '--config[With --cluster\: the cluster description]:config:_files' \
@@ -233,6 +238,7 @@ _printctl_instance() {
     local curcontext="$curcontext" state line
     _arguments \
         '--url[printd base URL (env PRINTD_URL)]:url: ' \
+        '--token[Admin token, or printds metrics token (env PRINTD_TOKEN or PRINTD_METRICS_TOKEN]:token: ' \
         '--json[Machine-readable JSON on stdout]' \
         '--timeout[Seconds to wait for printd]:timeout: ' \
         '(-h --help)-h[Show the help and exit]' \
@@ -310,11 +316,12 @@ _printctl_printers() {
         '1: :->command' \
         '*:: :->args'
     case $state in
-        command) local -a commands; commands=('list:List printers with their last reported status and whether their agent is connect' 'test:Print a test page and wait for the agents answer; exit 1 unless the printer rep'); _describe command commands ;;
+        command) local -a commands; commands=('list:List printers with their last reported status and whether their agent is connect' 'test:Print a test page and wait for the agents answer; exit 1 unless the printer rep' 'wait:Wait until these printers are registered and their agents connected; exit 1 if n'); _describe command commands ;;
         args)
             case $words[1] in
                 list) _printctl_printers_list ;;
                 test) _printctl_printers_test ;;
+                wait) _printctl_printers_wait ;;
             esac ;;
     esac
 }
@@ -346,6 +353,18 @@ _printctl_printers_test() {
         '(-h --help)--help[Show the help and exit]'
 }
 
+_printctl_printers_wait() {
+    local curcontext="$curcontext" state line
+    _arguments \
+        '--company[Company, only for an all-companies (*) admin token]:company: ' \
+        '--url[printd base URL (env PRINTD_URL)]:url: ' \
+        '--token[Bearer token (env PRINTD_TOKEN)]:token: ' \
+        '--json[Machine-readable JSON on stdout]' \
+        '--timeout[Seconds to wait for the printers]:timeout: ' \
+        '(-h --help)-h[Show the help and exit]' \
+        '(-h --help)--help[Show the help and exit]'
+}
+
 _printctl_token() {
     local curcontext="$curcontext" state line
     _arguments \
@@ -354,7 +373,7 @@ _printctl_token() {
         '--sub[Subject\: the agent, service or persons id]:sub: ' \
         '--branch[Branch id (required for agent tokens)]:branch: ' \
         '--ttl[Lifetime\: 90, 15m, 12h, 1d, 2w]:ttl: ' \
-        '--secret-from-config[printd config file to take the secret from (default\: $PRINTD_CONFIG)]:secret-from-config:_files' \
+        '--secret-from-config[printd config file to take the secret from (default\: found like printd finds it)]:secret-from-config:_files' \
         '--data-dir[printd data directory holding the generated secret (env PRINTD_DATA_DIR; default]:data-dir:_files' \
         '--json[Machine-readable JSON on stdout]' \
         '(-h --help)-h[Show the help and exit]' \
