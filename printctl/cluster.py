@@ -36,8 +36,8 @@ from printctl.clusterspec import (
     NginxSpec,
     load_cluster_file,
 )
-from printctl.common import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, JsonOpt, console, emit_json
-from printctl.deploy import default_printd, fail_for, instance_environment, render_site, write_nginx_prefix
+from printctl.common import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, JsonOpt, console, emit_json, fail
+from printctl.deploy import default_printd, instance_environment, render_site, write_nginx_prefix
 from printctl.health import STATUS_COLOURS, _duration, fetch_health
 
 DEFAULT_STATE_DIR = Path("var/cluster")
@@ -218,7 +218,7 @@ def up(
         ),
     ] = None,
     state_dir: StateDirOpt = DEFAULT_STATE_DIR,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for every instance.")] = 30.0,
+    timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds to wait for every instance.")] = 30.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Start N printd instances and nginx in front of them on loopback; return once all are healthy.
@@ -232,11 +232,11 @@ def up(
     try:
         spec = local_spec(config, instances, port)
     except ClusterFileError as exc:
-        fail_for(json_out, str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     try:
         existing = LocalCluster.load(state_dir)
     except ClusterFileError as exc:
-        fail_for(json_out, str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     if existing is not None:
         dead = [p for p in existing.processes if not p.alive()]
         if not dead:
@@ -244,8 +244,7 @@ def up(
             return
         if len(dead) < len(existing.processes):
             names = ", ".join(f"{p.name} (pid {p.pid})" for p in dead)
-            fail_for(
-                json_out,
+            fail(
                 f"the cluster in {state_dir} is partly up: {names} not running; "
                 "run `printctl cluster down` and then `up` again",
             )
@@ -253,21 +252,19 @@ def up(
 
     database_url = os.environ.get("DATABASE_URL") or spec.database_url
     if len(spec.instances) > 1 and not (database_url or "").startswith(("postgresql:", "postgres:")):
-        fail_for(
-            json_out,
+        fail(
             f"{len(spec.instances)} instances need one shared PostgreSQL database: set "
             "DATABASE_URL=postgresql://user@host/db (each on its own SQLite would not see the others' jobs)",
             EXIT_USAGE,
         )
     nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
     if nginx is None:
-        fail_for(json_out, "nginx is not installed (apt-get install nginx-light)", EXIT_USAGE)
+        fail("nginx is not installed (apt-get install nginx-light)", EXIT_USAGE)
     for who, host, p in [(i.id, i.host, i.port) for i in spec.instances] + [
         ("nginx", spec.nginx.host or "127.0.0.1", spec.nginx.port)
     ]:
         if port_in_use(host, p):
-            fail_for(
-                json_out,
+            fail(
                 f"{host}:{p} ({who}) is already in use; pick other ports (--port, --config)",
                 EXIT_USAGE,
             )
@@ -275,7 +272,7 @@ def up(
     try:
         cluster = _start(spec, state_dir, database_url, nginx, timeout, json_out)
     except _StartFailed as exc:
-        fail_for(json_out, exc.message, EXIT_CHECK_FAILED)
+        fail(exc.message, EXIT_CHECK_FAILED)
     _report(cluster, json_out, already=False)
 
 
@@ -435,7 +432,7 @@ def _report(cluster: LocalCluster, json_out: bool, *, already: bool) -> None:
 def down(
     state_dir: StateDirOpt = DEFAULT_STATE_DIR,
     timeout: Annotated[
-        float, typer.Option("--timeout", help="Seconds to let printd drain before SIGKILL.")
+        float, typer.Option("--timeout", min=0.0, help="Seconds to let printd drain before SIGKILL.")
     ] = 20.0,
     json_out: JsonOpt = False,
 ) -> None:
@@ -447,7 +444,7 @@ def down(
     try:
         cluster = LocalCluster.load(state_dir)
     except ClusterFileError as exc:
-        fail_for(json_out, str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     if cluster is None:
         if json_out:
             emit_json({"ok": True, "stopped": {}, "message": f"no local cluster in {state_dir}"})
@@ -477,7 +474,7 @@ def down(
 def ls(
     state_dir: StateDirOpt = DEFAULT_STATE_DIR,
     timeout: Annotated[
-        float, typer.Option("--timeout", help="Seconds to wait for each health answer.")
+        float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each health answer.")
     ] = 3.0,
     json_out: JsonOpt = False,
 ) -> None:
@@ -489,9 +486,9 @@ def ls(
     try:
         cluster = LocalCluster.load(state_dir)
     except ClusterFileError as exc:
-        fail_for(json_out, str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     if cluster is None:
-        fail_for(json_out, f"no local cluster in {state_dir} (start one with `printctl cluster up`)")
+        fail(f"no local cluster in {state_dir} (start one with `printctl cluster up`)")
     rows = []
     for proc in cluster.processes:
         running = proc.alive()
@@ -625,8 +622,7 @@ def cluster_health(
     """`printctl health --cluster`: from the cluster file, the local cluster's state directory,
     or the front's GET /monitoring/cluster, in that order. Returns the exit code."""
     if watch is not None:
-        fail_for(
-            json_out,
+        fail(
             "--watch does not combine with --cluster (try: watch printctl health --cluster)",
             EXIT_USAGE,
         )
@@ -640,14 +636,14 @@ def cluster_health(
         elif state_dir is not None:
             cluster = LocalCluster.load(state_dir)
             if cluster is None:
-                fail_for(json_out, f"no local cluster in {state_dir} (start one with `printctl cluster up`)")
+                fail(f"no local cluster in {state_dir} (start one with `printctl cluster up`)")
             source = f"local cluster {state_dir}"
             rows = health_rows([(p.name, p.url) for p in cluster.processes if p.kind == "printd"], timeout)
         else:
             source = f"{url}/monitoring/cluster"
             rows = _members(url, timeout, json_out)
     except ClusterFileError as exc:
-        fail_for(json_out, str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     ok = all_healthy(rows)
     if json_out:
         emit_json(
@@ -662,10 +658,9 @@ def _members(url: str, timeout: float, json_out: bool) -> list[dict[str, Any]]:
     try:
         resp = httpx.get(url + "/monitoring/cluster", timeout=timeout)
     except httpx.HTTPError as exc:
-        fail_for(json_out, f"cannot reach {url}: {exc}")
+        fail(f"cannot reach {url}: {exc}")
     if resp.status_code == 404:
-        fail_for(
-            json_out,
+        fail(
             f"{url} has no /monitoring/cluster (a single printd, or not printd): "
             "use --config CLUSTER_FILE or --state-dir DIR",
             EXIT_USAGE,
@@ -673,6 +668,4 @@ def _members(url: str, timeout: float, json_out: bool) -> list[dict[str, Any]]:
     try:
         return member_rows(resp.json())
     except ValueError as exc:
-        fail_for(
-            json_out, f"{url}/monitoring/cluster answered HTTP {resp.status_code} without members: {exc}"
-        )
+        fail(f"{url}/monitoring/cluster answered HTTP {resp.status_code} without members: {exc}")

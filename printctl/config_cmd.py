@@ -114,6 +114,48 @@ COMMENTS: dict[str, str] = {
         "redis+sentinel://[:password@]host1:26379,host2:26379/mastername[/db]; unset = single instance.\n"
         "Env REDIS_URL (or REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_DB)."
     ),
+    "redis.sentinels": (
+        "Redis Sentinel addresses (host:port) instead of one server: printd asks them for the master\n"
+        "and follows a failover. Env REDIS_SENTINELS (comma-separated)."
+    ),
+    "redis.master_name": "The Sentinel master's name (with sentinels). Env REDIS_MASTER_NAME.",
+    "redis.prefix": (
+        "Prefix of every Redis key and channel: clusters sharing one Redis need different ones.\n"
+        "Env REDIS_PREFIX."
+    ),
+    "redis.connect_timeout": "Seconds to connect to Redis (or a sentinel) before trying again.",
+    "redis.command_timeout": (
+        "Seconds a Redis reply may take; beyond it the connection is dropped and rebuilt\n"
+        "(a paused or partitioned Redis costs a call at most this)."
+    ),
+    "redis.backoff_initial": "First reconnect delay in seconds while Redis is down (doubles each attempt).",
+    "redis.backoff_max": "Longest reconnect delay in seconds while Redis is down.",
+    "cluster.advertise_url": (
+        "URL other instances and operators use for this one (default http://host:port).\n"
+        "Env PRINTD_ADVERTISE_URL."
+    ),
+    "cluster.heartbeat_interval": "Seconds between membership heartbeats (in Redis and in the store).",
+    "cluster.member_ttl": (
+        "Seconds without a heartbeat after which an instance leaves membership and a leader's\n"
+        "lease ends (at least twice heartbeat_interval)."
+    ),
+    "cluster.chore_interval": "Seconds between the leader's chores (job expiry, agents of dead instances).",
+    "cluster.orphan_after": (
+        "Seconds without a store heartbeat after which an instance's agents count as disconnected\n"
+        "(their dispatched jobs are queued again for their next connection)."
+    ),
+    "cluster.status_snapshot_ttl": (
+        "Seconds a company's latest printer states stay in Redis after its last update (snapshots\n"
+        "for new dashboards on any instance)."
+    ),
+    "jobs.result_timeout": (
+        "Seconds after an ack without a result before the job is sent again (the agent answers\n"
+        "from its journal; doubles up to 300 s; acked jobs never expire)."
+    ),
+    "jobs.sweep_interval": (
+        "Seconds between sweeps for queued jobs of the agents held here (what a lost routing\n"
+        "message would have delivered)."
+    ),
     "circuits.failure_threshold": "Failures within monitoring_window that open the circuit.",
     "circuits.success_threshold": "Successful trial calls that close a half-open circuit.",
     "circuits.open_timeout": "Seconds an open circuit rejects calls before admitting trial calls.",
@@ -138,13 +180,16 @@ EXAMPLES: dict[str, Any] = {
     "auth.metrics_token": "<output of: openssl rand -hex 32>",
     "store.database_url": "postgresql://printd:PASSWORD@db.example.com:5432/printd",
     "redis.url": "redis://localhost:6379/0",
+    "redis.sentinels": ["sentinel-1:26379", "sentinel-2:26379", "sentinel-3:26379"],
+    "redis.master_name": "printd",
+    "cluster.advertise_url": "http://10.0.0.11:3001",
     "circuits.failure_rate_threshold": 50.0,
     "circuits.slow_call_duration": 2.0,
     "circuits.slow_call_rate_threshold": 80.0,
 }
 
 #: Keys written commented out even though they have a default (machine-specific defaults).
-COMMENTED_OUT = frozenset({"instance_id"})
+COMMENTED_OUT = frozenset({"instance_id", "redis.sentinels"})
 
 HEADER = """\
 # printd configuration, written by `printctl config init`.
@@ -173,7 +218,9 @@ def _key_lines(qualified: str, key: str, value: Any) -> list[str]:
     lines = _comment_lines(COMMENTS.get(qualified, f"{key}: see printd/config.py"))
     if value is None or qualified in COMMENTED_OUT:
         example = EXAMPLES.get(qualified, value)
-        lines.append("# " + tomli_w.dumps({key: _toml_value(example)}).rstrip("\n"))
+        lines += [
+            f"# {line}" for line in tomli_w.dumps({key: _toml_value(example)}).rstrip("\n").splitlines()
+        ]
     else:
         lines.append(tomli_w.dumps({key: _toml_value(value)}).rstrip("\n"))
     return lines

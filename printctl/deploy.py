@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, NoReturn, Protocol
+from typing import Annotated, Any, Protocol
 
 import httpx
 import tomli_w
@@ -32,7 +32,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from printctl.clusterspec import ClusterFileError, ClusterSpec, InstanceSpec, load_cluster_file
-from printctl.common import EXIT_CHECK_FAILED, EXIT_USAGE, JsonOpt, console, emit_json, err_console
+from printctl.common import EXIT_CHECK_FAILED, EXIT_USAGE, JsonOpt, console, emit_json, fail
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "config"
 UNIT_TEMPLATE = TEMPLATES / "systemd" / "printd@.service"
@@ -53,14 +53,6 @@ LIMIT_NOFILE = 65536
 STOP_MARGIN_SEC = 25
 UPSTREAM_MAX_FAILS = 3
 UPSTREAM_FAIL_TIMEOUT = "10s"
-
-
-def fail_for(json_out: bool, message: str, code: int = EXIT_CHECK_FAILED, **fields: Any) -> NoReturn:
-    """Exit with `code`: the message on stderr and, with --json, one error object on stdout."""
-    if json_out:
-        emit_json({"ok": False, "error": message, "exit_code": code, **fields})
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 # ------------------------------------------------------------------------------------ rendering
@@ -638,14 +630,14 @@ def deploy(
     Example: sudo printctl deploy --config /etc/printd/cluster.toml --dry-run
     """
     if dry_run and apply:
-        fail_for(json_out, "--dry-run and --apply exclude each other", EXIT_USAGE)
+        fail("--dry-run and --apply exclude each other", EXIT_USAGE)
     if not (output or dry_run or apply):
-        fail_for(json_out, "say what to do: --output DIR, --dry-run or --apply", EXIT_USAGE)
+        fail("say what to do: --output DIR, --dry-run or --apply", EXIT_USAGE)
     try:
         spec = load_cluster_file(config)
         rendering = render(spec, source=str(config))
     except ClusterFileError as exc:
-        fail_for(json_out, str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     result: dict[str, Any] = {"ok": True}
     if output is not None:
         result["output"] = _write_output(rendering, output, json_out)
@@ -658,7 +650,7 @@ def deploy(
             result.update(_show_dry_run(rendering, state, plan, problems, json_out))
         else:
             if problems:
-                fail_for(json_out, "; ".join(problems), EXIT_USAGE, problems=problems)
+                fail("; ".join(problems), EXIT_USAGE, problems=problems)
             result["steps"] = _apply(plan, host, root, health_timeout, json_out)
     if json_out:
         emit_json(result)
@@ -674,7 +666,7 @@ def _write_output(rendering: Rendering, output: Path, json_out: bool) -> list[st
             target.chmod(f.mode)
             written.append(str(target))
     except OSError as exc:
-        fail_for(json_out, f"cannot write under {output}: {exc.strerror}", EXIT_USAGE)
+        fail(f"cannot write under {output}: {exc.strerror}", EXIT_USAGE)
     if not json_out:
         table = Table(title=f"rendered into {output}")
         table.add_column("file")
@@ -718,9 +710,9 @@ def _apply(plan: list[Step], host: Host, root: Path, health_timeout: float, json
         with console.status("applying", spinner="dots") if not json_out else contextlib.nullcontext():
             execute(plan, host, root, health_timeout=health_timeout, on_step=on_step)
     except StepFailed as exc:
-        fail_for(json_out, exc.message, EXIT_CHECK_FAILED, steps=done, failed_step=exc.step.describe())
+        fail(exc.message, EXIT_CHECK_FAILED, steps=done, failed_step=exc.step.describe())
     except OSError as exc:
-        fail_for(json_out, f"cannot install: {exc}", EXIT_CHECK_FAILED, steps=done)
+        fail(f"cannot install: {exc}", EXIT_CHECK_FAILED, steps=done)
     if not json_out:
         console.print(f"[green]applied[/green]: {len(done)} steps" if done else "nothing to do")
     return done

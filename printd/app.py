@@ -24,25 +24,34 @@ from printd.breakers.core import CircuitState
 from printd.breakers.metrics import BreakerMetrics
 from printd.breakers.shell import CircuitRegistry
 from printd.cache import TTLCache
+from printd.cluster.base import ClusterBackend, ClusterUnavailable, MemberInfo
 from printd.cluster.bus import LocalBus
+from printd.cluster.local import LocalCluster
+from printd.cluster.node import ClusterNode, NodeSettings
+from printd.cluster.redis import RedisCluster, new_incarnation
+from printd.cluster.redis_client import LinkSettings
+from printd.cluster.routing import AgentRouter
+from printd.cluster.target import parse_redis_url, with_sentinels
 from printd.config import Config, redact_url
 from printd.gateway.connection import GatewayStats
 from printd.gateway.hub import Hub
+from printd.gateway.protocol import CLOSE_GOING_AWAY, CLOSE_RECONNECT_NOW, CLOSE_REPLACED
 from printd.gateway.server import Gateway, origin_allowed
 from printd.http.listener import Listener
 from printd.http.router import HttpError, HttpRequest, HttpResponse, Router
 from printd.jobs.api import JobsApi
 from printd.jobs.pending import PendingWaiters
 from printd.jobs.service import JobService
-from printd.monitoring import HealthMonitor, LogThrottle, MonitoringApi, StatsCollector
+from printd.monitoring import HealthMonitor, LogThrottle, MonitoredInstance, MonitoringApi, StatsCollector
 from printd.printers import PrinterRegistry
-from printd.ratelimit import LocalRateLimiter, PrinterTestLimits, PrinterTestQuota
+from printd.ratelimit import PrinterTestLimits, PrinterTestQuota
 from printd.status import StatusFanout, company_topic
-from printd.store import Store, StoreUnavailable, open_store
-from printd.store.guarded import GuardedStore, StoreCircuitOpen
+from printd.store import StoreCircuitOpen, StoreError, StoreUnavailable, open_store
 
 log = structlog.get_logger("printd")
 VERSION = package_version()
+#: Company-topic messages from other instances: a whole event for the dashboards (job.completed).
+EVENT_FRAME = b"E"
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 CORS_PREFLIGHT = (
     ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
@@ -67,14 +76,16 @@ class App:
             failure_exceptions=(StoreUnavailable, OSError, trio.TooSlowError),
             listeners=[log_transition],
         )
-        self.raw_store: Store = open_store(
+        self.store = open_store(
             config.database_url,
             pool_size=config.store.pool_size,
             statement_timeout_ms=config.store.statement_timeout_ms,
         )
-        self.store = GuardedStore(self.raw_store, self.circuits.get_or_create("store"))
+        self.store.guard_with(self.circuits.get_or_create("store"))
+        self.incarnation = new_incarnation()
+        self.backend = make_backend(config, self.incarnation, self._on_cluster_message)
         self.bus = LocalBus()
-        self.hub = Hub()
+        self.hub = Hub(on_company=self._dashboards_of)
         self.status = StatusFanout(self.bus, batch_delay=config.status.batch_delay)
         self.bus.subscribe("company:", self._deliver_to_company)
         self.pending: PendingWaiters[dict[str, Any]] = PendingWaiters(
@@ -82,16 +93,44 @@ class App:
             stale_after=config.jobs.pending_stale_after,
             sweep_interval=config.jobs.pending_sweep_interval,
         )
+        self.agents = AgentRouter(self.backend, self.hub.agent, instance_id=config.instance_id)
         self.jobs = JobService(
-            self.store, self.hub, config.jobs, self.pending, self._publish_company, self.circuits
+            self.store,
+            self.agents,
+            config.jobs,
+            self.pending,
+            self._publish_company,
+            self.circuits,
+            incarnation=self.incarnation,
         )
+        self.node = ClusterNode(
+            self.backend,
+            self.store,
+            NodeSettings(
+                heartbeat_interval=config.cluster.heartbeat_interval,
+                member_ttl=config.cluster.member_ttl,
+                chore_interval=config.cluster.chore_interval,
+                orphan_after=config.cluster.orphan_after,
+            ),
+            instance_id=config.instance_id,
+            clustered=config.redis.url is not None,
+            describe=self._member_info,
+        )
+        self.node.chores = partial(self.jobs.leader_chores, orphan_after=config.cluster.orphan_after)
+        self.node.resync = self._resync
+        self.node.handle("wake", lambda m: self.jobs.wake_local((str(m["c"]), str(m["a"]))))
+        self.node.handle(
+            "test", lambda m: self.jobs.test_outcome(str(m["cid"]), m.get("result"), bool(m.get("gone")))
+        )
+        self.node.handle("replaced", self._replaced_elsewhere)
+        self.node.handle_topic("company:", self._from_other_instance)
         self.printers = PrinterRegistry(self.store)
         self.gateway = Gateway(
             config, self.verifier, self.hub, self.status, self.printers, self.jobs, self.stats
         )
         rl = config.ratelimit
         self.limits = PrinterTestLimits(
-            LocalRateLimiter(), PrinterTestQuota(rl.branch_tests, rl.printer_tests, rl.window)
+            self.backend, PrinterTestQuota(rl.branch_tests, rl.printer_tests, rl.window)
         )
         self.fleet_cache: TTLCache[str, dict[str, Any]] = TTLCache(ttl=config.health.fleet_cache_ttl)
         self.router = Router()
@@ -100,9 +139,23 @@ class App:
         )
         self.listener = Listener(config.server, self.gateway, self.handle_http, f"printd/{VERSION}")
         self.health = HealthMonitor(config.health, self._request_counts)
-        self.monitoring = MonitoringApi(self)
+        self.monitoring = MonitoringApi(
+            MonitoredInstance(
+                config=config,
+                verifier=self.verifier,
+                health=self.health,
+                circuits=self.circuits,
+                metrics=self.metrics,
+                node=self.node,
+                started_at=self.started_at,
+                counters=self._counters,
+                figures=self._figures,
+                draining=lambda: self.draining,
+                shed_agents=self._shed_agents,
+            )
+        )
         self.monitoring.routes(self.router)
-        self.metrics.register(StatsCollector(self.monitoring.counters))
+        self.metrics.register(StatsCollector(self._counters))
         self.port: int | None = None
 
     # ---------------------------------------------------------------- wiring
@@ -111,7 +164,111 @@ class App:
         self.hub.deliver_to_company(topic.removeprefix("company:"), payload)
 
     async def _publish_company(self, company: str, payload: bytes) -> None:
+        """A company event (job.completed) to its dashboards here and on every other instance."""
         await self.bus.publish(company_topic(company), payload)
+        try:
+            await self.backend.publish([(company_topic(company), EVENT_FRAME + payload)])
+        except ClusterUnavailable:
+            pass  # dashboards elsewhere miss it; the job's state is in the store
+
+    def _from_other_instance(self, topic: str, payload: bytes) -> None:
+        if payload[:1] == EVENT_FRAME:
+            self.hub.deliver_to_company(topic.removeprefix("company:"), payload[1:])
+
+    def _dashboards_of(self, company: str, present: bool) -> None:
+        """Receive a company's traffic from other instances only while dashboards of it are here."""
+        (self.backend.subscribe if present else self.backend.unsubscribe)(company_topic(company))
+
+    def _on_cluster_message(self, topic: str, payload: bytes) -> None:
+        self.node.on_message(topic, payload)
+
+    def _test_outcome(self, message: dict[str, Any]) -> None:
+        result = message.get("result")
+        self.jobs.test_outcome(
+            str(message["cid"]), result if isinstance(result, dict) else None, bool(message.get("gone"))
+        )
+
+    def _replaced_elsewhere(self, message: dict[str, Any]) -> None:
+        """The agent connected again on another instance: close our older connection (4009)."""
+        link = self.hub.agent(str(message["c"]), str(message["a"]))
+        if link is not None and link.session == message.get("s"):
+            link.close(CLOSE_REPLACED, "replaced by a newer connection of the same agent")
+
+    async def _resync(self) -> None:
+        """The cluster backend is back, perhaps empty: register the agents held here again, and
+        deliver what waited (jobs accepted elsewhere for our agents while routing was down)."""
+        await self.agents.register([link for link in self.hub.agents.values() if not link.closing])
+        try:
+            await self.jobs.sweep()
+        except StoreError:
+            pass
+
+    def _counters(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "connections": self.hub.counts_by_role(),
+            "messages_in": s.messages_in,
+            "messages_out": s.messages_out,
+            "bytes_in_raw": s.bytes_in_raw,
+            "bytes_in_wire": s.bytes_in_wire,
+            "bytes_out_raw": s.bytes_out_raw,
+            "bytes_out_wire": s.bytes_out_wire,
+            "frame_errors": s.frame_errors,
+            "slow_consumers": s.slow_consumers,
+            "handshakes": s.handshakes,
+            "rejected_upgrades": s.rejected_upgrades,
+            "http_requests": self.listener.http_requests,
+            "http_errors": self.listener.http_errors,
+            "http_server_errors": self.listener.http_server_errors,
+            "http_write_timeouts": self.listener.write_timeouts,
+            "status_batches": self.status.batches_sent,
+            "jobs_pending": len(self.pending),
+            "rss_bytes": self.health.sample.rss_bytes,
+        }
+
+    def _figures(self) -> dict[str, Any]:
+        return {
+            "status": {"batches": self.status.batches_sent, "printers": self.status.batcher.printers()},
+            "jobs": {
+                "pending_requests": len(self.pending),
+                "awaiting_ack": self.jobs.core.awaiting_ack(),
+                "in_flight": self.jobs.core.inflight_count(),
+                "dispatched": self.jobs.dispatched,
+                "redelivered": self.jobs.redelivered,
+                "completed": self.jobs.completed,
+                "stale_refused": self.jobs.stale_refused,
+            },
+            "cluster": {
+                "backend": self.backend.kind,
+                "leader": self.node.is_leader,
+                "agents_replaced_elsewhere": self.agents.replaced_remote,
+            },
+        }
+
+    async def _shed_agents(self, share: float, per_second: int) -> int:
+        """Close a share of this instance's agents with 4012 (reconnect now), `per_second` at a
+        time; the load balancer sends them to the least loaded instances."""
+        links = [link for link in self.hub.agents.values() if not link.closing]
+        chosen = links[: int(len(links) * share)]
+        for i, link in enumerate(chosen):
+            if i and i % per_second == 0:
+                await trio.sleep(1.0)
+            link.close(CLOSE_RECONNECT_NOW, "rebalancing: reconnect now")
+        return len(chosen)
+
+    def _member_info(self) -> MemberInfo:
+        cfg = self.config
+        url = cfg.cluster.advertise_url or f"http://{cfg.server.host}:{self.port or cfg.server.port}"
+        return MemberInfo(
+            instance_id=cfg.instance_id,
+            incarnation=self.incarnation,
+            url=url,
+            version=VERSION,
+            started_at=self.started_at,
+            draining=self.draining,
+            health=self.monitoring.health_status()[0],
+            connections=self.hub.counts_by_role(),
+        )
 
     def _request_counts(self) -> tuple[int, int]:
         """(requests, server errors) for health: only the 5xx printd produced count. Refused
@@ -162,13 +319,16 @@ class App:
         """Serve until SIGTERM/SIGINT (or cancellation), then drain and stop."""
         raise_fd_limit()
         cfg = self.config
-        await self.raw_store.open()
+        await self.store.open()
         try:
-            applied = await self.raw_store.migrate()
+            applied = await self.store.migrate()
             if applied:
                 log.info("schema migrated", versions=applied)
+            await self.node.join()
             async with trio.open_nursery() as nursery:
                 self.gateway.bind(nursery)
+                await nursery.start(self.node.run)
+                nursery.start_soon(self.circuits.get_or_create("store").probe_while_open, self.store.probe)
                 await nursery.start(self.status.run)
                 await nursery.start(
                     partial(
@@ -190,6 +350,7 @@ class App:
                     instance=cfg.instance_id,
                     listen=f"{cfg.server.host}:{self.port}",
                     store=redact_url(cfg.database_url),
+                    cluster=self.backend.state().get("server", "local (no REDIS_URL: this instance alone)"),
                     mode=cfg.mode,
                 )
                 if self.secret_source not in ("config",):
@@ -208,8 +369,11 @@ class App:
                 await self.drain(accept_scope)
                 nursery.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True):
-                await self.raw_store.close()
+            # bounded whatever the database does: a store that holds traffic without answering
+            # must not keep printd from stopping (systemd would SIGKILL it at TimeoutStopSec)
+            with trio.CancelScope(shield=True), trio.move_on_after(cfg.server.shutdown_grace):
+                await self.node.deregister()
+                await self.store.close()
             log.info("printd stopped")
 
     async def _accept(
@@ -247,16 +411,44 @@ class App:
                 handler_nursery.start_soon(self.listener.handle, stream)
 
     async def drain(self, accept_scope: trio.CancelScope) -> None:
-        """Refuse new clients, flush the last batches, close every WebSocket with 1001, and give
-        them `shutdown_grace` seconds to go before the rest is cancelled."""
+        """Leave the cluster first (nobody routes here any more, the leadership moves on), refuse
+        new clients, flush the last batches, tell agents to reconnect now (4012: to another
+        instance, at once) and dashboards to go (1001), and give them `shutdown_grace` seconds
+        before the rest is cancelled. Jobs in flight stay in the store; the agents' new
+        connections get them."""
         self.draining = True
         self.gateway.accepting = False
-        await self.status.flush()  # the last window's updates go out before the close frames
-        self.hub.close_all()
+        with trio.move_on_after(self.config.server.shutdown_grace):
+            await self.node.leave()
+        with trio.move_on_after(1.0):
+            await self.status.flush()  # the last window's updates go out before the close frames
+        for link in list(self.hub.connections):
+            if link.role == "agent":
+                link.close(CLOSE_RECONNECT_NOW, "this instance is draining; reconnect now")
+            else:
+                link.close(CLOSE_GOING_AWAY, "server shutting down")
         with trio.move_on_after(self.config.server.shutdown_grace):
             await self.hub.wait_empty()
         accept_scope.cancel()
         log.info("drained", remaining=len(self.hub.connections))
+
+
+def make_backend(config: Config, incarnation: str, on_message: Any) -> ClusterBackend:
+    """Redis when REDIS_URL is set (a cluster), otherwise the in-memory backend (alone)."""
+    r = config.redis
+    if r.url is None:
+        return LocalCluster(incarnation, on_message)
+    target = parse_redis_url(r.url)
+    if r.sentinels:
+        target = with_sentinels(target, r.sentinels, r.master_name or "")
+    settings = LinkSettings(
+        connect_timeout=r.connect_timeout,
+        command_timeout=r.command_timeout,
+        backoff_initial=r.backoff_initial,
+        backoff_max=r.backoff_max,
+        client_name=f"printd:{config.instance_id}",
+    )
+    return RedisCluster(incarnation, on_message, target, prefix=r.prefix, settings=settings)
 
 
 def log_transition(name: str, old: CircuitState, new: CircuitState, now: float, reason: str) -> None:

@@ -139,6 +139,7 @@ def run(
     )
     from printd.app import App
     from printd.store import StoreError
+    from printd.store.base import InstanceConflict
 
     gateway: list[App] = []
 
@@ -153,6 +154,8 @@ def run(
         for leaf in _leaves(exc):
             if isinstance(leaf, AuthError | ConfigError):
                 _exit(f"config error: {leaf}", EXIT_USAGE)
+            if isinstance(leaf, InstanceConflict):
+                _exit(f"refusing to start: {leaf}", EXIT_USAGE)
             if isinstance(leaf, StoreError):
                 _exit(f"cannot use the store {redact_url(cfg.database_url)}: {leaf}", EXIT_RUNTIME)
             if isinstance(leaf, OSError) and not listening:

@@ -10,7 +10,7 @@ import hmac
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +21,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from printd.auth import AuthError, bearer_token
-from printd.config import HealthConfig
+from printd.auth import AuthError, TokenVerifier, bearer_token
+from printd.breakers.core import CircuitState
+from printd.breakers.shell import CircuitRegistry
+from printd.cluster.node import ClusterNode
+from printd.config import Config, HealthConfig
 from printd.http.router import HttpError, HttpRequest, HttpResponse, Router, json_response
 from printd.inputs import dispatch_circuit_name
 
@@ -203,17 +206,38 @@ def metrics_text(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-class MonitoringApi:
-    """`/monitoring/*`: health for the load balancer (open), figures and metrics for operators,
-    circuits for inspection and (with an admin token) reset / force-open / disable.
+@dataclass(frozen=True, slots=True)
+class MonitoredInstance:
+    """What the monitoring endpoints read and act on, and nothing else of the app."""
 
-    Everything but health names tenants (circuit names, per-circuit series), so it needs the
-    `metrics_token` or an all-companies admin token; a company's admin sees its own circuits.
+    config: Config
+    verifier: TokenVerifier
+    health: HealthMonitor
+    circuits: CircuitRegistry
+    metrics: CollectorRegistry
+    node: ClusterNode
+    started_at: float
+    counters: Callable[[], dict[str, Any]]  # plain counters, also exported to Prometheus
+    figures: Callable[[], dict[str, Any]]  # the instance's own figures (jobs, status)
+    draining: Callable[[], bool]
+    shed_agents: Callable[[float, int], Awaitable[int]]  # (share, per second) -> agents asked to move
+
+
+HEALTH_CODES = {"ok": 200, "degraded": 200, "unhealthy": 503, "draining": 503}
+
+
+class MonitoringApi:
+    """`/monitoring/*`: health for the load balancer (open), figures, metrics and the cluster view
+    for operators, circuits for inspection and (with an admin token) reset / force-open /
+    disable, and the rebalance action.
+
+    Everything but health names tenants or the cluster's insides, so it needs the `metrics_token`
+    or an all-companies admin token; a company's admin sees its own circuits.
     """
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        token = app.config.auth.metrics_token
+    def __init__(self, instance: MonitoredInstance) -> None:
+        self.parts = instance
+        token = instance.config.auth.metrics_token
         self._metrics_token = token.encode() if token else None
 
     def _operator(self, req: HttpRequest) -> str | None:
@@ -222,7 +246,7 @@ class MonitoringApi:
             token = bearer_token(req.headers.get("authorization"), None)
             if self._metrics_token is not None and hmac.compare_digest(token.encode(), self._metrics_token):
                 return None
-            claims = self.app.verifier.verify(token, roles=("admin",))
+            claims = self.parts.verifier.verify(token, roles=("admin",))
         except AuthError as exc:
             raise HttpError(exc.status, f"{exc.message} ({_MONITORING_AUTH})") from None
         return None if claims.company == "*" else claims.company
@@ -236,63 +260,72 @@ class MonitoringApi:
         router.add("GET", "/monitoring/instance", self.instance)
         router.add("GET", "/monitoring/metrics", self.metrics)
         router.add("GET", "/monitoring/circuits", self.circuits)
+        router.add("GET", "/monitoring/cluster", self.cluster)
+        router.add("POST", "/monitoring/rebalance", self.rebalance)
         for action in ("reset", "force-open", "disable"):
             router.add("POST", f"/monitoring/circuits/{{name}}/{action}", self._circuit_action(action))
 
-    def counters(self) -> dict[str, Any]:
-        app = self.app
-        s = app.stats
-        return {
-            "connections": app.hub.counts_by_role(),
-            "messages_in": s.messages_in,
-            "messages_out": s.messages_out,
-            "bytes_in_raw": s.bytes_in_raw,
-            "bytes_in_wire": s.bytes_in_wire,
-            "bytes_out_raw": s.bytes_out_raw,
-            "bytes_out_wire": s.bytes_out_wire,
-            "frame_errors": s.frame_errors,
-            "slow_consumers": s.slow_consumers,
-            "handshakes": s.handshakes,
-            "rejected_upgrades": s.rejected_upgrades,
-            "http_requests": app.listener.http_requests,
-            "http_errors": app.listener.http_errors,
-            "http_server_errors": app.listener.http_server_errors,
-            "http_write_timeouts": app.listener.write_timeouts,
-            "status_batches": app.status.batches_sent,
-            "jobs_pending": len(app.pending),
-            "rss_bytes": app.health.sample.rss_bytes,
-        }
+    def health_status(self) -> tuple[str, list[str]]:
+        """ok, degraded (a dependency is down: the instance still serves what it can, so the
+        load balancer keeps it: 200), unhealthy (its own resources: 503) or draining (503),
+        with the reasons."""
+        inst = self.parts
+        if inst.draining():
+            return "draining", ["draining: leaving the cluster, agents are moving to other instances"]
+        failed = [
+            f"{name} {c.value:g} >= {c.threshold:g}"
+            for name, c in inst.health.checks().items()
+            if c.status != "ok"
+        ]
+        if failed:
+            return "unhealthy", failed
+        reasons = []
+        store = inst.circuits.get("store")
+        if store is not None and store.state in (CircuitState.OPEN, CircuitState.FORCED_OPEN):
+            reasons.append(
+                "database unavailable (store circuit open): new jobs are refused, agents stay served"
+            )
+        backend = inst.node.backend.state()
+        if not backend["available"]:
+            reasons.append(
+                f"cluster backend unavailable ({backend.get('error') or 'connecting'}): serving the agents"
+                " and dashboards held here; jobs for agents elsewhere wait in the store"
+            )
+        if inst.node.store_takeover:
+            reasons.append("another process uses this instance id")
+        return ("degraded" if reasons else "ok"), reasons
 
     async def health(self, req: HttpRequest) -> HttpResponse:
-        app = self.app
-        checks = app.health.checks()
-        failed = [name for name, c in checks.items() if c.status != "ok"]
+        inst = self.parts
+        status, reasons = self.health_status()
+        checks = inst.health.checks()
         open_circuits = [
             c["name"]
-            for c in app.circuits.snapshot(trio.current_time())["circuits"]
+            for c in inst.circuits.snapshot(trio.current_time())["circuits"]
             if c["state"] in ("open", "forced_open")
         ]
-        status = "draining" if app.draining else ("degraded" if failed else "ok")
         body = {
             "status": status,
-            "instance": app.config.instance_id,
-            "uptime": round(time.time() - app.started_at, 3),
+            "reasons": reasons,
+            "instance": inst.config.instance_id,
+            "uptime": round(time.time() - inst.started_at, 3),
             "timestamp": time.time(),
-            "sampled_at": app.health.sample.at,
+            "sampled_at": inst.health.sample.at,
             "checks": {
                 name: {"status": c.status, "value": c.value, "threshold": c.threshold}
                 for name, c in checks.items()
             },
             "circuits_open": open_circuits,
-            "connections": len(app.hub.connections),
+            "cluster": {"available": inst.node.backend.state()["available"], "leader": inst.node.is_leader},
+            "connections": sum(inst.counters()["connections"].values()),
         }
-        return json_response(200 if status == "ok" else 503, body)
+        return json_response(HEALTH_CODES[status], body)
 
     async def instance(self, req: HttpRequest) -> HttpResponse:
         self._all_companies(req)
-        app = self.app
-        sample = app.health.sample  # read, never refresh: health's rate window stays check_interval
-        c = self.counters()
+        inst = self.parts
+        sample = inst.health.sample  # read, never refresh: health's rate window stays check_interval
+        c = inst.counters()
 
         def saving(raw: int, wire: int) -> float | None:
             return round(100.0 * (1 - wire / raw), 1) if raw else None
@@ -300,10 +333,10 @@ class MonitoringApi:
         return json_response(
             200,
             {
-                "instance": app.config.instance_id,
-                "mode": app.config.mode,
-                "uptime": round(time.time() - app.started_at, 3),
-                "draining": app.draining,
+                "instance": inst.config.instance_id,
+                "mode": inst.config.mode,
+                "uptime": round(time.time() - inst.started_at, 3),
+                "draining": inst.draining(),
                 "connections": c["connections"],
                 "messages": {"in": c["messages_in"], "out": c["messages_out"]},
                 "bytes": {
@@ -318,15 +351,8 @@ class MonitoringApi:
                         "saving_pct": saving(c["bytes_out_raw"], c["bytes_out_wire"]),
                     },
                 },
-                "status": {"batches": c["status_batches"], "printers": app.status.batcher.printers()},
-                "jobs": {
-                    "pending_requests": c["jobs_pending"],
-                    "awaiting_ack": len(app.jobs.timers),
-                    "dispatched": app.jobs.dispatched,
-                    "redelivered": app.jobs.redelivered,
-                    "completed": app.jobs.completed,
-                },
-                "memory": {"rss_bytes": app.health.live_rss(), "system_percent": sample.memory_percent},
+                **inst.figures(),
+                "memory": {"rss_bytes": inst.health.live_rss(), "system_percent": sample.memory_percent},
                 "cpu_percent": sample.cpu_percent,
                 "rates": {
                     "requests_per_s": round(sample.request_rate, 3),
@@ -342,13 +368,39 @@ class MonitoringApi:
             },
         )
 
+    async def cluster(self, req: HttpRequest) -> HttpResponse:
+        self._all_companies(req)
+        return json_response(200, self.parts.node.snapshot())
+
+    async def rebalance(self, req: HttpRequest) -> HttpResponse:
+        """Ask a share of this instance's agents to reconnect now (4012), a few per second, so
+        that after an instance rejoined the load evens out without a reconnect storm."""
+        self._all_companies(req)
+        try:
+            share = float(req.query.get("share", "0.2"))
+            rate = int(req.query.get("per_second", "50"))
+        except ValueError:
+            raise HttpError(400, "'share' must be a number in (0, 1], 'per_second' an integer") from None
+        if not 0 < share <= 1 or not 1 <= rate <= 10_000:
+            raise HttpError(400, "'share' must be in (0, 1] and 'per_second' in 1-10000")
+        moved = await self.parts.shed_agents(share, rate)
+        log.warning("rebalance", share=share, per_second=rate, agents=moved, sub=self._who(req))
+        return json_response(200, {"instance": self.parts.config.instance_id, "agents_moved": moved})
+
+    def _who(self, req: HttpRequest) -> str:
+        try:
+            token = bearer_token(req.headers.get("authorization"), None)
+            return self.parts.verifier.verify(token, roles=("admin",)).sub
+        except AuthError:
+            return "metrics-token"
+
     async def metrics(self, req: HttpRequest) -> HttpResponse:
         self._all_companies(req)
-        return HttpResponse(200, metrics_text(self.app.metrics), "text/plain; version=0.0.4; charset=utf-8")
+        return HttpResponse(200, metrics_text(self.parts.metrics), "text/plain; version=0.0.4; charset=utf-8")
 
     async def circuits(self, req: HttpRequest) -> HttpResponse:
         company = self._operator(req)
-        snapshot = self.app.circuits.snapshot(trio.current_time())
+        snapshot = self.parts.circuits.snapshot(trio.current_time())
         if company is not None:  # a company's admin: its own branches' circuits only
             prefix = dispatch_circuit_name(company, "")
             own = [c for c in snapshot["circuits"] if c["name"].startswith(prefix)]
@@ -363,7 +415,7 @@ class MonitoringApi:
     def _circuit_action(self, action: str) -> Any:
         async def handler(req: HttpRequest) -> HttpResponse:
             try:
-                claims = self.app.verifier.verify(
+                claims = self.parts.verifier.verify(
                     bearer_token(req.headers.get("authorization"), None), roles=("admin",)
                 )
             except AuthError as exc:
@@ -376,7 +428,7 @@ class MonitoringApi:
                     f"circuit {name!r} is shared by every company: it needs an all-companies admin token "
                     "(printctl token --role admin --company '*')",
                 )
-            registry = self.app.circuits
+            registry = self.parts.circuits
             try:
                 {"reset": registry.reset, "force-open": registry.force_open, "disable": registry.disable}[
                     action

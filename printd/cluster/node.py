@@ -85,12 +85,14 @@ class ClusterNode:
         if topic.startswith(INSTANCE_TOPIC):
             try:
                 message = orjson.loads(payload)
-                handler = self._handlers.get(message.get("t")) if isinstance(message, dict) else None
             except orjson.JSONDecodeError:
-                handler = None
+                message = None
+            kind = message.get("t") if isinstance(message, dict) else None
+            handler = self._handlers.get(kind) if isinstance(kind, str) else None
             if handler is None:
                 log.warning("unknown routed message ignored", topic=topic)
                 return
+            assert isinstance(message, dict)
             handler(message)
             return
         for prefix, topic_handler in self._topics:

@@ -109,6 +109,8 @@ class WsConnection:
         "role",
         "company",
         "agent_id",
+        "branch",
+        "session",
         "last_seen",
         "connected_at",
         "last_ping",
@@ -143,6 +145,8 @@ class WsConnection:
         self.role = claims.role
         self.company = claims.company
         self.agent_id = claims.sub
+        self.branch = claims.branch or ""
+        self.session = 0  # the store's session number, once the connect is recorded (agents)
         now = trio.current_time()
         self.last_seen = now
         self.connected_at = time.time()  # wall clock, comparable with the store's timestamps

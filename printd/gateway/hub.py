@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import trio
 
@@ -22,11 +23,13 @@ from printd.gateway.protocol import (
 
 
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, *, on_company: Callable[[str, bool], None] | None = None) -> None:
         self.connections: set[WsConnection] = set()
         self.agents: dict[tuple[str, str], WsConnection] = {}
         self.dashboards: dict[str, set[WsConnection]] = defaultdict(set)
         self._emptied = trio.Event()
+        # told when a company gets its first dashboard here (True) or loses its last (False)
+        self._on_company = on_company
 
     def add(self, conn: WsConnection) -> None:
         self.connections.add(conn)
@@ -37,7 +40,10 @@ class Hub:
             if old is not None:
                 old.close(CLOSE_REPLACED, "replaced by a newer connection of the same agent")
         else:
-            self.dashboards[conn.company].add(conn)
+            dashboards = self.dashboards[conn.company]
+            dashboards.add(conn)
+            if len(dashboards) == 1 and self._on_company is not None:
+                self._on_company(conn.company, True)
 
     def remove(self, conn: WsConnection) -> bool:
         """Forget a connection; True if it was the agent's current one."""
@@ -56,6 +62,8 @@ class Hub:
             dash.discard(conn)
             if not dash:
                 del self.dashboards[conn.company]
+                if self._on_company is not None:
+                    self._on_company(conn.company, False)
         return False
 
     def agent(self, company: str, agent_id: str) -> WsConnection | None:

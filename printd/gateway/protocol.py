@@ -28,6 +28,7 @@ CLOSE_HEARTBEAT_TIMEOUT = 4000  # nothing heard from the peer within ping_timeou
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_SLOW_CONSUMER = 4008  # the send queue overflowed: the client reads too slowly
 CLOSE_REPLACED = 4009  # the same agent connected again; this older connection is closed
+CLOSE_RECONNECT_NOW = 4012  # this instance drains or sheds load: reconnect at once, to any instance
 
 # Error codes carried by {"event": "error", "data": {"code": ...}}.
 ERR_BAD_JSON = "bad_json"

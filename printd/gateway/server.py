@@ -22,6 +22,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from printd.agents import AgentLink
 from printd.auth import AuthError, Claims, TokenVerifier, bearer_token
 from printd.config import Config
 from printd.gateway import protocol as P
@@ -46,13 +47,11 @@ class PrinterEvents(Protocol):
 class JobEvents(Protocol):
     """What the job pipeline does with agents coming, going and reporting."""
 
-    async def agent_connected(self, conn: WsConnection) -> None: ...
+    async def agent_connected(self, conn: AgentLink) -> None: ...
 
-    async def agent_disconnected(self, conn: WsConnection) -> None: ...
+    async def agent_disconnected(self, conn: AgentLink) -> None: ...
 
-    async def job_report(
-        self, conn: WsConnection, event: str, report: P.JobReport
-    ) -> P.FrameError | None: ...
+    async def job_report(self, conn: AgentLink, event: str, report: P.JobReport) -> P.FrameError | None: ...
 
 
 @dataclass(slots=True)
