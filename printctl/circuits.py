@@ -17,6 +17,7 @@ from printctl.common import (
     console,
     emit_json,
     error_message,
+    exit_code_for,
     fail,
     get_json,
     path_segment,
@@ -108,7 +109,7 @@ def _action(action: str, name: str, url: str, token: str | None, json_out: bool,
             message += f"; {ADMIN_HINT}"
         elif resp.status_code == 404:
             message += " (list them with `printctl circuits list`)"
-        fail(message)
+        fail(message, exit_code_for(resp))
     body = resp.json()
     if json_out:
         emit_json(body)

@@ -218,7 +218,9 @@ def up(
         ),
     ] = None,
     state_dir: StateDirOpt = DEFAULT_STATE_DIR,
-    timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds to wait for every instance.")] = 30.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1.0, help="Seconds to wait for every instance.")
+    ] = 30.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Start N printd instances and nginx in front of them on loopback; return once all are healthy.

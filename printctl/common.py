@@ -131,11 +131,21 @@ def check_printd_answer(resp: httpx.Response, base: str) -> None:
 
 
 def get_json(url: str, path: str, *, token: str | None = None, timeout: float = 10.0) -> Any:
-    """GET a monitoring endpoint: an error status exits 1 with the server's message."""
+    """GET a monitoring endpoint: an error status exits with the server's message."""
     resp = request("GET", url, path, token=token, timeout=timeout)
     if resp.status_code != 200:
-        fail(error_message(resp))
+        fail(error_message(resp), exit_code_for(resp))
     return resp.json()
+
+
+#: printd refused the request itself or its credentials: fix the command or the token.
+USAGE_STATUSES = frozenset({400, 401, 403, 405, 413, 422, 431})
+
+
+def exit_code_for(resp: httpx.Response) -> int:
+    """2 when printd refused what was asked (bad input, bad or missing token), 1 when the check
+    failed (not found, conflict, rate limited, printd or a dependency unavailable)."""
+    return EXIT_USAGE if resp.status_code in USAGE_STATUSES else EXIT_CHECK_FAILED
 
 
 def error_message(resp: httpx.Response) -> str:

@@ -26,6 +26,7 @@ from printctl.common import (
     emit_json,
     err_console,
     error_message,
+    exit_code_for,
     fail,
     path_segment,
     request,
@@ -98,7 +99,7 @@ def api(
     if resp.status_code in ok:
         body: dict[str, Any] = resp.json()
         return body
-    fail(describe_error(resp))
+    fail(describe_error(resp), exit_code_for(resp))
 
 
 def describe_error(resp: httpx.Response) -> str:

@@ -18,6 +18,7 @@ from printctl.common import (
     console,
     emit_json,
     err_console,
+    exit_code_for,
     fail,
     path_segment,
     request,
@@ -113,7 +114,13 @@ def test(
     except ValueError:
         answer = None
     if resp.status_code != 200 or not isinstance(answer, dict):
-        fail(f"test of {printer_id} failed: {describe_error(resp)}", status=resp.status_code, answer=answer)
+        code = exit_code_for(resp) if resp.status_code != 200 else EXIT_CHECK_FAILED
+        fail(
+            f"test of {printer_id} failed: {describe_error(resp)}",
+            code,
+            status=resp.status_code,
+            answer=answer,
+        )
     if json_out:
         emit_json(answer)
     else:

@@ -49,6 +49,8 @@ MAX_PASS = 20_000
 ARRIVAL_BATCH_DELAY = 0.005
 #: Seconds between retries of store work that failed (claims, releases, passes).
 STORE_RETRY_DELAY = 1.0
+#: Seconds a report sent right after connecting waits for the connection's session.
+CLAIM_WAIT = 2.0
 
 Announce = Callable[[str, bytes], Awaitable[None]]
 
@@ -91,6 +93,7 @@ class JobService:
         self._wakeup = trio.Event()
         self._arrivals: list[AgentLink] = []
         self._arrived = trio.Event()
+        self._recorded = trio.Event()  # set after each crowd of arrivals got its sessions
         self._unreleased: list[AgentFence] = []
         self._early: set[AgentKey] = set()
         self._nursery: trio.Nursery | None = None
@@ -239,6 +242,8 @@ class JobService:
                 self._early.discard(key)
                 if claimed.has_live_jobs or woken:
                     self._wake(key, Want.ALL)
+            self._recorded.set()
+            self._recorded = trio.Event()
             try:
                 await self.agents.register([x for x in arrivals if not x.closing])
             except ClusterUnavailable:
@@ -383,6 +388,9 @@ class JobService:
 
     async def job_report(self, link: AgentLink, event: str, report: P.JobReport) -> P.FrameError | None:
         key = (link.company, link.agent_id)
+        with trio.move_on_after(CLAIM_WAIT):  # a report right after connecting (a pending result)
+            while not link.session and not link.closing:
+                await self._recorded.wait()
         if not link.session:
             return P.FrameError(P.ERR_UNAVAILABLE, "store unavailable; the job will be redelivered")
         fence = _fence(link)

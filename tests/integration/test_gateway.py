@@ -336,7 +336,7 @@ async def test_slow_dashboard_is_disconnected_and_others_unaffected(printd_facto
 # ------------------------------------------------------------------ shutdown
 
 
-async def test_sigterm_flushes_batches_closes_1001_and_exits_0(printd: Printd) -> None:
+async def test_sigterm_flushes_batches_tells_agents_to_reconnect_now_and_exits_0(printd: Printd) -> None:
     dash = await connect(printd, "dashboard")
     await dash.recv_event("printer.status.snapshot")
     agent = await connect(printd)
@@ -354,7 +354,7 @@ async def test_sigterm_flushes_batches_closes_1001_and_exits_0(printd: Printd) -
     with pytest.raises(ConnectionClosed) as exc2:
         while True:
             await agent.recv(10)
-    assert exc2.value.code == 1001
+    assert exc2.value.code == 4012  # reconnect now, to another instance
     start = time.monotonic()
     assert await trio.to_thread.run_sync(printd.proc.wait, 15) == 0
     assert time.monotonic() - start < 10

@@ -174,8 +174,8 @@ def test_up_from_a_cluster_file_runs_its_settings(state: Path, tmp_path: Path) -
     up = printctl("cluster", "up", "--config", cluster_file, "--state-dir", state, "--json")
     assert up.returncode == 0, up.stdout + up.stderr
     assert json.loads(up.stdout)["front_url"] == f"http://127.0.0.1:{front}"
-    instance = httpx.get(f"http://127.0.0.1:{front}/monitoring/instance").json()
-    assert instance["instance"] == "solo" and instance["mode"] == "production"
+    instance = httpx.get(f"http://127.0.0.1:{front}/monitoring/health").json()
+    assert instance["instance"] == "solo" and instance["status"] == "ok"
     assert (state / "solo" / "printd.db").exists()  # one instance: its own SQLite
     assert printctl("cluster", "down", "--state-dir", state).returncode == 0
 

@@ -38,32 +38,35 @@ def test_health_instance_and_circuits_list(server: Printd) -> None:
     assert body["status"] == "ok"
     assert set(body["checks"]) == {"memory", "cpu", "errors"}
 
-    res = run("instance", "--url", server.url, "--json")
+    res = run("instance", "--url", server.url)
+    assert res.exit_code == 2 and "401" in res.stderr  # figures name tenants: a token is needed
+    ops = {"PRINTD_TOKEN": token("admin", "*", sub="ops-1")}
+    res = run("instance", "--url", server.url, "--json", env=ops)
     assert res.exit_code == 0, res.output
     assert {"connections", "messages", "bytes", "jobs", "memory", "rates"} <= set(json.loads(res.stdout))
-    res = run("instance", "--url", server.url)
+    res = run("instance", "--url", server.url, env=ops)
     assert res.exit_code == 0, res.output
     assert "connections by role" in res.stdout and "saving" in res.stdout
 
-    res = run("circuits", "list", "--url", server.url, "--json")
+    res = run("circuits", "list", "--url", server.url, "--json", env=ops)
     assert res.exit_code == 0, res.output
     assert "store" in {c["name"] for c in json.loads(res.stdout)["circuits"]}
-    res = run("circuits", "list", "--url", server.url)
+    res = run("circuits", "list", "--url", server.url, env=ops)
     assert res.exit_code == 0 and "store" in res.stdout
 
 
 def test_circuit_actions_need_an_admin_token_and_take_effect(server: Printd) -> None:
     res = run("circuits", "reset", "store", "--url", server.url)
-    assert res.exit_code == 1
+    assert res.exit_code == 2  # credentials refused: fix the token, not a failed check
     assert "401" in res.stderr and "--role admin" in " ".join(res.stderr.split())
     res = run("circuits", "reset", "store", "--url", server.url, "--token", token("service"))
-    assert res.exit_code == 1 and "403" in res.stderr
+    assert res.exit_code == 2 and "403" in res.stderr
 
     admin = token("admin", "*")
     res = run("circuits", "force-open", "store", "--url", server.url, "--token", admin, "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["circuit"]["state"] == "forced_open"
-    res = run("circuits", "list", "--url", server.url, "--json")
+    res = run("circuits", "list", "--url", server.url, "--json", "--token", admin)
     assert {c["name"]: c["state"] for c in json.loads(res.stdout)["circuits"]}["store"] == "forced_open"
     res = run("circuits", "reset", "store", "--url", server.url, env={"PRINTD_TOKEN": admin})
     assert res.exit_code == 0, res.output
@@ -87,17 +90,18 @@ def test_jobs_and_printers_without_agents(server: Printd) -> None:
     res = run("printers", "test", "p1", env=service)
     assert res.exit_code == 1 and "unknown printer" in res.stderr
     res = run("jobs", "list", env={"PRINTD_URL": server.url})
-    assert res.exit_code == 1 and "401" in res.stderr
+    assert res.exit_code == 2 and "401" in res.stderr
 
 
 def test_ids_are_percent_encoded_into_the_path(server: Printd) -> None:
-    """printd decodes path parameters, so printctl sends any id, encoded, and printd answers for it."""
+    """printctl sends any id, percent-encoded, so printd itself judges it: ids outside the id
+    character set are refused with the rule (a usage error), not misrouted to another path."""
     service = {"PRINTD_URL": server.url, "PRINTD_TOKEN": token("service")}
     res = run("jobs", "get", "a/b c?d#e%f", env=service)
-    assert res.exit_code == 1, res.output
-    assert "no job 'a/b c?d#e%f'" in res.stderr
+    assert res.exit_code == 2, res.output
+    assert "'job_id' must be 1-128 characters" in res.stderr
     res = run("printers", "test", "bar 2/3", env=service)
-    assert res.exit_code == 1 and "unknown printer 'bar 2/3'" in res.stderr
+    assert res.exit_code == 2 and "'printer_id' must be 1-128 characters" in res.stderr
     res = run("jobs", "get", "..", env=service)  # not a dot-segment that would climb the path
     assert res.exit_code == 1 and "no job '..'" in res.stderr
     res = run("circuits", "reset", "no/such", "--url", server.url, "--token", token("admin", "*"))
@@ -106,16 +110,16 @@ def test_ids_are_percent_encoded_into_the_path(server: Printd) -> None:
 
 def test_http_errors_under_json_are_one_error_object(server: Printd) -> None:
     service = {"PRINTD_URL": server.url, "PRINTD_TOKEN": token("service")}
-    for args in (
-        ["jobs", "get", "nope"],
-        ["jobs", "submit", "--printer", "p1", "--text", "hi"],
-        ["printers", "test", "p1"],
-        ["circuits", "reset", "store"],  # a service token: 403
+    for args, code in (
+        (["jobs", "get", "nope"], 1),
+        (["jobs", "submit", "--printer", "p1", "--text", "hi"], 1),
+        (["printers", "test", "p1"], 1),
+        (["circuits", "reset", "store"], 2),  # a service token: 403, fix the token
     ):
         res = run(*args, "--json", env=service)
-        assert res.exit_code == 1, (args, res.output)
+        assert res.exit_code == code, (args, res.output)
         body = json.loads(res.stdout)
-        assert body["ok"] is False and body["exit_code"] == 1, body
+        assert body["ok"] is False and body["exit_code"] == code, body
         assert ("404" in body["error"]) or ("403" in body["error"]), body
 
 
