@@ -192,3 +192,35 @@ def backend(request: pytest.FixtureRequest) -> dict[str, str]:
         return {}
     url: str = request.getfixturevalue("pg_database_url")
     return {"DATABASE_URL": url}
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Any]:
+    """A private redis-server (no persistence) that a test may stop, pause or restart."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cluster_factory(printd_factory: Any, redis_server: Any, pg_database_url: str) -> Any:
+    """Start printd instances forming one cluster: one PostgreSQL schema, one private Redis."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+
+    def make(
+        n: int, *, config: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    ) -> list[Printd]:
+        common = {
+            "DATABASE_URL": pg_database_url,
+            "REDIS_URL": redis_server.url,
+            "REDIS_PREFIX": prefix,
+            **(env or {}),
+        }
+        return [
+            printd_factory(f"i{k}", config=config, env={**common, "INSTANCE_ID": f"i{k}"})
+            for k in range(1, n + 1)
+        ]
+
+    return make

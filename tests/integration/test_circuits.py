@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from tests.conftest import Printd, token
-from tests.integration.test_jobs import SVC, ScriptedAgent, submit, wait_state
+from tests.scripted import SVC, ScriptedAgent, submit, wait_state
 from tests.toxiproxy import TcpProxy
 
 ADMIN = token("admin", "*", sub="ops-1")

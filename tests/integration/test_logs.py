@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from tests.conftest import Printd
-from tests.integration.test_jobs import SVC
+from tests.scripted import SVC
 from tests.toxiproxy import TcpProxy
 
 

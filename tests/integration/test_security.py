@@ -21,7 +21,7 @@ import pytest
 
 from printctl.wsclient import HandshakeRejected, WsClient, ws_url
 from tests.conftest import SECRET, Printd, token
-from tests.integration.test_jobs import ScriptedAgent, submit
+from tests.scripted import ScriptedAgent, submit
 
 SVC = token("service", "acme", sub="pos-1")
 ADMIN_ALL = token("admin", "*", sub="ops-1")

@@ -1,0 +1,163 @@
+"""Several printd instances as one gateway: three real processes, one PostgreSQL, one private Redis.
+
+Jobs accepted on any instance print through the instance holding the agent; printer tests answer
+across instances; an agent has one live connection cluster-wide; rate limits are shared;
+membership follows instances coming and going.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from printctl.wsclient import ConnectionClosed, WsClient, ws_url
+from tests.conftest import Printd, token
+from tests.scripted import SVC, ScriptedAgent, submit, wait_state
+
+pytestmark = pytest.mark.postgres
+OPS = token("admin", "*", sub="ops-1")
+
+
+def members(p: Printd) -> dict[str, Any]:
+    view: dict[str, Any] = p.get("/monitoring/cluster", OPS).json()
+    return view
+
+
+async def wait_members(p: Printd, expected: set[str], timeout: float = 15) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        view = members(p)
+        if {m["id"] for m in view["members"]} == expected and view["leader"] in expected:
+            return view
+        if time.monotonic() > deadline:
+            raise AssertionError(f"members {view['members']} leader {view['leader']}, expected {expected}")
+        await trio.sleep(0.1)
+
+
+async def test_a_job_accepted_on_any_instance_prints_through_the_instance_holding_the_agent(
+    cluster_factory: Any,
+) -> None:
+    nodes = cluster_factory(3)
+    await wait_members(nodes[0], {"i1", "i2", "i3"})
+    agents = [await ScriptedAgent.connect(p, (f"p{k}",), sub=f"agent-{k}") for k, p in enumerate(nodes, 1)]
+    for k, agent in enumerate(agents, 1):
+        for accepting in nodes:
+            if accepting is nodes[k - 1]:
+                continue  # the interesting case: accepted on another instance than the agent's
+            res = submit(accepting, printer=f"p{k}")
+            assert res.status_code == 202, res.text
+            job = await agent.dispatch(timeout=10)
+            assert job["job_id"] == res.json()["job_id"]
+            await agent.ack(job)
+            await agent.result(job)
+            done = await wait_state(accepting, job["job_id"], "printed")
+            assert done["attempts"] == 1
+    for agent in agents:
+        await agent.close()
+
+
+async def test_a_printer_test_answers_whichever_instance_the_caller_and_the_agent_are_on(
+    cluster_factory: Any,
+) -> None:
+    p1, p2, _ = cluster_factory(3)
+    await wait_members(p1, {"i1", "i2", "i3"})
+    agent = await ScriptedAgent.connect(p2, ("k1",))
+
+    async def answer() -> None:
+        job = await agent.dispatch()
+        await agent.ack(job)
+        await agent.result(job, message="test page ok")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answer)
+        res = await trio.to_thread.run_sync(lambda: p1.post("/api/v1/printers/k1/test", SVC, {}))
+    assert res.status_code == 200, res.text
+    assert res.json()["success"] is True and res.json()["message"] == "test page ok"
+    await agent.close()
+    # and an agent that leaves another instance during a test answers the caller at once
+    agent = await ScriptedAgent.connect(p2, ("k1",))
+
+    async def leave() -> None:
+        await agent.dispatch()
+        await agent.close()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(leave)
+        started = time.monotonic()
+        res = await trio.to_thread.run_sync(lambda: p1.post("/api/v1/printers/k1/test", SVC, {}))
+    assert res.status_code == 503 and "disconnected" in res.json()["message"], res.text
+    assert time.monotonic() - started < 10  # not the 15 s test timeout
+
+
+async def test_an_agent_has_one_live_connection_across_instances(cluster_factory: Any) -> None:
+    p1, p2 = cluster_factory(2)
+    await wait_members(p1, {"i1", "i2"})
+    first = await WsClient.connect(ws_url(p1.url), token=token("agent", sub="agent-1"))
+    assert (await first.recv(5))["event"] == "hello"
+    second = await ScriptedAgent.connect(p2, ("p1",))  # the agent reconnected elsewhere
+    with pytest.raises(ConnectionClosed) as closed:
+        with trio.fail_after(10):
+            while True:
+                await first.recv(10)
+    assert closed.value.code == 4009
+    res = submit(p1)  # accepted on the instance that lost the agent: routed to the new connection
+    job = await second.dispatch()
+    assert job["job_id"] == res.json()["job_id"]
+    await second.close()
+
+
+async def test_printer_test_rate_limits_hold_across_the_cluster(cluster_factory: Any) -> None:
+    nodes = cluster_factory(3)
+    await wait_members(nodes[0], {"i1", "i2", "i3"})
+    agent = await ScriptedAgent.connect(nodes[0], ("p1",))  # registers the printer
+    await agent.close()
+    statuses = []
+    for i in range(7):  # 5 per printer per minute, whichever instance is asked
+        res = await trio.to_thread.run_sync(
+            lambda i=i: nodes[i % 3].post("/api/v1/printers/p1/test", SVC, {})
+        )
+        statuses.append(res.status_code)
+    assert statuses[:5] == [503] * 5  # allowed, and answered: the agent is offline
+    assert statuses[5:] == [429, 429]
+
+
+async def test_membership_follows_instances_joining_draining_and_dying(cluster_factory: Any) -> None:
+    p1, p2, p3 = cluster_factory(3)
+    view = await wait_members(p1, {"i1", "i2", "i3"})
+    assert not view["stale"] and view["backend"]["kind"] == "redis"
+    assert sum(m["leader"] for m in view["members"]) == 1
+    row = next(m for m in view["members"] if m["id"] == "i2")
+    assert row["url"] == p2.url and row["health"] == "ok" and row["heartbeat_age_s"] < 6
+    started = time.monotonic()
+    assert p3.stop(signal.SIGTERM) == 0
+    await wait_members(p1, {"i1", "i2"}, timeout=3)  # a drained instance leaves at once
+    assert time.monotonic() - started < 5
+    leader = members(p1)["leader"]
+    dying = p1 if leader == "i1" else p2
+    survivor = p2 if dying is p1 else p1
+    assert dying.proc is not None
+    dying.kill()  # SIGKILL: no goodbye; the TTL (6 s) drops it and the survivor takes the lead
+    started = time.monotonic()
+    view = await wait_members(survivor, {survivor_id(survivor)}, timeout=12)
+    assert view["leader"] == survivor_id(survivor)
+    assert time.monotonic() - started < 9
+
+
+def survivor_id(p: Printd) -> str:
+    return str(httpx.get(p.url + "/monitoring/health").json()["instance"])
+
+
+async def test_a_live_instance_id_refuses_a_second_start(cluster_factory: Any, printd_factory: Any) -> None:
+    (p1,) = cluster_factory(1)
+    await wait_members(p1, {"i1"})
+    assert p1.env["INSTANCE_ID"] == "i1"
+    twin = printd_factory("twin", env=dict(p1.env), start=False)
+    with pytest.raises(RuntimeError) as failed:
+        twin.start(timeout=20)
+    assert "refusing to start" in str(failed.value) and "in use by a live instance" in str(failed.value)
+    assert twin.proc is not None and twin.proc.returncode == 2

@@ -1,0 +1,94 @@
+"""Scripted clients for integration tests: an agent whose every ack and result the test decides,
+and the back office's submit."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import trio
+
+from printctl.wsclient import WsClient, ws_url
+from tests.conftest import Printd, token
+
+SVC = token("service", "acme", sub="pos-1")
+
+
+class ScriptedAgent:
+    """An agent whose every ack and result the test decides."""
+
+    def __init__(self, client: WsClient, backlog: list[dict[str, Any]]) -> None:
+        self.client = client
+        self.backlog = backlog
+
+    @staticmethod
+    async def _next(
+        client: WsClient, backlog: list[dict[str, Any]], event: str, timeout: float
+    ) -> dict[str, Any]:
+        """The next message with this event; others are kept, in order, for later calls."""
+        for i, msg in enumerate(backlog):
+            if msg["event"] == event:
+                return backlog.pop(i)
+        with trio.fail_after(timeout):
+            while True:
+                msg = await client.recv()
+                if msg["event"] == event:
+                    return msg  # type: ignore[no-any-return]
+                backlog.append(msg)
+
+    @classmethod
+    async def connect(
+        cls, p: Printd, printers: tuple[str, ...] = ("p1",), *, company: str = "acme", sub: str = "agent-1"
+    ) -> ScriptedAgent:
+        client = await WsClient.connect(ws_url(p.url), token=token("agent", company, sub=sub))
+        assert (await client.recv(5))["event"] == "hello"
+        backlog: list[dict[str, Any]] = []
+        for i, printer in enumerate(printers):
+            await client.send("printer.status", {"printer_id": printer, "status": "online"}, id=i)
+            assert (await cls._next(client, backlog, "ack", 5))["id"] == i  # registered in the store
+        return cls(client, backlog)
+
+    async def dispatch(self, timeout: float = 10) -> dict[str, Any]:
+        msg = await self._next(self.client, self.backlog, "job.dispatch", timeout)
+        data: dict[str, Any] = msg["data"]
+        return data
+
+    async def ack(self, job: dict[str, Any]) -> None:
+        await self.client.send("job.ack", {"job_id": job["job_id"], "correlation_id": job["correlation_id"]})
+
+    async def result(self, job: dict[str, Any], success: bool = True, message: str = "printed") -> None:
+        data = {
+            "job_id": job["job_id"],
+            "correlation_id": job["correlation_id"],
+            "success": success,
+            "message": message,
+        }
+        await self.client.send("job.result", data, id=99)
+        await self._next(self.client, self.backlog, "ack", 5)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def submit(
+    p: Printd,
+    printer: str = "p1",
+    payload: dict[str, Any] | None = None,
+    key: str | None = None,
+    tok: str = SVC,
+) -> Any:
+    headers = {"Idempotency-Key": key} if key else None
+    return p.post(
+        "/api/v1/jobs", tok, {"printer_id": printer, "payload": payload or {"text": "2x burger"}}, headers
+    )
+
+
+async def wait_state(p: Printd, job_id: str, state: str, timeout: float = 10) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = p.get(f"/api/v1/jobs/{job_id}", SVC).json()
+        if job.get("state") == state:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} is {job.get('state')}, expected {state}")
+        await trio.sleep(0.05)
