@@ -5,7 +5,7 @@ _printctl_children() {
     case "$1" in
         "printctl") echo "agent circuits cluster config deploy health instance jobs printers token verify-prints" ;;
         "printctl circuits") echo "disable force-open list reset" ;;
-        "printctl cluster") echo "down ls up" ;;
+        "printctl cluster") echo "down ls status up" ;;
         "printctl config") echo "check init" ;;
         "printctl jobs") echo "get list submit" ;;
         "printctl printers") echo "list test wait" ;;
@@ -24,12 +24,13 @@ _printctl_options() {
         "printctl cluster") echo "-h --help" ;;
         "printctl cluster down") echo "--state-dir --timeout --json -h --help" ;;
         "printctl cluster ls") echo "--state-dir --timeout --json -h --help" ;;
+        "printctl cluster status") echo "--url --token --redis --prefix --watch -w --timeout --json -h --help" ;;
         "printctl cluster up") echo "--config -c --instances -n --port --state-dir --timeout --json -h --help" ;;
         "printctl config") echo "-h --help" ;;
         "printctl config check") echo "--production --json -h --help" ;;
         "printctl config init") echo "--force --json -h --help" ;;
         "printctl deploy") echo "--config -c --output -o --dry-run --apply --restart --health-timeout --json -h --help" ;;
-        "printctl health") echo "--url --json --watch --wait --timeout --cluster --config --state-dir -h --help" ;;
+        "printctl health") echo "--url --json --watch --wait --timeout --cluster --config --state-dir --token -h --help" ;;
         "printctl instance") echo "--url --token --json --timeout -h --help" ;;
         "printctl jobs") echo "-h --help" ;;
         "printctl jobs get") echo "--company --url --token --json --timeout -h --help" ;;
@@ -73,6 +74,13 @@ _printctl_value() {
         "printctl cluster down|--timeout") echo "any" ;;
         "printctl cluster ls|--state-dir") echo "file" ;;
         "printctl cluster ls|--timeout") echo "any" ;;
+        "printctl cluster status|--url") echo "any" ;;
+        "printctl cluster status|--token") echo "any" ;;
+        "printctl cluster status|--redis") echo "any" ;;
+        "printctl cluster status|--prefix") echo "any" ;;
+        "printctl cluster status|--watch") echo "any" ;;
+        "printctl cluster status|-w") echo "any" ;;
+        "printctl cluster status|--timeout") echo "any" ;;
         "printctl cluster up|--config") echo "file" ;;
         "printctl cluster up|-c") echo "file" ;;
         "printctl cluster up|--instances") echo "any" ;;
@@ -92,6 +100,7 @@ _printctl_value() {
         "printctl health|--timeout") echo "any" ;;
         "printctl health|--config") echo "file" ;;
         "printctl health|--state-dir") echo "file" ;;
+        "printctl health|--token") echo "any" ;;
         "printctl instance|--url") echo "any" ;;
         "printctl instance|--token") echo "any" ;;
         "printctl instance|--timeout") echo "any" ;;

@@ -9,7 +9,7 @@ function __printctl_children
         case 'circuits'
             printf '%s\n' disable force-open list reset
         case 'cluster'
-            printf '%s\n' down ls up
+            printf '%s\n' down ls status up
         case 'config'
             printf '%s\n' check init
         case 'jobs'
@@ -90,6 +90,7 @@ complete -c printctl -n '__printctl_at circuits reset' -l timeout -x -d 'Seconds
 complete -c printctl -n '__printctl_at circuits reset' -s h -l help -d 'Show the help and exit'
 complete -c printctl -n '__printctl_at cluster' -a down -d 'Stop every process of the local cluster (printd drains on SIGTERM; SIGKILL after'
 complete -c printctl -n '__printctl_at cluster' -a ls -d 'The local cluster\'s processes: pid, running or not, health, connections, log'
+complete -c printctl -n '__printctl_at cluster' -a status -d 'Members, leader and health of the cluster'
 complete -c printctl -n '__printctl_at cluster' -a up -d 'Start N printd instances and nginx in front of them on loopback; return once all'
 complete -c printctl -n '__printctl_at cluster' -s h -l help -d 'Show the help and exit'
 complete -c printctl -n '__printctl_at cluster down' -l state-dir -r -F -d 'Pidfiles, logs and data of the local cluster'
@@ -100,6 +101,14 @@ complete -c printctl -n '__printctl_at cluster ls' -l state-dir -r -F -d 'Pidfil
 complete -c printctl -n '__printctl_at cluster ls' -l timeout -x -d 'Seconds to wait for each health answer'
 complete -c printctl -n '__printctl_at cluster ls' -l json -d 'Machine-readable JSON on stdout'
 complete -c printctl -n '__printctl_at cluster ls' -s h -l help -d 'Show the help and exit'
+complete -c printctl -n '__printctl_at cluster status' -l url -x -d 'printd base URL (env PRINTD_URL)'
+complete -c printctl -n '__printctl_at cluster status' -l token -x -d 'Admin token, or printd\'s metrics token (env PRINTD_TOKEN or PRINTD_METRICS_TOKEN'
+complete -c printctl -n '__printctl_at cluster status' -l redis -x -d 'Read the cluster\'s Redis directly (works when no instance answers)'
+complete -c printctl -n '__printctl_at cluster status' -l prefix -x -d 'The cluster\'s Redis key prefix (with --redis)'
+complete -c printctl -n '__printctl_at cluster status' -l watch -s w -x -d 'Refresh every SECONDS until Ctrl-C'
+complete -c printctl -n '__printctl_at cluster status' -l timeout -x -d 'Seconds to wait for printd'
+complete -c printctl -n '__printctl_at cluster status' -l json -d 'Machine-readable JSON on stdout'
+complete -c printctl -n '__printctl_at cluster status' -s h -l help -d 'Show the help and exit'
 complete -c printctl -n '__printctl_at cluster up' -l config -s c -r -F -d 'Cluster description (instances, ports, Redis, database)'
 complete -c printctl -n '__printctl_at cluster up' -l instances -s n -x -d 'printd instances (default 3, or the cluster file\'s)'
 complete -c printctl -n '__printctl_at cluster up' -l port -x -d 'nginx\'s loopback port (default 8080 or the cluster file\'s; 0 = any free one)'
@@ -134,6 +143,7 @@ complete -c printctl -n '__printctl_at health' -l timeout -x -d 'Seconds to wait
 complete -c printctl -n '__printctl_at health' -l cluster -d 'Every instance in one table: from --config, --state-dir, the local cluster in ./'
 complete -c printctl -n '__printctl_at health' -l config -r -F -d 'With --cluster: the cluster description'
 complete -c printctl -n '__printctl_at health' -l state-dir -r -F -d 'With --cluster: a local cluster\'s state directory'
+complete -c printctl -n '__printctl_at health' -l token -x -d 'Admin token, or printd\'s metrics token (env PRINTD_TOKEN or PRINTD_METRICS_TOKEN'
 complete -c printctl -n '__printctl_at health' -s h -l help -d 'Show the help and exit'
 complete -c printctl -n '__printctl_at instance' -l url -x -d 'printd base URL (env PRINTD_URL)'
 complete -c printctl -n '__printctl_at instance' -l token -x -d 'Admin token, or printd\'s metrics token (env PRINTD_TOKEN or PRINTD_METRICS_TOKEN'

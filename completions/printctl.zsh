@@ -121,11 +121,12 @@ _printctl_cluster() {
         '1: :->command' \
         '*:: :->args'
     case $state in
-        command) local -a commands; commands=('down:Stop every process of the local cluster (printd drains on SIGTERM; SIGKILL after' 'ls:The local clusters processes\: pid, running or not, health, connections, log' 'up:Start N printd instances and nginx in front of them on loopback; return once all'); _describe command commands ;;
+        command) local -a commands; commands=('down:Stop every process of the local cluster (printd drains on SIGTERM; SIGKILL after' 'ls:The local clusters processes\: pid, running or not, health, connections, log' 'status:Members, leader and health of the cluster' 'up:Start N printd instances and nginx in front of them on loopback; return once all'); _describe command commands ;;
         args)
             case $words[1] in
                 down) _printctl_cluster_down ;;
                 ls) _printctl_cluster_ls ;;
+                status) _printctl_cluster_status ;;
                 up) _printctl_cluster_up ;;
             esac ;;
     esac
@@ -146,6 +147,21 @@ _printctl_cluster_ls() {
     _arguments \
         '--state-dir[Pidfiles, logs and data of the local cluster]:state-dir:_files' \
         '--timeout[Seconds to wait for each health answer]:timeout: ' \
+        '--json[Machine-readable JSON on stdout]' \
+        '(-h --help)-h[Show the help and exit]' \
+        '(-h --help)--help[Show the help and exit]'
+}
+
+_printctl_cluster_status() {
+    local curcontext="$curcontext" state line
+    _arguments \
+        '--url[printd base URL (env PRINTD_URL)]:url: ' \
+        '--token[Admin token, or printds metrics token (env PRINTD_TOKEN or PRINTD_METRICS_TOKEN]:token: ' \
+        '--redis[Read the clusters Redis directly (works when no instance answers)]:redis: ' \
+        '--prefix[The clusters Redis key prefix (with --redis)]:prefix: ' \
+        '(--watch -w)--watch[Refresh every SECONDS until Ctrl-C]:w: ' \
+        '(--watch -w)-w[Refresh every SECONDS until Ctrl-C]:w: ' \
+        '--timeout[Seconds to wait for printd]:timeout: ' \
         '--json[Machine-readable JSON on stdout]' \
         '(-h --help)-h[Show the help and exit]' \
         '(-h --help)--help[Show the help and exit]'
@@ -230,6 +246,7 @@ _printctl_health() {
         '--cluster[Every instance in one table\: from --config, --state-dir, the local cluster in ./]' \
         '--config[With --cluster\: the cluster description]:config:_files' \
         '--state-dir[With --cluster\: a local clusters state directory]:state-dir:_files' \
+        '--token[Admin token, or printds metrics token (env PRINTD_TOKEN or PRINTD_METRICS_TOKEN]:token: ' \
         '(-h --help)-h[Show the help and exit]' \
         '(-h --help)--help[Show the help and exit]'
 }

@@ -36,7 +36,16 @@ from printctl.clusterspec import (
     NginxSpec,
     load_cluster_file,
 )
-from printctl.common import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, JsonOpt, console, emit_json, fail
+from printctl.common import (
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    JsonOpt,
+    console,
+    emit_json,
+    fail,
+    get_json,
+)
 from printctl.deploy import default_printd, instance_environment, render_site, write_nginx_prefix
 from printctl.health import STATUS_COLOURS, _duration, fetch_health
 
@@ -620,6 +629,7 @@ def cluster_health(
     watch: float | None,
     timeout: float,
     json_out: bool,
+    token: str | None = None,
 ) -> int:
     """`printctl health --cluster`: from the cluster file, the local cluster's state directory,
     or the front's GET /monitoring/cluster, in that order. Returns the exit code."""
@@ -643,7 +653,7 @@ def cluster_health(
             rows = health_rows([(p.name, p.url) for p in cluster.processes if p.kind == "printd"], timeout)
         else:
             source = f"{url}/monitoring/cluster"
-            rows = _members(url, timeout, json_out)
+            rows = member_rows(get_json(url, "/monitoring/cluster", token=token, timeout=timeout))
     except ClusterFileError as exc:
         fail(str(exc), EXIT_USAGE)
     ok = all_healthy(rows)
@@ -654,20 +664,3 @@ def cluster_health(
     else:
         console.print(cluster_table(rows, source))
     return EXIT_OK if ok else EXIT_CHECK_FAILED
-
-
-def _members(url: str, timeout: float, json_out: bool) -> list[dict[str, Any]]:
-    try:
-        resp = httpx.get(url + "/monitoring/cluster", timeout=timeout)
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach {url}: {exc}")
-    if resp.status_code == 404:
-        fail(
-            f"{url} has no /monitoring/cluster (a single printd, or not printd): "
-            "use --config CLUSTER_FILE or --state-dir DIR",
-            EXIT_USAGE,
-        )
-    try:
-        return member_rows(resp.json())
-    except ValueError as exc:
-        fail(f"{url}/monitoring/cluster answered HTTP {resp.status_code} without members: {exc}")

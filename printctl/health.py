@@ -167,6 +167,7 @@ def health(
             "--state-dir", help="With --cluster: a local cluster's state directory.", show_default=False
         ),
     ] = None,
+    token: MonitoringTokenOpt = None,
 ) -> None:
     """Is printd healthy? Exit 0 when status is ok, 1 when degraded, draining or unreachable.
 
@@ -186,6 +187,7 @@ def health(
                 watch=watch,
                 timeout=timeout,
                 json_out=json_out,
+                token=token,
             )
         )
     if watch is None:

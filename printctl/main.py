@@ -9,7 +9,19 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from printctl import agent, circuits, cluster, config_cmd, deploy, health, jobs, printers, token, verify
+from printctl import (
+    agent,
+    circuits,
+    cluster,
+    cluster_status,
+    config_cmd,
+    deploy,
+    health,
+    jobs,
+    printers,
+    token,
+    verify,
+)
 from printctl.common import JSON_MODE, emit_json, error_object
 from printd import package_version
 
@@ -72,6 +84,7 @@ app.add_typer(circuits.app, name="circuits")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(printers.app, name="printers")
 app.command("deploy")(deploy.deploy)
+cluster.app.command("status")(cluster_status.status)
 app.add_typer(cluster.app, name="cluster")
 
 

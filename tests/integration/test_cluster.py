@@ -7,6 +7,7 @@ membership follows instances coming and going.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from typing import Any
@@ -161,3 +162,35 @@ async def test_a_live_instance_id_refuses_a_second_start(cluster_factory: Any, p
         twin.start(timeout=20)
     assert "refusing to start" in str(failed.value) and "in use by a live instance" in str(failed.value)
     assert twin.proc is not None and twin.proc.returncode == 2
+
+
+async def test_printctl_cluster_status_through_an_instance_and_from_redis(
+    cluster_factory: Any, redis_server: Any
+) -> None:
+    from tests.cli import run
+
+    async def cli(*args: str) -> Any:  # printctl runs trio itself: give it its own thread
+        return await trio.to_thread.run_sync(lambda: run(*args))
+
+    p1, p2 = cluster_factory(2)
+    await wait_members(p1, {"i1", "i2"})
+    res = await cli("cluster", "status", "--url", p1.url, "--token", OPS)
+    assert res.exit_code == 0, res.output
+    assert "healthy" in res.stdout and "i1" in res.stdout and "(leader)" in res.stdout
+    prefix = p1.env["REDIS_PREFIX"]
+    res = await cli("cluster", "status", "--redis", redis_server.url, "--prefix", prefix, "--json")
+    assert res.exit_code == 0, res.output
+    body = json.loads(res.stdout)
+    assert body["ok"] and {m["id"] for m in body["members"]} == {"i1", "i2"} and body["leader"]
+    res = await cli("cluster", "status", "--url", p1.url)  # no token: the view names the cluster's insides
+    assert res.exit_code == 2 and "401" in res.stderr
+    p1.kill()
+    p2.kill()  # no instance answers: Redis still says who was there until their TTL passes
+    res = await cli("cluster", "status", "--redis", redis_server.url, "--prefix", prefix, "--json")
+    assert res.exit_code == 0 and len(json.loads(res.stdout)["members"]) == 2
+    await trio.sleep(7)
+    res = await cli("cluster", "status", "--redis", redis_server.url, "--prefix", prefix, "--json")
+    assert res.exit_code == 1
+    assert json.loads(res.stdout)["problems"] == ["no members", "no leader"]
+    res = await cli("cluster", "status", "--redis", "notaurl")
+    assert res.exit_code == 2 and "redis://" in res.stderr
