@@ -118,6 +118,7 @@ class App:
         )
         self.node.chores = partial(self.jobs.leader_chores, orphan_after=config.cluster.orphan_after)
         self.node.resync = self._resync
+        self.node.cut_off = self.jobs.revalidate
         self.node.handle("wake", lambda m: self.jobs.wake_local((str(m["c"]), str(m["a"]))))
         self.node.handle(
             "test", lambda m: self.jobs.test_outcome(str(m["cid"]), m.get("result"), bool(m.get("gone")))
@@ -324,10 +325,9 @@ class App:
             applied = await self.store.migrate()
             if applied:
                 log.info("schema migrated", versions=applied)
-            await self.node.join()
             async with trio.open_nursery() as nursery:
                 self.gateway.bind(nursery)
-                await nursery.start(self.node.run)
+                await nursery.start(partial(self.node.run, connect_timeout=cfg.redis.connect_timeout))
                 nursery.start_soon(self.circuits.get_or_create("store").probe_while_open, self.store.probe)
                 await nursery.start(self.status.run)
                 await nursery.start(

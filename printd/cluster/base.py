@@ -167,6 +167,10 @@ class ClusterBackend(ABC):
         """True while the server is reachable (always, for the local backend)."""
 
     @abstractmethod
+    async def wait_available(self) -> None:
+        """Return once the server is reachable (at once for the local backend)."""
+
+    @abstractmethod
     def on_reconnect(self, callback: Callable[[], Any]) -> None:
         """Run the async `callback` after every (re)connection: the server may have come back
         empty, so whatever this instance keeps there is registered again from memory."""

@@ -76,6 +76,9 @@ class LocalCluster(ClusterBackend):
     def available(self) -> bool:
         return True
 
+    async def wait_available(self) -> None:
+        return
+
     def on_reconnect(self, callback: Callable[[], Any]) -> None:
         """Memory never goes away: nothing to re-register."""
 

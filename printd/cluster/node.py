@@ -63,6 +63,8 @@ class ClusterNode:
         self.leadership = Leadership(settings.member_ttl)
         self.chores: Callable[[int], Awaitable[None]] | None = None
         self.resync: Callable[[], Awaitable[None]] | None = None
+        self.cut_off: Callable[[], Awaitable[int]] | None = None
+        self._last_store_beat: float | None = None  # trio time of the last store heartbeat
         self._handlers: dict[str, MessageHandler] = {}
         self._topics: list[tuple[str, TopicHandler]] = []
         self._next_chores = 0.0
@@ -132,10 +134,18 @@ class ClusterNode:
             if register:  # a cluster whose Redis is down still serves; it registers when back
                 log.warning("cluster backend unavailable at start; serving, registering when it is back")
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Heartbeat rounds until cancelled (the backend's connections run beside)."""
+    async def run(
+        self, *, connect_timeout: float = 2.0, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Connect the backend, join (refusing a live duplicate: InstanceConflict), report ready,
+        then heartbeat rounds until cancelled. A backend that does not answer within
+        `connect_timeout` does not stop the start: the instance serves, and registers when the
+        backend is back."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.backend.run)
+            with trio.move_on_after(connect_timeout):
+                await self.backend.wait_available()
+            await self.join()
             task_status.started()
             while True:
                 await self.round()
@@ -148,6 +158,16 @@ class ClusterNode:
                 if not self.store_takeover:
                     log.error("another process took this instance id in the store; ids must be unique")
                 self.store_takeover = True
+            last, self._last_store_beat = self._last_store_beat, now
+            if last is not None and now - last > self.settings.orphan_after and self.cut_off is not None:
+                # paused or partitioned long enough for the leader to release our agents: what we
+                # believe we hold must be checked against the store before we act on it again
+                closed = await self.cut_off()
+                log.warning(
+                    "this instance was cut off; stale agent connections closed",
+                    gap_s=round(now - last, 1),
+                    closed=closed,
+                )
         except StoreError:
             pass  # the store's own circuit reports it
         try:

@@ -230,6 +230,9 @@ class RedisCluster(ClusterBackend):
     def available(self) -> bool:
         return self.link.up
 
+    async def wait_available(self) -> None:
+        await self.link.wait_up()
+
     def on_reconnect(self, callback: Callable[[], Any]) -> None:
         self.link.on_up(callback)
 

@@ -53,6 +53,10 @@ class RedisUnavailable(Exception):
     """Redis cannot be reached now (down, paused, failing over); the caller may retry later."""
 
 
+#: What a socket (or TLS) stream raises when the connection fails or is cut.
+STREAM_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
 @dataclass(frozen=True, slots=True)
 class LinkSettings:
     connect_timeout: float = 2.0
@@ -125,7 +129,7 @@ class _Connection:
         with trio.CancelScope(shield=True):
             try:
                 await trio.aclose_forcefully(self.stream)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            except STREAM_ERRORS:
                 pass
 
 
@@ -261,7 +265,7 @@ class RedisLink:
                 with trio.move_on_after(timeout) as scope:
                     try:
                         await session.cmd.stream.send_all(data)
-                    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    except STREAM_ERRORS as exc:
                         session.break_(f"write failed: {exc}")
                 if scope.cancelled_caught:
                     session.break_(f"write took longer than {timeout:g} s")
@@ -315,7 +319,7 @@ class RedisLink:
         while True:
             try:
                 cmd, sub, server = await self._connect()
-            except (OSError, RedisUnavailable, ProtocolError, trio.TooSlowError, ReplyError) as exc:
+            except (*STREAM_ERRORS, RedisUnavailable, ProtocolError, trio.TooSlowError, ReplyError) as exc:
                 self._went_down(_describe(exc))
                 with trio.move_on_after(delay * (0.5 + self._rng() / 2)):
                     await self._kick.wait()
@@ -323,7 +327,11 @@ class RedisLink:
                 delay = min(delay * 2, self.settings.backoff_max)
                 continue
             delay = self.settings.backoff_initial
-            reason = await self._serve(cmd, sub, server)
+            try:
+                reason = await self._serve(cmd, sub, server)
+            except Exception as exc:  # a bug of ours must cost a reconnect, never the process
+                log.exception("redis session failed unexpectedly; reconnecting")
+                reason = _describe(exc)
             self._went_down(reason)
 
     async def _connect(self) -> tuple[_Connection, _Connection, str]:
@@ -359,7 +367,7 @@ class RedisLink:
                         )
                 finally:
                     await conn.aclose()
-            except (OSError, RedisUnavailable, ProtocolError, trio.TooSlowError) as exc:
+            except (*STREAM_ERRORS, RedisUnavailable, ProtocolError, trio.TooSlowError) as exc:
                 errors.append(f"{host}:{port}: {_describe(exc)}")
                 continue
             if isinstance(reply, list) and len(reply) == 2 and all(isinstance(r, bytes) for r in reply):
@@ -383,7 +391,7 @@ class RedisLink:
                 self._came_up(server)
                 for callback in self._on_up:
                     nursery.start_soon(self._run_callback, callback)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        except STREAM_ERRORS as exc:
             if self._session is not None:
                 self._session.break_(_describe(exc))
         finally:
@@ -425,7 +433,7 @@ class RedisLink:
                     if len(slot.replies) == slot.expected:
                         session.slots.popleft()
                         slot.done.set()
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError) as exc:
+        except (*STREAM_ERRORS, ProtocolError) as exc:
             session.break_(_describe(exc))
 
     async def _read_messages(self, session: _Session) -> None:
@@ -453,7 +461,7 @@ class RedisLink:
                     elif isinstance(reply, ReplyError):
                         session.break_(f"pub/sub error: {reply}")
                         return
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError) as exc:
+        except (*STREAM_ERRORS, ProtocolError) as exc:
             session.break_(_describe(exc))
 
     async def _ping(self, session: _Session) -> None:
@@ -485,7 +493,7 @@ class RedisLink:
             with trio.move_on_after(self.settings.command_timeout) as scope:
                 try:
                     await stream.send_all(data)
-                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                except STREAM_ERRORS as exc:
                     session.break_(f"pub/sub write failed: {exc}")
                     return
             if scope.cancelled_caught:

@@ -485,6 +485,26 @@ class JobService:
             self._wakeup = trio.Event()
             await self._on_timers()
 
+    async def revalidate(self) -> int:
+        """This instance was cut off (paused, partitioned) long enough for the leader to count it
+        gone: the agents it still holds may have reconnected elsewhere, or been released. Close
+        every connection whose session is no longer the agent's current one; the agent comes
+        back with a fresh one and gets everything unfinished. Returns how many were closed."""
+        links = [link for link in self._held_links() if link.session]
+        current = await self.store.current_sessions([(x.company, x.agent_id) for x in links])
+        stale = [x for x in links if current.get((x.company, x.agent_id)) != x.session]
+        for link in stale:
+            self._stale(link)
+        return len(stale)
+
+    def _held_links(self) -> list[AgentLink]:
+        out = []
+        for key in list(self.core.agents):
+            link = self.agents.local(key)
+            if link is not None and not link.closing:
+                out.append(link)
+        return out
+
     async def sweep(self) -> None:
         """Deliver queued jobs of the agents held here that no wake-up announced (a routing
         message lost, or sent while the cluster was down), and retry session releases."""

@@ -242,6 +242,11 @@ class Store(ABC):
         """The agent's connection ended: mark it offline, only if `fence` is still current."""
 
     @abstractmethod
+    async def current_sessions(self, agents: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The current session of each of these agents that is online (released ones are
+        absent): how an instance that was cut off finds which of its connections went stale."""
+
+    @abstractmethod
     async def agents_with_queued_jobs(self, instance_id: str) -> set[tuple[str, str]]:
         """(company, agent_id) of the agents held by `instance_id` that have queued jobs: the
         sweep that delivers what a lost routing message would have woken."""

@@ -526,6 +526,24 @@ class SqlStore(Store):
         )
         return row is not None
 
+    async def current_sessions(self, agents: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        ids = sorted({agent_id for _, agent_id in agents})
+        wanted = set(agents)
+
+        def run(tx: Tx) -> dict[tuple[str, str], int]:
+            found: dict[tuple[str, str], int] = {}
+            for i in range(0, len(ids), 500):  # well under every backend's parameter limit
+                chunk = ids[i : i + 500]
+                rows = tx.all(
+                    "SELECT company, agent_id, session FROM agent_sessions"
+                    f" WHERE agent_id IN ({', '.join('?' * len(chunk))}) AND instance_id IS NOT NULL",
+                    chunk,
+                )
+                found.update({(c, a): int(s) for c, a, s in rows if (c, a) in wanted})
+            return found
+
+        return await self._run(run, write=False) if ids else {}
+
     async def agents_with_queued_jobs(self, instance_id: str) -> set[tuple[str, str]]:
         rows = await self._run(
             lambda tx: tx.all(

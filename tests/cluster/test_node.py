@@ -65,8 +65,7 @@ def node(store: Store, space: LocalSpace, instance_id: str, *, clustered: bool =
 
 
 async def start(nursery: trio.Nursery, n: ClusterNode) -> ClusterNode:
-    await n.join()
-    await nursery.start(n.run)
+    await nursery.start(n.run)  # joins first
     return n
 
 

@@ -664,3 +664,16 @@ async def test_list_printers_pages_by_printer_id(store: Store) -> None:
     assert [p.printer_id for p in await store.list_printers("acme", after="p1", limit=2)] == ["p2", "p3"]
     assert [p.printer_id for p in await store.list_printers("acme", after="p3", limit=2)] == ["p4"]
     assert [p.printer_id for p in await store.list_printers("acme", "north", after="p1")] == ["p3"]
+
+
+async def test_current_sessions_show_which_connections_went_stale(store: Store) -> None:
+    mine = await connect(store, agent_id="a1", instance="i1")
+    moved = await connect(store, agent_id="a2", instance="i1")
+    released = await connect(store, agent_id="a3", instance="i1")
+    newer = await connect(store, agent_id="a2", instance="i2")
+    await store.release_agent(released, 5.0)
+    keys = [("acme", "a1"), ("acme", "a2"), ("acme", "a3"), ("acme", "nobody"), ("other", "a1")]
+    current = await store.current_sessions(keys)
+    assert current == {("acme", "a1"): mine.session, ("acme", "a2"): newer.session}
+    assert current[("acme", "a2")] != moved.session
+    assert await store.current_sessions([]) == {}
