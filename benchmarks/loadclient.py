@@ -63,9 +63,10 @@ from printctl.loadgen.frames import (  # noqa: E402
     upgrade_request,
 )
 from printctl.loadgen.payloads import status_fields  # noqa: E402
+from printctl.loadgen.plan import split  # noqa: E402
 from printctl.loadgen.stats import cpu_seconds, encode, histogram, merge, raise_nofile, summarize  # noqa: E402
 from printctl.loadgen.target import parse_target  # noqa: E402
-from printctl.loadgen.workers import Workers, emit, split  # noqa: E402
+from printctl.loadgen.workers import Workers, emit  # noqa: E402
 
 HOST = "127.0.0.1"
 MAX_DURATION = 600.0

@@ -136,9 +136,3 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return obj if isinstance(obj, dict) else None
-
-
-def split(total: int, parts: int, i: int) -> tuple[int, int]:
-    """(offset, count) of share i when `total` items are split over `parts` as evenly as can be."""
-    base, extra = divmod(total, parts)
-    return i * base + min(i, extra), base + (1 if i < extra else 0)
