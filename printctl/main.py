@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+import printctl.loadtest
 from printctl import agent, circuits, cluster, config_cmd, deploy, health, jobs, printers, token, verify
 from printctl.common import JSON_MODE, emit_json, error_object
 from printd import package_version
@@ -73,6 +74,7 @@ app.add_typer(jobs.app, name="jobs")
 app.add_typer(printers.app, name="printers")
 app.command("deploy")(deploy.deploy)
 app.add_typer(cluster.app, name="cluster")
+app.command("loadtest", cls=printctl.loadtest.LoadtestCommand)(printctl.loadtest.loadtest)
 
 
 def main() -> None:
