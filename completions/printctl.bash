@@ -3,7 +3,7 @@
 
 _printctl_children() {
     case "$1" in
-        "printctl") echo "agent circuits cluster config deploy health instance jobs printers token verify-prints" ;;
+        "printctl") echo "agent circuits cluster config deploy health instance jobs loadtest printers token verify-prints" ;;
         "printctl circuits") echo "disable force-open list reset" ;;
         "printctl cluster") echo "down ls status up" ;;
         "printctl config") echo "check init" ;;
@@ -36,6 +36,7 @@ _printctl_options() {
         "printctl jobs get") echo "--company --url --token --json --timeout -h --help" ;;
         "printctl jobs list") echo "--printer --state --limit --company --url --token --json --timeout -h --help" ;;
         "printctl jobs submit") echo "--printer --kind --payload --text --idempotency-key --wait --company --url --token --json --timeout -h --help" ;;
+        "printctl loadtest") echo "--url --agents --printers-per-agent --dashboards --companies --status-rate --job-rate --duration --ramp --drain --no-compression --status-bytes --workers --max-p99-job-ms --max-errors --json --output --secret --data-dir --secret-from-config --i-know-this-is-production -h --help" ;;
         "printctl printers") echo "-h --help" ;;
         "printctl printers list") echo "--branch --company --url --token --json --timeout -h --help" ;;
         "printctl printers test") echo "--text --payload --company --url --token --json --timeout -h --help" ;;
@@ -125,6 +126,25 @@ _printctl_value() {
         "printctl jobs submit|--url") echo "any" ;;
         "printctl jobs submit|--token") echo "any" ;;
         "printctl jobs submit|--timeout") echo "any" ;;
+        "printctl loadtest|--url") echo "any" ;;
+        "printctl loadtest|--agents") echo "any" ;;
+        "printctl loadtest|--printers-per-agent") echo "any" ;;
+        "printctl loadtest|--dashboards") echo "any" ;;
+        "printctl loadtest|--companies") echo "any" ;;
+        "printctl loadtest|--status-rate") echo "any" ;;
+        "printctl loadtest|--job-rate") echo "any" ;;
+        "printctl loadtest|--duration") echo "any" ;;
+        "printctl loadtest|--ramp") echo "any" ;;
+        "printctl loadtest|--drain") echo "any" ;;
+        "printctl loadtest|--status-bytes") echo "any" ;;
+        "printctl loadtest|--workers") echo "any" ;;
+        "printctl loadtest|--max-p99-job-ms") echo "any" ;;
+        "printctl loadtest|--max-errors") echo "any" ;;
+        "printctl loadtest|--json") echo "any" ;;
+        "printctl loadtest|--output") echo "file" ;;
+        "printctl loadtest|--secret") echo "any" ;;
+        "printctl loadtest|--data-dir") echo "file" ;;
+        "printctl loadtest|--secret-from-config") echo "file" ;;
         "printctl printers list|--branch") echo "any" ;;
         "printctl printers list|--company") echo "any" ;;
         "printctl printers list|--url") echo "any" ;;

@@ -13,7 +13,7 @@ _printctl() {
         '1: :->command' \
         '*:: :->args'
     case $state in
-        command) local -a commands; commands=('agent:Run the reference print agent\: receive jobs over /printing-ws and "print" them t' 'circuits:Circuit breakers\: list them; reset, force-open or disable one (admin token)' 'cluster:A local cluster\: N printd behind nginx on loopback (up, down, ls)' 'config:Write and check printd config files' 'deploy:Render the deployment of a cluster\: systemd unit, one env file per instance, the' 'health:Is printd healthy? Exit 0 when status is ok, 1 when degraded, draining or unreac' 'instance:This instances figures\: connections by role, messages, compression saving, jobs' 'jobs:Print jobs\: submit one (and wait for it), show one, list them' 'printers:Printers\: list them with their agents state; wait until they are online; send a' 'token:Mint a token; only the token is printed on stdout, so `$(printctl token ...)` wo' 'verify-prints:Compare accepted jobs with the agents print logs; exit 1 on any lost, duplicate'); _describe command commands ;;
+        command) local -a commands; commands=('agent:Run the reference print agent\: receive jobs over /printing-ws and "print" them t' 'circuits:Circuit breakers\: list them; reset, force-open or disable one (admin token)' 'cluster:A local cluster\: N printd behind nginx on loopback (up, down, ls)' 'config:Write and check printd config files' 'deploy:Render the deployment of a cluster\: systemd unit, one env file per instance, the' 'health:Is printd healthy? Exit 0 when status is ok, 1 when degraded, draining or unreac' 'instance:This instances figures\: connections by role, messages, compression saving, jobs' 'jobs:Print jobs\: submit one (and wait for it), show one, list them' 'loadtest:Load printd with simulated agents, dashboards and back offices; report latency, ' 'printers:Printers\: list them with their agents state; wait until they are online; send a' 'token:Mint a token; only the token is printed on stdout, so `$(printctl token ...)` wo' 'verify-prints:Compare accepted jobs with the agents print logs; exit 1 on any lost, duplicate'); _describe command commands ;;
         args)
             case $words[1] in
                 agent) _printctl_agent ;;
@@ -24,6 +24,7 @@ _printctl() {
                 health) _printctl_health ;;
                 instance) _printctl_instance ;;
                 jobs) _printctl_jobs ;;
+                loadtest) _printctl_loadtest ;;
                 printers) _printctl_printers ;;
                 token) _printctl_token ;;
                 verify-prints) _printctl_verify_prints ;;
@@ -321,6 +322,34 @@ _printctl_jobs_submit() {
         '--token[Bearer token (env PRINTD_TOKEN)]:token: ' \
         '--json[Machine-readable JSON on stdout]' \
         '--timeout[Seconds to wait for printd]:timeout: ' \
+        '(-h --help)-h[Show the help and exit]' \
+        '(-h --help)--help[Show the help and exit]'
+}
+
+_printctl_loadtest() {
+    local curcontext="$curcontext" state line
+    _arguments \
+        '--url[printd base URL (env PRINTD_URL)]:url: ' \
+        '--agents[Simulated agents (one connection each)]:agents: ' \
+        '--printers-per-agent[Printers per agent]:printers-per-agent: ' \
+        '--dashboards[Dashboards; dashboard d watches company d mod --companies]:dashboards: ' \
+        '--companies[Companies (tenants); agent a is in a mod C]:companies: ' \
+        '--status-rate[printer.status messages per second, whole fleet]:status-rate: ' \
+        '--job-rate[Jobs submitted per second, whole back office]:job-rate: ' \
+        '--duration[Seconds of the steady window]:duration: ' \
+        '--ramp[Seconds over which the connections open]:ramp: ' \
+        '--drain[At most this long after the window for accepted jobs to print]:drain: ' \
+        '--no-compression[Do not offer permessage-deflate]' \
+        '--status-bytes[Size of one status message]:status-bytes: ' \
+        '--workers[Generator processes (default\: one per core)]:workers: ' \
+        '--max-p99-job-ms[Fail (exit 1) if the job round trips p99 is above this]:max-p99-job-ms: ' \
+        '--max-errors[Fail (exit 1) if more errors than this were seen]:max-errors: ' \
+        '--json[Write the whole report as JSON to FILE; --json alone prints it on stdout]:json: ' \
+        '--output[Keep the print logs and accepted jobs here (default\: a temporary dir, kept on fa]:output:_files' \
+        '--secret[printds JWT secret; prefer env JWT_SECRET (ps shows options)]:secret: ' \
+        '--data-dir[printd data directory holding the generated secret]:data-dir:_files' \
+        '--secret-from-config[printd config file to take the secret from]:secret-from-config:_files' \
+        '--i-know-this-is-production[Allow a URL that is not on this machine (loopback)]' \
         '(-h --help)-h[Show the help and exit]' \
         '(-h --help)--help[Show the help and exit]'
 }

@@ -18,6 +18,7 @@ from printctl import (
     deploy,
     health,
     jobs,
+    loadtest,
     printers,
     token,
     verify,
@@ -86,6 +87,7 @@ app.add_typer(printers.app, name="printers")
 app.command("deploy")(deploy.deploy)
 cluster.app.command("status")(cluster_status.status)
 app.add_typer(cluster.app, name="cluster")
+app.command("loadtest", cls=loadtest.LoadtestCommand)(loadtest.loadtest)
 
 
 def main() -> None:
