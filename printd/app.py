@@ -325,6 +325,11 @@ class App:
             applied = await self.store.migrate()
             if applied:
                 log.info("schema migrated", versions=applied)
+            # bound first, so a taken port fails the start before this instance joins anything
+            listeners = await trio.open_tcp_listeners(
+                cfg.server.port, host=cfg.server.host, backlog=cfg.server.backlog
+            )
+            self.port = listeners[0].socket.getsockname()[1]
             async with trio.open_nursery() as nursery:
                 self.gateway.bind(nursery)
                 await nursery.start(partial(self.node.run, connect_timeout=cfg.redis.connect_timeout))
@@ -342,8 +347,7 @@ class App:
                 await nursery.start(self.jobs.run)
                 await nursery.start(self.health.run)
                 accept_scope = trio.CancelScope()
-                listeners = await nursery.start(self._accept, accept_scope, nursery)
-                self.port = listeners[0].socket.getsockname()[1]
+                nursery.start_soon(self._accept, listeners, accept_scope, nursery)
                 tune_gc()
                 log.info(
                     "printd ready",
@@ -377,11 +381,8 @@ class App:
             log.info("printd stopped")
 
     async def _accept(
-        self, scope: trio.CancelScope, handler_nursery: trio.Nursery, *, task_status: trio.TaskStatus[Any]
+        self, listeners: list[trio.SocketListener], scope: trio.CancelScope, handler_nursery: trio.Nursery
     ) -> None:
-        cfg = self.config.server
-        listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host, backlog=cfg.backlog)
-        task_status.started(listeners)
         with scope:
             async with trio.open_nursery() as nursery:
                 for listener in listeners:

@@ -370,7 +370,7 @@ class MonitoringApi:
 
     async def cluster(self, req: HttpRequest) -> HttpResponse:
         self._all_companies(req)
-        return json_response(200, self.parts.node.snapshot())
+        return json_response(200, await self.parts.node.snapshot())
 
     async def rebalance(self, req: HttpRequest) -> HttpResponse:
         """Ask a share of this instance's agents to reconnect now (4012), a few per second, so

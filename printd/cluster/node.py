@@ -191,7 +191,7 @@ class ClusterNode:
             ):
                 token = await self.store.take_leadership(self.instance_id, time.time())
                 self.leadership.acquired(token, now)
-                log.info("leader now", token=token)
+                log.info("leader now", fence=token)
             elif action is LeaderAction.RENEW:
                 if await self.backend.update_leader(self.instance_id, ttl):
                     if self.leadership.token is None:  # we lead by the lease but have no token
@@ -253,8 +253,14 @@ class ClusterNode:
     def is_leader(self) -> bool:
         return self.leadership.active(trio.current_time())
 
-    def snapshot(self) -> dict[str, Any]:
-        """`/monitoring/cluster`: the last view, how old it is, and whether it is current."""
+    async def snapshot(self) -> dict[str, Any]:
+        """`/monitoring/cluster`: a fresh view when the backend answers, else the last one
+        (marked stale, with its age)."""
+        if self.backend.available:
+            try:
+                self.view, self.view_at = await self.backend.get_cluster(), time.time()
+            except ClusterUnavailable:
+                pass
         view = self.view
         backend = self.backend.state()
         age = time.time() - self.view_at if view is not None else None

@@ -31,6 +31,29 @@ def _head_size(raw: bytearray) -> int:
     return MAX_HEAD + 1 if end < 0 else end + 4
 
 
+#: After refusing a request, how long and how much of what the client still sends is read and
+#: dropped before closing (nginx's lingering close): closing with unread data would make the
+#: kernel reset the connection, and the client could lose the error answer it is owed.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 256 * 1024
+
+
+async def lingering_close(stream: trio.SocketStream) -> None:
+    """Stop sending, then read and drop the client's rest for a moment, so the answer already
+    sent reaches it instead of being destroyed by a reset."""
+    try:
+        await stream.send_eof()
+        drained = 0
+        with trio.move_on_after(LINGER_SECONDS):
+            while drained < LINGER_BYTES:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                drained += len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+
+
 def _peer(stream: trio.SocketStream) -> str:
     try:
         host, port = stream.socket.getpeername()[:2]
@@ -255,4 +278,5 @@ class Listener:
             response.headers.append(("Connection", "close"))
             await self._send(stream, conn, response)
         except h11.LocalProtocolError:
-            pass
+            return
+        await lingering_close(stream)

@@ -114,7 +114,7 @@ async def test_admin_actions_from_printctl_take_effect_and_need_an_admin(printd:
     assert submit(printd).status_code == 503  # nothing reaches the database
 
     res = printctl("circuits", "reset", "store", "--url", printd.url, "--token", SVC)
-    assert res.returncode == 1 and "admin" in (res.stderr + res.stdout)
+    assert res.returncode == 2 and "admin" in (res.stderr + res.stdout)  # fix the token
     res = printctl("circuits", "reset", "store", "--url", printd.url, "--token", ADMIN)
     assert res.returncode == 0, res.stderr
     assert circuit(printd, "store")["state"] == "closed"
