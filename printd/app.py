@@ -10,6 +10,7 @@ import math
 import resource
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -32,7 +33,7 @@ from printd.cluster.redis import RedisCluster, new_incarnation
 from printd.cluster.redis_client import LinkSettings
 from printd.cluster.routing import AgentRouter
 from printd.cluster.target import parse_redis_url, with_sentinels
-from printd.config import Config, redact_url
+from printd.config import Config, ConfigError, config_changes, redact_url, reloaded
 from printd.gateway.connection import GatewayStats
 from printd.gateway.hub import Hub
 from printd.gateway.protocol import CLOSE_GOING_AWAY, CLOSE_RECONNECT_NOW, CLOSE_REPLACED
@@ -42,6 +43,7 @@ from printd.http.router import HttpError, HttpRequest, HttpResponse, Router
 from printd.jobs.api import JobsApi
 from printd.jobs.pending import PendingWaiters
 from printd.jobs.service import JobService
+from printd.logs import set_log_level
 from printd.monitoring import HealthMonitor, LogThrottle, MonitoredInstance, MonitoringApi, StatsCollector
 from printd.printers import PrinterRegistry
 from printd.ratelimit import PrinterTestLimits, PrinterTestQuota
@@ -61,8 +63,9 @@ CORS_PREFLIGHT = (
 
 
 class App:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, load_config: Callable[[], Config] | None = None) -> None:
         self.config = config
+        self._load_config = load_config  # re-reads the file and environment on SIGHUP
         self.started_at = time.time()
         self.draining = False
         secret, self.secret_source = resolve_secret(config)
@@ -135,9 +138,10 @@ class App:
         )
         self.fleet_cache: TTLCache[str, dict[str, Any]] = TTLCache(ttl=config.health.fleet_cache_ttl)
         self.router = Router()
-        JobsApi(self.jobs, self.store, self.verifier, self.limits, self.fleet_cache, config.jobs).routes(
-            self.router
+        self.jobs_api = JobsApi(
+            self.jobs, self.store, self.verifier, self.limits, self.fleet_cache, config.jobs
         )
+        self.jobs_api.routes(self.router)
         self.listener = Listener(config.server, self.gateway, self.handle_http, f"printd/{VERSION}")
         self.health = HealthMonitor(config.health, self._request_counts)
         self.monitoring = MonitoringApi(
@@ -203,6 +207,52 @@ class App:
             await self.jobs.sweep()
         except StoreError:
             pass
+
+    def _status_line(self) -> str:
+        """systemd's STATUS: what `systemctl status printd@ID` shows at a glance."""
+        c = self.hub.counts_by_role()
+        cluster = "leader" if self.node.is_leader else "member"
+        if not self.backend.available:
+            cluster += ", Redis unavailable"
+        return f"{c['agent']} agents, {c['dashboard'] + c['admin']} dashboards; {cluster}"
+
+    def reload(self) -> None:
+        """SIGHUP: read the config again and apply what can change while running (log level,
+        limits, breaker thresholds, CORS origins, rate limits); name what needs a restart. A file
+        that does not load is refused with the reason and the running config is kept."""
+        if self._load_config is None:
+            log.warning("reload ignored: this printd was not started from a config it can re-read")
+            return
+        systemd.reloading()
+        try:
+            new = self._load_config()
+        except ConfigError as exc:
+            log.error("reload refused: the new config is invalid; the running config is kept", error=str(exc))
+            systemd.notify("READY=1")
+            return
+        changes = config_changes(self.config, new)
+        applied = [c.describe() for c in changes if c.reloadable]
+        pending = [c.describe() for c in changes if not c.reloadable]
+        self.apply_config(reloaded(self.config, new))
+        log.info("config reloaded", applied=applied or "nothing changed")
+        if pending:
+            log.warning("these settings need a restart to take effect", settings=pending)
+        systemd.notify(f"READY=1\nSTATUS={self._status_line()}")
+
+    def apply_config(self, new: Config) -> None:
+        """Hand the reloadable settings to the parts that use them."""
+        self.config = new
+        self.gateway.config = new
+        self.listener.config = new.server
+        self.jobs.reconfigure(new.jobs)
+        self.jobs_api.config = new.jobs
+        rl = new.ratelimit
+        self.limits.quota = PrinterTestQuota(rl.branch_tests, rl.printer_tests, rl.window)
+        self.circuits.reconfigure(new.circuits.defaults, new.circuits.overrides)
+        self.health.reconfigure(new.health)
+        self.verifier.leeway = new.auth.leeway
+        self.monitoring.set_metrics_token(new.auth.metrics_token)
+        set_log_level(new.log_level)
 
     def _counters(self) -> dict[str, Any]:
         s = self.stats
@@ -363,10 +413,16 @@ class App:
                     )
                 if not cfg.auth.cors_origins and not cfg.production:
                     log.warning("CORS_ORIGINS is empty: browser origins are all accepted (development mode)")
-                systemd.notify("READY=1")
+                interval = systemd.watchdog_interval()
+                if interval is not None:
+                    await nursery.start(systemd.watchdog, interval, self._status_line)
+                systemd.notify(f"READY=1\nSTATUS={self._status_line()}")
                 task_status.started(self.port)
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                     async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            self.reload()
+                            continue
                         log.info("stopping", signal=signal.Signals(signum).name)
                         break
                 systemd.notify("STOPPING=1")

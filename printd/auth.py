@@ -111,7 +111,7 @@ class TokenVerifier:
 
     def __init__(self, secret: str, *, leeway: float = 30.0) -> None:
         self._key = secret.encode()
-        self._leeway = leeway
+        self.leeway = leeway
 
     def verify(self, token: str, *, roles: tuple[str, ...] = ROLES, now: float | None = None) -> Claims:
         payload = self._decode(token)
@@ -125,9 +125,9 @@ class TokenVerifier:
         )
         if not _is_number(exp) or not all(_is_number(payload.get(c, 0)) for c in ("nbf", "iat")):
             raise AuthError(401, "invalid token claims")
-        if exp + self._leeway <= t:
+        if exp + self.leeway <= t:
             raise AuthError(401, "token expired")
-        if not_before - self._leeway > t:
+        if not_before - self.leeway > t:
             raise AuthError(401, "token not yet valid")
         role = payload.get("role")
         company = payload.get("company")

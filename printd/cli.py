@@ -144,7 +144,8 @@ def run(
     gateway: list[App] = []
 
     async def serve() -> None:
-        gateway.append(App(cfg))
+        # SIGHUP re-reads the same file with the same command-line overrides
+        gateway.append(App(cfg, load_config=lambda: load_config(path, overrides=overrides)))
         await gateway[0].run()
 
     try:

@@ -550,3 +550,83 @@ def redact_url(url: str) -> str:
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
+
+
+#: What a reload (SIGHUP) applies to the running instance. Every other change needs a restart
+#: (listening address, store, Redis, cluster identity and timing, compression, batching).
+RELOADABLE_SECTIONS = frozenset({"ratelimit", "health", "circuits"})
+RELOADABLE_KEYS = frozenset(
+    {
+        "log_level",
+        "auth.cors_origins",
+        "auth.leeway",
+        "auth.metrics_token",
+        "server.handshake_timeout",
+        "server.keepalive_timeout",
+        "server.max_http_body_bytes",
+        "server.send_queue_max_bytes",
+        "server.write_timeout",
+        "server.error_budget",
+        "jobs.ack_timeout",
+        "jobs.retry_initial",
+        "jobs.retry_max",
+        "jobs.max_attempts",
+        "jobs.job_ttl",
+        "jobs.test_timeout",
+        "jobs.result_timeout",
+        "jobs.max_payload_bytes",
+    }
+)
+#: Keys whose values never appear in a log line, even when they changed.
+SECRET_KEYS = frozenset({"auth.jwt_secret", "auth.metrics_token", "store.database_url", "redis.url"})
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            out.update(_flatten(getattr(obj, f.name), f"{prefix}{f.name}."))
+        return out
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    key: str
+    old: Any
+    new: Any
+    reloadable: bool
+
+    def describe(self) -> str:
+        if self.key in SECRET_KEYS:
+            return f"{self.key} (changed)"
+        return f"{self.key}: {self.old!r} -> {self.new!r}"
+
+
+def config_changes(old: Config, new: Config) -> list[ConfigChange]:
+    """Every setting that differs between two configs, and whether a reload can apply it."""
+    a, b = _flatten(old), _flatten(new)
+    changes = []
+    for key in sorted(a.keys() | b.keys()):
+        if a.get(key) != b.get(key):
+            reloadable = key in RELOADABLE_KEYS or key.split(".", 1)[0] in RELOADABLE_SECTIONS
+            changes.append(ConfigChange(key, a.get(key), b.get(key), reloadable))
+    return changes
+
+
+def reloaded(old: Config, new: Config) -> Config:
+    """What the running instance uses after a reload: the new file's reloadable settings, the
+    old values of everything that needs a restart (so nothing is half-applied)."""
+    parts: dict[str, Any] = {"log_level": new.log_level}
+    for section in ("server", "auth", "jobs"):
+        keys = {k.split(".", 1)[1] for k in RELOADABLE_KEYS if k.startswith(section + ".")}
+        fresh = getattr(new, section)
+        parts[section] = dataclasses.replace(getattr(old, section), **{k: getattr(fresh, k) for k in keys})
+    for section in RELOADABLE_SECTIONS:
+        parts[section] = getattr(new, section)
+    return dataclasses.replace(old, **parts)

@@ -41,8 +41,34 @@ def _mask(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[st
     return event
 
 
+class _LevelGate:
+    """The log level as a processor, so that a reload (SIGHUP) can change it while loggers that
+    were already used keep working (structlog caches them)."""
+
+    def __init__(self) -> None:
+        self.level = logging.INFO
+
+    def __call__(self, _: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if _LEVELS.get(method, logging.INFO) < self.level:
+            raise structlog.DropEvent
+        return event
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "warn": logging.WARNING}
+_LEVELS.update({"error": logging.ERROR, "exception": logging.ERROR, "critical": logging.CRITICAL})
+_gate = _LevelGate()
+
+
+def set_log_level(level: str) -> None:
+    """Change the level of every line, printd's and the libraries', from now on."""
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    _gate.level = lvl
+    logging.getLogger().setLevel(lvl)
+
+
 def setup_logging(level: str = "info", fmt: str = "console") -> None:
     lvl = getattr(logging, level.upper(), logging.INFO)
+    _gate.level = lvl
     warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)  # config.validate guards production
     renderer: Any = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
@@ -64,12 +90,13 @@ def setup_logging(level: str = "info", fmt: str = "console") -> None:
     # printd's own lines: structlog straight to stderr (no stdlib detour on printd's own path).
     structlog.configure(
         processors=[
+            _gate,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             stamp,
             *finish,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),  # the gate filters
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )

@@ -127,6 +127,11 @@ class HealthMonitor:
             request_rate=0.0 if first else d_req / elapsed,
         )
 
+    def reconfigure(self, config: HealthConfig) -> None:
+        """New thresholds (a reload), used from the next check on."""
+        self.config = config
+        self.policy = HealthPolicy(config)
+
     def live_rss(self) -> int:
         try:
             return int(self._proc.memory_info().rss)
@@ -238,6 +243,9 @@ class MonitoringApi:
     def __init__(self, instance: MonitoredInstance) -> None:
         self.parts = instance
         token = instance.config.auth.metrics_token
+        self._metrics_token = token.encode() if token else None
+
+    def set_metrics_token(self, token: str | None) -> None:
         self._metrics_token = token.encode() if token else None
 
     def _operator(self, req: HttpRequest) -> str | None:

@@ -1,9 +1,17 @@
-"""sd_notify: tell systemd we are ready, stopping, or alive (watchdog). No-op outside systemd."""
+"""sd_notify: tell systemd we are ready, reloading, stopping, or alive (the watchdog).
+
+A no-op outside systemd. The watchdog ping is sent by a trio task of the event loop itself, so
+a blocked loop stops the pings and systemd restarts printd (WatchdogSec in the unit).
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Callable
+
+import trio
 
 
 def notify(state: str) -> bool:
@@ -13,7 +21,40 @@ def notify(state: str) -> bool:
         return False
     if path.startswith("@"):
         path = "\0" + path[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(path)
-        sock.sendall(state.encode())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(path)
+            sock.sendall(state.encode())
+    except OSError:
+        return False  # systemd went away (or the socket is gone): nothing to tell
     return True
+
+
+def reloading() -> None:
+    """RELOADING=1 with the monotonic timestamp systemd (>= 253) wants for a notify-reload."""
+    notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+
+
+def watchdog_interval(env: dict[str, str] | None = None) -> float | None:
+    """Seconds between pings: half of WatchdogSec (from $WATCHDOG_USEC); None when systemd does
+    not watch this process."""
+    env = dict(os.environ) if env is None else env
+    usec = env.get("WATCHDOG_USEC")
+    pid = env.get("WATCHDOG_PID")
+    if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 1_000_000 / 2
+
+
+async def watchdog(
+    interval: float,
+    status: Callable[[], str],
+    *,
+    send: Callable[[str], object] = notify,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Ping the watchdog every `interval` seconds, with a STATUS line, from the event loop."""
+    task_status.started()
+    while True:
+        send(f"WATCHDOG=1\nSTATUS={status()}")
+        await trio.sleep(interval)

@@ -474,6 +474,16 @@ class CircuitBreaker:
             )
         return None
 
+    def reconfigure(self, config: BreakerConfig, now: float) -> None:
+        """New thresholds (a reload): the state is kept, the counting starts again under the
+        new rules."""
+        if config == self.config:
+            return
+        self.config = config
+        self._recent_failures = deque(self._recent_failures, maxlen=config.failure_threshold)
+        self._window = self._new_window()
+        self._advance(now)
+
     def recover(self, now: float, reason: str) -> bool:
         """An active probe found the dependency answering: an OPEN (or HALF_OPEN) circuit
         closes now instead of waiting out ``open_timeout``. True when it closed."""

@@ -165,6 +165,14 @@ class CircuitRegistry:
         self.clock = clock
         self._circuits: dict[str, Circuit] = {}
 
+    def reconfigure(self, defaults: BreakerConfig, overrides: Mapping[str, BreakerConfig]) -> None:
+        """New thresholds for every circuit, existing ones included (a reload)."""
+        self.defaults = defaults
+        self.overrides = dict(overrides)
+        now = self.clock()
+        for name, circuit in self._circuits.items():
+            circuit.breaker.reconfigure(self.config_for(name), now)
+
     def config_for(self, name: str) -> BreakerConfig:
         """The most specific override for ``name`` (``a:b:c``, then ``a:b``, then ``a``)."""
         parts = name.split(":")

@@ -102,6 +102,12 @@ class JobService:
         self.completed = 0
         self.stale_refused = 0
 
+    def reconfigure(self, config: JobsConfig) -> None:
+        """New timeouts and retry rules (a reload): they apply to the next dispatch and timer."""
+        self.config = config
+        self.core.retry = RetryPolicy(config.retry_initial, config.retry_max, config.max_attempts)
+        self.core.timing = Timing(ack_timeout=config.ack_timeout, result_timeout=config.result_timeout)
+
     def _breaker(self, company: str, branch: str) -> CircuitBreaker:
         return self.circuits.get_or_create(dispatch_circuit_name(company, branch)).breaker
 

@@ -267,3 +267,30 @@ def test_jwt_secret_source_is_told_truthfully(tmp_path: Path) -> None:
     assert describe_jwt_secret(bare, None, {}) == f"{tmp_path / 'jwt_secret'} (generated now)"
     (tmp_path / "jwt_secret").write_text("x" * 64 + "\n")
     assert describe_jwt_secret(bare, None, {}) == f"{tmp_path / 'jwt_secret'} (generated earlier)"
+
+
+# ------------------------------------------------------------------ reload (SIGHUP)
+
+
+def test_a_reload_applies_what_it_can_and_names_what_needs_a_restart() -> None:
+    from printd.config import config_changes, reloaded
+
+    old = load_config(env={})
+    new = load_config(
+        env={"PORT": "4000", "JWT_SECRET": "x" * 40, "CORS_ORIGINS": "https://dash.example"},
+        overrides={"log_level": "debug", "ratelimit": {"printer_tests": 9}, "jobs": {"ack_timeout": 3.0}},
+    )
+    changes = {c.key: c for c in config_changes(old, new)}
+    assert {k for k, c in changes.items() if c.reloadable} == {
+        "log_level",
+        "auth.cors_origins",
+        "ratelimit.printer_tests",
+        "jobs.ack_timeout",
+    }
+    assert {k for k, c in changes.items() if not c.reloadable} == {"server.port", "auth.jwt_secret"}
+    assert changes["auth.jwt_secret"].describe() == "auth.jwt_secret (changed)"  # never the value
+    running = reloaded(old, new)
+    assert running.server.port == old.server.port and running.auth.jwt_secret is None  # restart needed
+    assert running.log_level == "debug" and running.ratelimit.printer_tests == 9
+    assert running.auth.cors_origins == ("https://dash.example",) and running.jobs.ack_timeout == 3.0
+    assert config_changes(old, old) == []
