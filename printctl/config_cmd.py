@@ -58,6 +58,10 @@ COMMENTS: dict[str, str] = {
         "client is dropped."
     ),
     "server.shutdown_grace": "Seconds to let clients go on SIGTERM before closing the remaining ones.",
+    "server.trusted_proxies": (
+        "Addresses of the proxies in front (nginx) whose X-Forwarded-For printd believes when it\n"
+        "logs who a client is; nobody else's. Env TRUSTED_PROXIES (comma-separated)."
+    ),
     "server.error_budget": "Rejected WebSocket frames per minute from one connection before it is closed.",
     "compression.enabled": "Offer permessage-deflate to clients that ask for it.",
     "compression.level": "zlib compression level, 1 (fast) to 9 (small).",

@@ -131,6 +131,13 @@ def instance_environment(
     }
     if database_url:
         env["DATABASE_URL"] = database_url
+    if "trusted_proxies" not in spec.settings.get("server", {}):
+        # nginx reaches the instances from loopback (same host) or from its own address: printd
+        # believes X-Forwarded-For from there only, to log the real client
+        proxies = ["127.0.0.1", "::1"]
+        if spec.nginx.host and spec.nginx.host not in ("0.0.0.0", "::", *proxies):
+            proxies.append(spec.nginx.host)
+        env["TRUSTED_PROXIES"] = ",".join(proxies)
     return env
 
 

@@ -78,6 +78,7 @@ class ServerConfig:
     write_timeout: float = 10.0
     shutdown_grace: float = 5.0
     error_budget: int = 20
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +340,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any] | Any]:
     simple = {
         "PORT": ("server", "port"),
         "HOST": ("server", "host"),
+        "TRUSTED_PROXIES": ("server", "trusted_proxies"),
         "JWT_SECRET": ("auth", "jwt_secret"),
         "CORS_ORIGINS": ("auth", "cors_origins"),
         "PRINTD_METRICS_TOKEN": ("auth", "metrics_token"),
@@ -567,6 +569,7 @@ RELOADABLE_KEYS = frozenset(
         "server.send_queue_max_bytes",
         "server.write_timeout",
         "server.error_budget",
+        "server.trusted_proxies",
         "jobs.ack_timeout",
         "jobs.retry_initial",
         "jobs.retry_max",

@@ -392,7 +392,9 @@ class MonitoringApi:
         if not 0 < share <= 1 or not 1 <= rate <= 10_000:
             raise HttpError(400, "'share' must be in (0, 1] and 'per_second' in 1-10000")
         moved = await self.parts.shed_agents(share, rate)
-        log.warning("rebalance", share=share, per_second=rate, agents=moved, sub=self._who(req))
+        log.warning(
+            "rebalance", share=share, per_second=rate, agents=moved, sub=self._who(req), client=req.client
+        )
         return json_response(200, {"instance": self.parts.config.instance_id, "agents_moved": moved})
 
     def _who(self, req: HttpRequest) -> str:
@@ -444,7 +446,12 @@ class MonitoringApi:
             except KeyError:
                 raise HttpError(404, f"no circuit named {name!r}; see GET /monitoring/circuits") from None
             log.warning(
-                "circuit admin action", action=action, circuit=name, sub=claims.sub, company=claims.company
+                "circuit admin action",
+                action=action,
+                circuit=name,
+                sub=claims.sub,
+                company=claims.company,
+                client=req.client,
             )
             snap = next(c for c in registry.snapshot(trio.current_time())["circuits"] if c["name"] == name)
             return json_response(200, {"action": action, "circuit": snap})

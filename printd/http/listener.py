@@ -62,6 +62,19 @@ def _peer(stream: trio.SocketStream) -> str:
         return "?"
 
 
+def client_address(peer: str, forwarded_for: str | None, trusted: tuple[str, ...]) -> str:
+    """Who the client is: the peer, unless the peer is a trusted proxy (nginx in front); then
+    the last X-Forwarded-For address that is not a trusted proxy itself. A header from anyone
+    else is ignored: a client cannot pick the address printd logs."""
+    host = peer.rpartition(":")[0].strip("[]")
+    if not forwarded_for or host not in trusted:
+        return peer
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        if hop not in trusted:
+            return hop
+    return peer
+
+
 class Listener:
     def __init__(self, config: ServerConfig, gateway: Gateway, app: HttpApp, server_name: str) -> None:
         self.config = config
@@ -145,7 +158,10 @@ class Listener:
             if isinstance(body, HttpError):
                 await self._send_error(stream, conn, body)
                 return None
-            request = HttpRequest(event.method.decode(), target, path, headers, body, _peer(stream))
+            client = client_address(
+                _peer(stream), headers.get("x-forwarded-for"), self.config.trusted_proxies
+            )
+            request = HttpRequest(event.method.decode(), target, path, headers, body, client)
             response = await self._dispatch(request)
             if not await self._send(stream, conn, response, head_only=request.method == "HEAD"):
                 return None

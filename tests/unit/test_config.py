@@ -294,3 +294,14 @@ def test_a_reload_applies_what_it_can_and_names_what_needs_a_restart() -> None:
     assert running.log_level == "debug" and running.ratelimit.printer_tests == 9
     assert running.auth.cors_origins == ("https://dash.example",) and running.jobs.ack_timeout == 3.0
     assert config_changes(old, old) == []
+
+
+def test_the_client_address_comes_from_x_forwarded_for_only_behind_a_trusted_proxy() -> None:
+    from printd.http.listener import client_address
+
+    nginx = ("127.0.0.1", "::1")
+    assert client_address("127.0.0.1:5000", "203.0.113.9", nginx) == "203.0.113.9"
+    assert client_address("[::1]:5000", "203.0.113.9, 127.0.0.1", nginx) == "203.0.113.9"
+    assert client_address("198.51.100.7:5000", "203.0.113.9", nginx) == "198.51.100.7:5000"  # spoofed
+    assert client_address("127.0.0.1:5000", None, nginx) == "127.0.0.1:5000"
+    assert client_address("127.0.0.1:5000", "203.0.113.9", ()) == "127.0.0.1:5000"  # trusts nobody

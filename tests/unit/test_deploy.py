@@ -168,6 +168,7 @@ def test_each_instance_gets_an_env_file_without_secrets() -> None:
         "DATABASE_URL": "postgresql://printd@db.internal:5432/printd",
         "REDIS_URL": "redis://127.0.0.1:6379/0",
         "REDIS_PREFIX": "printd",
+        "TRUSTED_PROXIES": "127.0.0.1,::1",  # nginx: its X-Forwarded-For names the real client
     }
 
 
