@@ -164,7 +164,7 @@ def make_result(job: DispatchedJob, success: bool, message: str, **extra: Any) -
 
 
 class JournalState(StrEnum):
-    """What the agent's journal says of a job (not printd's job state: see printd.jobs.model)."""
+    """What the agent's journal says of a job (not printd's job state: see printd.model)."""
 
     PRINTING = "printing"
     DONE = "done"

@@ -31,7 +31,7 @@ from printctl.common import (
     path_segment,
     request,
 )
-from printd.jobs.model import TERMINAL_STATES, JobState
+from printd.model import TERMINAL_STATES, JobState
 
 app = typer.Typer(
     help="Print jobs: submit one (and wait for it), show one, list them. Needs a service or admin token.",

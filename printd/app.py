@@ -136,7 +136,9 @@ class App:
         self.limits = PrinterTestLimits(
             self.backend, PrinterTestQuota(rl.branch_tests, rl.printer_tests, rl.window)
         )
-        self.fleet_cache: TTLCache[str, dict[str, Any]] = TTLCache(ttl=config.health.fleet_cache_ttl)
+        self.fleet_cache: TTLCache[str, dict[str, Any]] = TTLCache(
+            ttl=config.health.fleet_cache_ttl, stale_on=(StoreUnavailable,)
+        )
         self.router = Router()
         self.jobs_api = JobsApi(
             self.jobs, self.store, self.verifier, self.limits, self.fleet_cache, config.jobs

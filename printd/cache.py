@@ -3,7 +3,8 @@
 A burst of requests for the same cold key (say, a printer's configuration right after a
 restart) must cost one store query, not one per request: the first caller loads, the others
 wait for its result. When the store is down, an expired value is often better than an error,
-so it can be served marked ``stale`` (``serve_stale_on_error``).
+so it can be served marked ``stale`` when the loader fails with one of the exceptions given as
+``stale_on`` (the store being down), and only then.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class TTLCache(Generic[K, V]):
         ttl: float = 60.0,
         max_entries: int = 10000,
         *,
-        serve_stale_on_error: bool = True,
+        stale_on: tuple[type[Exception], ...] = (),
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
         if not (math.isfinite(ttl) and ttl > 0):
@@ -80,7 +81,7 @@ class TTLCache(Generic[K, V]):
             raise ValueError(f"max_entries must be an int >= 1, got {max_entries!r}")
         self.ttl = ttl
         self.max_entries = max_entries
-        self.serve_stale_on_error = serve_stale_on_error
+        self.stale_on = stale_on
         self._clock = clock
         self._entries: OrderedDict[K, _Entry[V]] = OrderedDict()
         self._flights: dict[K, _Flight[V]] = {}
@@ -91,8 +92,10 @@ class TTLCache(Generic[K, V]):
     async def get_or_load(self, key: K, loader: Callable[[], Awaitable[V]]) -> CacheResult[V]:
         """The cached value, or the result of one ``loader()`` shared by concurrent callers.
 
-        A loader exception reaches every caller waiting on that load, unless an expired value
-        exists and ``serve_stale_on_error`` is set: then they all get it with ``stale=True``.
+        A loader exception reaches every caller waiting on that load, unless it is one of
+        ``stale_on`` (a dependency that is down, say) and an expired value exists: then they all
+        get that with ``stale=True``. Any other exception (a bug) is never hidden behind stale
+        data.
         If the loading task is cancelled, the callers waiting on it start a new load.
         """
         while True:
@@ -116,7 +119,7 @@ class TTLCache(Generic[K, V]):
                 value = await loader()
             except Exception as exc:
                 previous = self._entries.get(key)
-                if self.serve_stale_on_error and previous is not None:
+                if isinstance(exc, self.stale_on) and previous is not None:
                     flight.entry = previous
                     flight.stale = True
                 else:

@@ -87,15 +87,6 @@ class Listener:
         self.write_timeouts = 0  # connections dropped because the client did not read
         self.open_connections = 0
 
-    async def run(
-        self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        listeners = await trio.open_tcp_listeners(
-            self.config.port, host=self.config.host, backlog=self.config.backlog
-        )
-        task_status.started(listeners)
-        await trio.serve_listeners(self.handle, listeners)
-
     async def handle(self, stream: trio.SocketStream) -> None:
         self.open_connections += 1
         try:

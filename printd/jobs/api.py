@@ -19,8 +19,8 @@ from printd.cache import TTLCache
 from printd.config import JobsConfig
 from printd.http.router import HttpError, HttpRequest, HttpResponse, Router, json_response
 from printd.inputs import ID_RULE, has_nul, is_id
-from printd.jobs.model import JOB_KINDS, JobState
 from printd.jobs.service import JobService
+from printd.model import JOB_KINDS, JobState
 from printd.ratelimit import PrinterTestLimits
 from printd.store import Store, StoreUnavailable
 

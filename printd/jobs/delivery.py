@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from printd.breakers.core import Admission, CircuitBreaker
-from printd.jobs.model import JobState
+from printd.model import JobState
 
 AgentKey = tuple[str, str]
 

@@ -34,8 +34,8 @@ from printd.config import JobsConfig
 from printd.gateway import protocol as P
 from printd.inputs import dispatch_circuit_name
 from printd.jobs.delivery import DeliveryCore, Expire, Go, Hold, RetryPolicy, Send, Skip, Timing, Want
-from printd.jobs.model import Job, JobState
 from printd.jobs.pending import AgentGone, PendingError, PendingTimeout, PendingWaiters
+from printd.model import Job, JobState
 from printd.store import Store, StoreError
 from printd.store.base import AgentClaim, AgentFence, StaleLeader, StaleSession, UnknownJob
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from printd.jobs.model import Job, JobState, Printer
+from printd.model import Job, JobState, Printer
 
 
 class StoreError(Exception):

@@ -18,7 +18,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from printd.breakers.shell import Circuit, CircuitOpenError
-from printd.jobs.model import LIVE_STATES, TRANSITIONS, Job, JobEvent, JobState, Printer
+from printd.model import LIVE_STATES, TRANSITIONS, Job, JobEvent, JobState, Printer
 from printd.store import migrate
 from printd.store.base import (
     AgentClaim,

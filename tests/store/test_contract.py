@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from printd.jobs.model import Job, JobState
+from printd.model import Job, JobState
 from printd.store import Store, open_store
 from printd.store.base import (
     AgentClaim,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from printd.jobs.model import JobState
+from printd.model import JobState
 from printd.store import StoreError, StoreUnavailable, open_store
 from printd.store.sqlite import split_script
 

@@ -85,7 +85,7 @@ async def test_loader_error_reaches_every_waiter(autojump_clock: trio.testing.Mo
 async def test_failed_reload_serves_the_expired_value_as_stale(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    cache: TTLCache[str, str] = TTLCache(ttl=60.0)
+    cache: TTLCache[str, str] = TTLCache(ttl=60.0, stale_on=(ConnectionError,))
     load = Loader()
     await cache.get_or_load("k", load)
     await trio.sleep(100.0)
@@ -100,14 +100,21 @@ async def test_failed_reload_serves_the_expired_value_as_stale(
     assert (fresh.value, fresh.stale) == ("v3", False)
 
 
-async def test_stale_serving_can_be_turned_off(autojump_clock: trio.testing.MockClock) -> None:
-    cache: TTLCache[str, str] = TTLCache(ttl=60.0, serve_stale_on_error=False)
+async def test_only_the_named_outages_are_served_stale(autojump_clock: trio.testing.MockClock) -> None:
+    """A bug in the loader (a TypeError) is never hidden behind stale data."""
+    cache: TTLCache[str, str] = TTLCache(ttl=60.0, stale_on=(ConnectionError,))
     load = Loader()
     await cache.get_or_load("k", load)
     await trio.sleep(100.0)
+    load.error = TypeError("a bug")  # type: ignore[assignment]
+    with pytest.raises(TypeError):
+        await cache.get_or_load("k", load)
+    without: TTLCache[str, str] = TTLCache(ttl=60.0)  # nothing named: nothing served stale
+    await without.get_or_load("k", load := Loader())
+    await trio.sleep(100.0)
     load.error = ConnectionError("store down")
     with pytest.raises(ConnectionError):
-        await cache.get_or_load("k", load)
+        await without.get_or_load("k", load)
 
 
 async def test_cancelled_loader_hands_over_to_a_waiter(autojump_clock: trio.testing.MockClock) -> None:

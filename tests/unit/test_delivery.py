@@ -14,7 +14,7 @@ from printd.jobs.delivery import (
     Timing,
     Want,
 )
-from printd.jobs.model import JobState
+from printd.model import JobState
 
 A = ("acme", "agent-a")
 B = ("acme", "agent-b")

@@ -1,4 +1,7 @@
-"""The print job and its lifecycle, free of I/O.
+"""The domain model: printers, print jobs and the job lifecycle, free of I/O.
+
+It is the bottom floor of printd's layers (docs/architecture.md): the store persists it and the
+job pipeline drives it, and it imports neither.
 
 A job moves ``queued -> dispatched -> acked -> printed | failed | expired``. `TRANSITIONS` is
 the whole lifecycle in one table: for each event, the states a job may be in and the state it
