@@ -1,8 +1,11 @@
 """`/monitoring/metrics` of a real clustered printd (PostgreSQL, a private Redis): the job and
-cluster series after a job went through, Redis going down, and the exposition accepted by promtool."""
+cluster series after a job went through, Redis going down, the exposition accepted by promtool,
+and every metric the Grafana dashboard and the alert rules use actually exported."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +14,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Printd
+from tests.conftest import ROOT, Printd
 from tests.promtool import promtool
 from tests.scripted import ScriptedAgent, submit, wait_state
 
@@ -113,3 +116,27 @@ async def test_redis_going_down_shows_as_redis_down_and_one_outage(
     redis_server.start()
     s = await scrape_until(p, lambda s: value(s, "printd_redis_up") == 1.0)
     assert value(s, "printd_redis_outages_total") == 1.0
+
+
+def used_metrics(text: str) -> set[str]:
+    """Metric names in PromQL expressions (recording rules are `printd:...`, never matched)."""
+    return set(re.findall(r"\bprintd_[a-z_]+", text))
+
+
+def dashboard_expressions() -> str:
+    dashboard = json.loads((ROOT / "config/grafana/printd.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    exprs += [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    return "\n".join(exprs)
+
+
+async def test_the_dashboard_and_the_alerts_use_only_exported_metrics(cluster_factory: Any) -> None:
+    p = clustered(cluster_factory)
+    await scrape_until(p, lambda s: value(s, "printd_cluster_members") is not None)
+    text, _ = scrape(p)
+    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("printd_")}
+    dashboard = used_metrics(dashboard_expressions())
+    assert len(dashboard) >= 15
+    assert dashboard - exported == set()
+    alerts = used_metrics((ROOT / "config/prometheus/alerts.yml").read_text())
+    assert alerts - exported == set()
