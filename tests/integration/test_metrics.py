@@ -140,3 +140,11 @@ async def test_the_dashboard_and_the_alerts_use_only_exported_metrics(cluster_fa
     assert dashboard - exported == set()
     alerts = used_metrics((ROOT / "config/prometheus/alerts.yml").read_text())
     assert alerts - exported == set()
+
+
+async def test_alone_without_redis_it_leads_itself_and_exports_no_redis_series(printd_factory: Any) -> None:
+    """A single instance without REDIS_URL must not trip PrintdNoLeader or PrintdRedisDown."""
+    p = printd_factory(env={"PRINTD_METRICS_TOKEN": METRICS_TOKEN})
+    s = await scrape_until(p, lambda s: value(s, "printd_cluster_is_leader") == 1.0)
+    assert value(s, "printd_cluster_members") == 1.0
+    assert not [name for name, _ in s if name.startswith("printd_redis_")]
