@@ -44,6 +44,7 @@ from printd.jobs.api import JobsApi
 from printd.jobs.pending import PendingWaiters
 from printd.jobs.service import JobService
 from printd.logs import set_log_level
+from printd.metrics import ClusterCollector, JobMetrics, JobsCollector, QueueSampler
 from printd.monitoring import HealthMonitor, LogThrottle, MonitoredInstance, MonitoringApi, StatsCollector
 from printd.printers import PrinterRegistry
 from printd.ratelimit import PrinterTestLimits, PrinterTestQuota
@@ -163,6 +164,10 @@ class App:
         )
         self.monitoring.routes(self.router)
         self.metrics.register(StatsCollector(self._counters))
+        self.jobs.on_finished = JobMetrics(self.metrics).observe
+        self.queue = QueueSampler(self.store)
+        for collector in (JobsCollector(self.jobs), ClusterCollector(self.node, self.agents), self.queue):
+            self.metrics.register(collector)
         self.port: int | None = None
 
     # ---------------------------------------------------------------- wiring
@@ -274,6 +279,8 @@ class App:
             "http_errors": self.listener.http_errors,
             "http_server_errors": self.listener.http_server_errors,
             "http_write_timeouts": self.listener.write_timeouts,
+            "tcp_connections": self.listener.open_connections,
+            "printer_write_errors": self.printers.write_errors,
             "status_batches": self.status.batches_sent,
             "jobs_pending": len(self.pending),
             "rss_bytes": self.health.sample.rss_bytes,
@@ -398,6 +405,7 @@ class App:
                 await nursery.start(self.pending.run)
                 await nursery.start(self.jobs.run)
                 await nursery.start(self.health.run)
+                await nursery.start(self.queue.run)
                 accept_scope = trio.CancelScope()
                 nursery.start_soon(self._accept, listeners, accept_scope, nursery)
                 tune_gc()

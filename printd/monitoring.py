@@ -161,50 +161,90 @@ class HealthMonitor:
 
 
 class StatsCollector(Collector):
-    """Exposes the gateway's plain counters to Prometheus at scrape time."""
+    """Exposes the gateway's plain counters to Prometheus at scrape time (nothing per message).
+    docs/operations.md §11 says what each one means to an operator."""
+
+    COUNTERS = (
+        (
+            "frame_errors",
+            "frame_errors",
+            "Rejected WebSocket frames (an error event each); a client sending bad frames",
+        ),
+        (
+            "slow_consumers",
+            "slow_consumers",
+            "Connections closed for reading too slowly (4008, or a write blocked write_timeout);"
+            " a steady rate means dashboards on bad networks or not negotiating deflate",
+        ),
+        ("handshakes", "handshakes", "Completed WebSocket handshakes; a high rate is a reconnect storm"),
+        (
+            "rejected_upgrades",
+            "rejected_upgrades",
+            "Refused WebSocket upgrades (auth, origin, draining); a steady rate is clients with bad"
+            " or expired tokens reconnecting in a loop",
+        ),
+        ("http_requests", "http_requests", "Plain HTTP requests"),
+        ("http_errors", "http_errors", "HTTP answers with an error status (4xx and 5xx)"),
+        (
+            "http_server_errors",
+            "http_server_errors",
+            "HTTP 5xx answers: printd's own faults or a dependency down (what health counts)",
+        ),
+        (
+            "http_write_timeouts",
+            "http_write_timeouts",
+            "HTTP connections dropped: the client did not read the answer within write_timeout",
+        ),
+        (
+            "printer_write_errors",
+            "printer_registry_write_errors",
+            "Printer status changes not written to the store (it was unavailable); retried on the"
+            " printer's next update, status fan-out goes on meanwhile",
+        ),
+        ("status_batches", "status_batches", "Status batches published to dashboards"),
+    )
 
     def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
         self._read = read
 
     def collect(self) -> Iterator[Any]:
         s = self._read()
-        conns = GaugeMetricFamily("printd_connections", "Open WebSocket connections by role", labels=["role"])
+        conns = GaugeMetricFamily(
+            "printd_connections",
+            "Open WebSocket connections here by role; sum(role=agent) over instances is the agents online",
+            labels=["role"],
+        )
         for role, n in s["connections"].items():
             conns.add_metric([role], n)
         yield conns
+        yield GaugeMetricFamily(
+            "printd_tcp_connections",
+            "Open TCP connections on the listener (WebSocket and plain HTTP keep-alive);"
+            " near the fd limit, new clients wait",
+            value=s["tcp_connections"],
+        )
         msgs = CounterMetricFamily("printd_ws_messages", "WebSocket messages", labels=["direction"])
         msgs.add_metric(["in"], s["messages_in"])
         msgs.add_metric(["out"], s["messages_out"])
         yield msgs
         wire = CounterMetricFamily(
-            "printd_ws_bytes", "WebSocket bytes, raw (application) vs wire", labels=["direction", "kind"]
+            "printd_ws_bytes",
+            "WebSocket bytes, raw (application) vs wire (compressed and framed); 1 - wire/raw is"
+            " the deflate saving, near 0 or negative when clients do not negotiate it",
+            labels=["direction", "kind"],
         )
         for direction in ("in", "out"):
             for kind in ("raw", "wire"):
                 wire.add_metric([direction, kind], s[f"bytes_{direction}_{kind}"])
         yield wire
+        for key, name, doc in self.COUNTERS:
+            yield CounterMetricFamily(f"printd_{name}", doc, value=s[key])
         for name, doc in (
-            ("frame_errors", "Rejected WebSocket frames"),
-            ("slow_consumers", "Connections closed for reading too slowly"),
-            ("handshakes", "Completed WebSocket handshakes"),
-            ("rejected_upgrades", "Refused WebSocket upgrades (auth, origin, draining)"),
-            ("http_requests", "Plain HTTP requests"),
-            ("http_errors", "HTTP responses with an error status (4xx and 5xx)"),
-            ("http_server_errors", "HTTP responses with a 5xx status (what health counts)"),
-            ("http_write_timeouts", "HTTP connections dropped: the client did not read within write_timeout"),
-            ("status_batches", "Status batches published"),
-        ):
-            c = CounterMetricFamily(f"printd_{name}", doc)
-            c.add_metric([], s[name])
-            yield c
-        for name, doc in (
-            ("jobs_pending", "Correlated requests waiting for an agent"),
-            ("rss_bytes", "Resident memory"),
+            ("jobs_pending", "Printer tests waiting here for their agent's answer"),
+            ("rss_bytes", "Resident memory of this process (from the last health sample)"),
         ):
             if name in s:
-                g = GaugeMetricFamily(f"printd_{name}", doc)
-                g.add_metric([], s[name])
-                yield g
+                yield GaugeMetricFamily(f"printd_{name}", doc, value=s[name])
 
 
 def metrics_text(registry: CollectorRegistry) -> bytes:

@@ -101,6 +101,7 @@ class JobService:
         self.redelivered = 0
         self.completed = 0
         self.stale_refused = 0
+        self.on_finished: Callable[[Job], None] | None = None  # the metrics, once per finished job
 
     def reconfigure(self, config: JobsConfig) -> None:
         """New timeouts and retry rules (a reload): they apply to the next dispatch and timer."""
@@ -444,6 +445,8 @@ class JobService:
     async def _announce(self, job: Job) -> None:
         """`job.completed` to the company's dashboards: once, when the job reaches its end."""
         self.completed += 1
+        if self.on_finished is not None:
+            self.on_finished(job)
         await self._announce_to(job.company, P.encode_event(COMPLETED_EVENT, job.to_json()))
 
     async def _expire_unfenced(self, job: Job, reason: str) -> Job | None:

@@ -94,6 +94,14 @@ class InstanceRow:
     heartbeat_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class QueuedJobs:
+    """How many jobs wait in `queued`, and since when the oldest (None when there is none)."""
+
+    count: int
+    oldest_created_at: float | None
+
+
 class Store(ABC):
     """Durable printers and print jobs. Open it, ``migrate()`` it, use it, close it."""
 
@@ -286,6 +294,12 @@ class Store(ABC):
         """Leader chore: agents held by instances whose heartbeat stopped before the cutoff are
         offline; their dispatched jobs go back to queued (to be delivered wherever the agent
         reconnects). Returns the requeued jobs. Raises StaleLeader on a stale token."""
+
+    @abstractmethod
+    async def queued_jobs(self) -> dict[str, QueuedJobs]:
+        """Every company's queued jobs, under "online" (their agent holds a session on some
+        instance: delivery should take seconds) and "offline" (they wait for the agent). What
+        the metrics sample, every few seconds per instance: one indexed read."""
 
     @abstractmethod
     async def fleet_summary(self, company: str, *, now: float) -> dict[str, Any]:

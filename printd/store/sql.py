@@ -26,6 +26,7 @@ from printd.store.base import (
     ClaimedSession,
     InstanceConflict,
     InstanceRow,
+    QueuedJobs,
     StaleLeader,
     StaleSession,
     Store,
@@ -671,6 +672,19 @@ class SqlStore(Store):
             return requeued
 
         return await self._run(run, write=True)
+
+    async def queued_jobs(self) -> dict[str, QueuedJobs]:
+        rows = await self._run(
+            lambda tx: tx.all(
+                "SELECT CASE WHEN s.instance_id IS NULL THEN 'offline' ELSE 'online' END,"
+                " COUNT(*), MIN(j.created_at) FROM jobs j LEFT JOIN agent_sessions s"
+                " ON s.company = j.company AND s.agent_id = j.agent_id"
+                " WHERE j.state = 'queued' GROUP BY 1",
+            ),
+            write=False,
+        )
+        found = {str(k): QueuedJobs(int(n), _opt_float(oldest)) for k, n, oldest in rows}
+        return {k: found.get(k, QueuedJobs(0, None)) for k in ("online", "offline")}
 
     async def fleet_summary(self, company: str, *, now: float) -> dict[str, Any]:
         def run(tx: Tx) -> dict[str, Any]:

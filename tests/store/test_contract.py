@@ -15,6 +15,7 @@ from printd.store.base import (
     AgentFence,
     InstanceConflict,
     InstanceRow,
+    QueuedJobs,
     StaleLeader,
     StaleSession,
     UnknownJob,
@@ -499,6 +500,28 @@ async def test_fleet_summary(store: Store) -> None:
     assert empty["printers"] == {"total": 0, "by_status": {}}
     assert empty["jobs"]["oldest_queued_age_s"] is None
     assert sum(empty["jobs"]["by_state"].values()) == 0
+
+
+async def test_queued_jobs_by_whether_their_agent_is_connected(store: Store) -> None:
+    """What the metrics sample every 15 s: the whole database's queued jobs, split by whether
+    their agent is connected to some instance (stuck delivery) or not (an agent offline)."""
+    assert await store.queued_jobs() == {"online": QueuedJobs(0, None), "offline": QueuedJobs(0, None)}
+    await new_job(store, agent_id="agent-1", now=500.0)
+    await new_job(store, agent_id="agent-1", now=300.0)
+    sent = await new_job(store, agent_id="agent-1", now=100.0)
+    await new_job(store, company="other", agent_id="agent-2", now=200.0)
+    await new_job(store, agent_id="agent-3", now=50.0)  # offline: released below
+    await new_job(store, agent_id="never-seen", now=400.0)  # offline: no session ever
+    fence = await connect(store, agent_id="agent-1")
+    await store.record_dispatch(sent.job_id, 600.0, fence)  # no longer queued
+    await connect(store, company="other", agent_id="agent-2", instance="i2")
+    gone = await connect(store, agent_id="agent-3")
+    await store.release_agent(gone, 700.0)
+
+    assert await store.queued_jobs() == {
+        "online": QueuedJobs(3, 200.0),
+        "offline": QueuedJobs(2, 50.0),
+    }
 
 
 # -- durability ------------------------------------------------------------------------------

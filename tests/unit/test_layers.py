@@ -19,7 +19,7 @@ for layer, modules in enumerate(
         "store store.base store.sql store.sqlite store.postgres store.migrate breakers.shell breakers.metrics"
         " cluster.local cluster.redis cluster.redis_client cluster.bus",
         # services
-        "jobs.service printers status cluster.node cluster.routing auth",
+        "jobs.service printers status cluster.node cluster.routing auth metrics",
         # edges
         "http.router http.listener gateway.connection gateway.hub gateway.server jobs.api monitoring",
         # entry points
