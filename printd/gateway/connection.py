@@ -21,7 +21,7 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
-from websockets.typing import ExtensionName, ExtensionParameter
+from websockets.typing import BytesLike, ExtensionName, ExtensionParameter
 
 from printd.auth import Claims
 from printd.config import CompressionConfig
@@ -115,6 +115,7 @@ class WsConnection:
         "closing",
         "eof",
         "compressed",
+        "fragments",
         "_out",
         "_out_bytes",
         "_flushing",
@@ -150,6 +151,8 @@ class WsConnection:
         self.closing = False
         self.eof = False
         self.compressed = bool(proto.extensions)
+        #: The parts so far of a fragmented text message (None between messages).
+        self.fragments: list[BytesLike] | None = None
         self._out: list[bytes] = []  # an empty deque costs ~600 bytes per connection
         self._out_bytes = 0
         self._flushing = False

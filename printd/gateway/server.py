@@ -21,6 +21,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.typing import BytesLike
 
 from printd.auth import AuthError, Claims, TokenVerifier, bearer_token
 from printd.config import Config
@@ -30,6 +31,8 @@ from printd.gateway.hub import Hub
 from printd.status import StatusFanout
 
 log = structlog.get_logger("printd.gateway")
+
+_TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 
 WS_PATH = "/printing-ws"
 WS_ROLES = ("agent", "dashboard", "admin")
@@ -255,26 +258,36 @@ class Gateway:
                 conn.last_seen = trio.current_time()
                 stats.bytes_in_wire += len(data)
                 proto.receive_data(data)
+                message: BytesLike | None
                 for ev in proto.events_received():
                     if not isinstance(ev, Frame):
                         continue
-                    if ev.opcode is Opcode.TEXT:
-                        stats.messages_in += 1
-                        stats.bytes_in_raw += len(ev.data)
-                        if conn.closing:
+                    opcode = ev.opcode
+                    if opcode is _TEXT and ev.fin:
+                        message = ev.data
+                    elif opcode is _TEXT or opcode is _CONT:
+                        message = self._reassemble(conn, ev)
+                        if message is None:
                             continue
-                        err = self._on_text(conn, ev)
-                        if err is not None and err.__class__ is not P.FrameError:
-                            err = await err  # type: ignore[misc]
-                        if err is not None:
-                            conn.queue(P.encode_error(err))
-                            # our outage is not the client's abuse: it does not spend the budget
-                            if err.code != P.ERR_UNAVAILABLE:
-                                stats.frame_errors += 1
-                                if budget.spend(conn.last_seen):
-                                    conn.close(P.CLOSE_POLICY, "too many invalid frames")
-                    elif ev.opcode is Opcode.BINARY:
+                    elif opcode is _BINARY:
                         conn.close(P.CLOSE_UNSUPPORTED, "binary frames are not supported; send JSON text")
+                        continue
+                    else:
+                        continue
+                    stats.messages_in += 1
+                    stats.bytes_in_raw += len(message)
+                    if conn.closing:
+                        continue
+                    err = self._on_text(conn, message)
+                    if err is not None and err.__class__ is not P.FrameError:
+                        err = await err  # type: ignore[misc]
+                    if err is not None:
+                        conn.queue(P.encode_error(err))
+                        # our outage is not the client's abuse: it does not spend the budget
+                        if err.code != P.ERR_UNAVAILABLE:
+                            stats.frame_errors += 1
+                            if budget.spend(conn.last_seen):
+                                conn.close(P.CLOSE_POLICY, "too many invalid frames")
                 if proto.parser_exc is not None and not conn.closing:
                     # the engine already queued the close frame (1009 too big, 1002 protocol error)
                     code = proto.close_sent.code if proto.close_sent else P.CLOSE_PROTOCOL_ERROR
@@ -288,13 +301,33 @@ class Gateway:
             conn.closing = True
             stream.socket.close()
 
+    @staticmethod
+    def _reassemble(conn: WsConnection, frame: Frame) -> BytesLike | None:
+        """Collect a fragmented text message: the whole message once its last fragment is in.
+        The engine already enforces the fragment order (1002) and the size of the whole
+        message (max_message_bytes, 1009), so what is kept here stays bounded."""
+        if frame.opcode is _TEXT:
+            conn.fragments = [frame.data]
+            return None
+        parts = conn.fragments
+        if parts is None:  # the rest of a binary message: the connection is closing (1003)
+            return None
+        parts.append(frame.data)
+        if not frame.fin:
+            return None
+        conn.fragments = None
+        return b"".join(parts)
+
     def _on_text(
-        self, conn: WsConnection, frame: Frame
+        self, conn: WsConnection, message: BytesLike
     ) -> P.FrameError | None | Awaitable[P.FrameError | None]:
         """Handle one message. Pings and status updates of known printers are handled right
         here, without a coroutine; work that needs the store comes back as an awaitable."""
-        env = P.parse_frame(frame.data)
+        env = P.parse_frame(message)
         if isinstance(env, P.FrameError):
+            if env.code == P.ERR_BAD_JSON and not P.is_utf8(message):
+                conn.close(P.CLOSE_INVALID_DATA, "text message is not valid UTF-8")
+                return None
             return env
         event = env.event
         if event == "ping":

@@ -212,6 +212,66 @@ async def test_binary_frames_close_1003(printd: Printd) -> None:
     assert exc.value.code == 1003
 
 
+def send_fragments(client: WsClient, parts: list[bytes]) -> None:
+    """One text message as a TEXT frame and CONT frames (RFC 6455 fragmentation)."""
+    client.proto.send_text(parts[0], fin=len(parts) == 1)
+    for i, part in enumerate(parts[1:], 2):
+        client.proto.send_continuation(part, fin=i == len(parts))
+
+
+@pytest.mark.parametrize("deflate", [False, True])
+async def test_fragmented_text_messages_are_parsed_whole(printd: Printd, deflate: bool) -> None:
+    dash = await connect(printd, "dashboard", deflate=deflate)
+    await dash.recv_event("printer.status.snapshot")
+    agent = await connect(printd, deflate=deflate)
+    msg = orjson.dumps({"event": "ping", "id": 41, "data": {"pad": "é" * 300}})
+    cut = msg.index("é".encode()) + 1  # splits a two-byte character between fragments
+    send_fragments(agent, [msg[:cut], msg[cut:300], msg[300:]])
+    await agent._flush()
+    assert await agent.recv(5) == {"event": "ack", "id": 41, "data": {}}
+    # fragments in separate TCP writes, a ping frame between them, then a whole message
+    status = orjson.dumps({"event": "printer.status", "id": 42, "data": {"printer_id": "p1", "status": "ok"}})
+    agent.proto.send_text(status[:20], fin=False)
+    await agent._flush()
+    agent.proto.send_ping(b"between")
+    agent.proto.send_continuation(status[20:], fin=True)
+    await agent._flush()
+    await agent.send("ping", id=43)
+    assert [await agent.recv(5) for _ in range(2)] == [
+        {"event": "ack", "id": 42, "data": {}},
+        {"event": "ack", "id": 43, "data": {}},
+    ]
+    batch = await dash.recv_event("printer.status.batch")
+    assert batch["data"]["printers"][0]["status"] == "ok"
+    await agent.close()
+    await dash.close()
+
+
+async def test_fragmented_message_over_the_size_limit_closes_1009(printd_factory: Any) -> None:
+    p = printd_factory(config={"server": {"max_message_bytes": 4096}})
+    agent = await connect(p, deflate=False)
+    send_fragments(agent, [b'{"event":"ping","data":{"x":"' + b"a" * 3000, b"a" * 3000 + b'"}}'])
+    await agent._flush()
+    with pytest.raises(ConnectionClosed) as exc:
+        await agent.recv(10)
+    assert exc.value.code == 1009
+
+
+@pytest.mark.parametrize("fragmented", [False, True])
+async def test_invalid_utf8_in_a_text_frame_closes_1007(printd: Printd, fragmented: bool) -> None:
+    agent = await connect(printd, deflate=False)
+    bad = b'{"event":"ping","id":1,"data":{"x":"\xc3\x28"}}'
+    send_fragments(agent, [bad[:30], bad[30:]] if fragmented else [bad])
+    await agent._flush()
+    with pytest.raises(ConnectionClosed) as exc:
+        await agent.recv(10)
+    assert exc.value.code == 1007
+    bystander = await connect(printd, sub="agent-2")
+    await bystander.send("ping", id=2)
+    assert (await bystander.recv(5))["id"] == 2
+    await bystander.close()
+
+
 async def test_handshake_stall_is_cut_after_the_timeout(printd_factory: Any) -> None:
     p = printd_factory(config={"server": {"handshake_timeout": 1.0}})
     stream = await trio.open_tcp_stream("127.0.0.1", p.port)
