@@ -71,7 +71,7 @@ class App:
         self.store = GuardedStore(self.raw_store, self.circuits.get_or_create("store"))
         self.bus = LocalBus()
         self.hub = Hub()
-        self.status = StatusFanout(self.bus, batch_delay=config.status.batch_delay)
+        self.status = StatusFanout(self.bus, config.status)
         self.bus.subscribe("company:", self._deliver_to_company)
         self.pending: PendingWaiters[dict[str, Any]] = PendingWaiters(
             capacity=config.jobs.pending_capacity,

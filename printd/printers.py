@@ -17,7 +17,8 @@ from printd.store import Store, StoreError
 
 log = structlog.get_logger("printd.printers")
 
-_DETAIL_SKIP = frozenset({"printer_id", "status"})
+#: printd's own fields of a status item, and the ones that are columns: not kept as details.
+_DETAIL_SKIP = frozenset({"printer_id", "status", "ts", "branch", "agent_id", "at"})
 
 
 class PrinterRegistry:
@@ -34,12 +35,17 @@ class PrinterRegistry:
             update.status,
         )
 
+    def forget(self, company: str, printer_ids: list[str]) -> None:
+        """Printers evicted from the live view: their next status is checked with the store."""
+        for printer_id in printer_ids:
+            self._known.pop((company, printer_id), None)
+
     async def printer_seen(self, conn: WsConnection, update: StatusUpdate) -> None:
         if self.is_known(conn, update):
             return
         key = (conn.company, update.printer_id)
         fingerprint = (conn.agent_id, conn.claims.branch, update.status)
-        details = {k: v for k, v in update.data.items() if k not in _DETAIL_SKIP and k != "ts"}
+        details = {k: v for k, v in update.data.items() if k not in _DETAIL_SKIP}
         try:
             await self.store.upsert_printer(
                 company=conn.company,

@@ -20,7 +20,7 @@ CLOSE_GOING_AWAY = 1001  # printd is shutting down or draining: reconnect elsewh
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED = 1003  # binary frames
 CLOSE_INVALID_DATA = 1007  # a text message that is not UTF-8
-CLOSE_POLICY = 1008  # too many rejected frames
+CLOSE_POLICY = 1008  # too many rejected frames, or a message flood
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_HEARTBEAT_TIMEOUT = 4000  # nothing heard from the peer within ping_timeout
@@ -36,6 +36,10 @@ ERR_FORBIDDEN = "forbidden"
 ERR_INVALID_DATA = "invalid_data"
 ERR_RATE_LIMITED = "rate_limited"
 ERR_UNAVAILABLE = "unavailable"
+ERR_LIMIT_EXCEEDED = "limit_exceeded"  # a cap of the live view (printers per agent or company)
+#: Refusals that do not spend the error budget: printd's outage, and caps a well-behaved agent
+#: can hit (one printer too many must not cost it the connection for the printers it has).
+BUDGET_FREE = frozenset({ERR_UNAVAILABLE, ERR_LIMIT_EXCEEDED})
 
 AGENT_EVENTS = frozenset({"printer.status", "job.ack", "job.result", "ping"})
 DASHBOARD_EVENTS = frozenset({"ping"})
