@@ -81,7 +81,7 @@ class App:
         self.jobs = JobService(
             self.store, self.hub, config.jobs, self.pending, self._publish_company, self.circuits
         )
-        self.printers = PrinterRegistry(self.store)
+        self.printers = PrinterRegistry(self.store, owner_online=self.jobs.agent_online)
         self.gateway = Gateway(
             config, self.verifier, self.hub, self.status, self.printers, self.jobs, self.stats
         )
@@ -91,9 +91,9 @@ class App:
         )
         self.fleet_cache: TTLCache[str, dict[str, Any]] = TTLCache(ttl=config.health.fleet_cache_ttl)
         self.router = Router()
-        JobsApi(self.jobs, self.store, self.verifier, self.limits, self.fleet_cache, config.jobs).routes(
-            self.router
-        )
+        JobsApi(
+            self.jobs, self.store, self.verifier, self.limits, self.fleet_cache, config.jobs, self.printers
+        ).routes(self.router)
         self.listener = Listener(config.server, self.gateway, self.handle_http, f"printd/{VERSION}")
         self.health = HealthMonitor(config.health, self._request_counts)
         self.monitoring = MonitoringApi(self)

@@ -30,6 +30,7 @@ from printd.gateway import protocol as P
 from printd.gateway.connection import GatewayStats, WsConnection, make_protocol
 from printd.gateway.hub import Hub
 from printd.gateway.limits import ErrorBudget, MessageRate
+from printd.printers import Claim
 from printd.status import StatusFanout
 
 log = structlog.get_logger("printd.gateway")
@@ -45,7 +46,9 @@ class PrinterEvents(Protocol):
 
     def is_known(self, conn: WsConnection, update: P.StatusUpdate) -> bool: ...
 
-    async def printer_seen(self, conn: WsConnection, update: P.StatusUpdate) -> None: ...
+    async def printer_seen(self, conn: WsConnection, update: P.StatusUpdate) -> Claim | P.FrameError:
+        """Register or update the printer for this agent, or refuse (another owner)."""
+        ...
 
     def forget(self, company: str, printer_ids: list[str]) -> None: ...
 
@@ -397,7 +400,11 @@ class Gateway:
     async def _register_then_publish(
         self, conn: WsConnection, env: P.Envelope, update: P.StatusUpdate, item: bytes
     ) -> P.FrameError | None:
-        await self.printers.printer_seen(conn, update)
+        claim = await self.printers.printer_seen(conn, update)
+        if isinstance(claim, P.FrameError):
+            return P.FrameError(claim.code, claim.message, env.id)
+        if claim is Claim.TAKEOVER:
+            await self.jobs.agent_connected(conn)  # the printer's queued jobs came along: send them
         return self._publish_status(conn, env, update.printer_id, item)
 
     @staticmethod

@@ -75,7 +75,27 @@ class Store(ABC):
         details: dict[str, Any],
         now: float,
     ) -> tuple[Printer, bool]:
-        """Create or update the printer keyed by (company, printer_id); True when created."""
+        """Create the printer keyed by (company, printer_id) for this branch and agent (True),
+        or update its status and details if they own it. A printer owned by another branch or
+        agent is returned unchanged (False): it moves only by `move_printer`."""
+
+    @abstractmethod
+    async def move_printer(
+        self,
+        company: str,
+        printer_id: str,
+        *,
+        expected: tuple[str, str],
+        branch: str,
+        agent_id: str,
+        now: float,
+    ) -> tuple[Printer, int] | None:
+        """Compare-and-set the printer's owner from `expected` (branch, agent_id) to this branch
+        and agent; its queued jobs follow in the same transaction. Returns the moved printer and
+        the number of jobs that moved, or None if the printer is unknown or its owner is no
+        longer `expected` (someone else moved it first: two racing moves cannot both win).
+        Jobs already sent (dispatched, acked) stay with the agent that got them: only it knows
+        whether they printed."""
 
     @abstractmethod
     async def get_printer(self, company: str, printer_id: str) -> Printer | None:

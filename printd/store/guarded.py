@@ -76,6 +76,26 @@ class GuardedStore(Store):
             now=now,
         )
 
+    async def move_printer(
+        self,
+        company: str,
+        printer_id: str,
+        *,
+        expected: tuple[str, str],
+        branch: str,
+        agent_id: str,
+        now: float,
+    ) -> tuple[Printer, int] | None:
+        return await self._call(
+            self.inner.move_printer,
+            company,
+            printer_id,
+            expected=expected,
+            branch=branch,
+            agent_id=agent_id,
+            now=now,
+        )
+
     async def get_printer(self, company: str, printer_id: str) -> Printer | None:
         return await self._call(self.inner.get_printer, company, printer_id)
 

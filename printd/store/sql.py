@@ -224,14 +224,50 @@ class SqlStore(Store):
             )
             if row is not None:
                 return printer_from_row(tx, row), True
+            # Only the owner updates: the owner check and the write are one statement.
             row = tx.one(
-                "UPDATE printers SET branch = ?, agent_id = ?, status = ?, details = ?, updated_at = ?"
-                f" WHERE company = ? AND printer_id = ? RETURNING {PRINTER_COLUMNS}",
-                (branch, agent_id, status, tx.dump(details), now, company, printer_id),
+                "UPDATE printers SET status = ?, details = ?, updated_at = ?"
+                " WHERE company = ? AND printer_id = ? AND branch = ? AND agent_id = ?"
+                f" RETURNING {PRINTER_COLUMNS}",
+                (status, tx.dump(details), now, company, printer_id, branch, agent_id),
             )
+            if row is None:
+                row = tx.one(
+                    f"SELECT {PRINTER_COLUMNS} FROM printers WHERE company = ? AND printer_id = ?",
+                    (company, printer_id),
+                )
             if row is None:
                 raise StoreError(f"printer {company}/{printer_id} vanished during upsert")
             return printer_from_row(tx, row), False
+
+        return await self._run(run, write=True)
+
+    async def move_printer(
+        self,
+        company: str,
+        printer_id: str,
+        *,
+        expected: tuple[str, str],
+        branch: str,
+        agent_id: str,
+        now: float,
+    ) -> tuple[Printer, int] | None:
+        def run(tx: Tx) -> tuple[Printer, int] | None:
+            row = tx.one(
+                "UPDATE printers SET branch = ?, agent_id = ?, updated_at = ?"
+                " WHERE company = ? AND printer_id = ? AND branch = ? AND agent_id = ?"
+                f" RETURNING {PRINTER_COLUMNS}",
+                (branch, agent_id, now, company, printer_id, *expected),
+            )
+            if row is None:
+                return None
+            moved = tx.all(
+                "UPDATE jobs SET branch = ?, agent_id = ?, updated_at = ?"
+                " WHERE company = ? AND printer_id = ? AND branch = ? AND agent_id = ? AND state = ?"
+                " RETURNING job_id",
+                (branch, agent_id, now, company, printer_id, *expected, JobState.QUEUED),
+            )
+            return printer_from_row(tx, row), len(moved)
 
         return await self._run(run, write=True)
 
