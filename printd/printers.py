@@ -81,6 +81,10 @@ class Moved:
     jobs_moved: int
 
 
+class MoveConflict(Exception):
+    """The printer's owner changed between reading and moving it."""
+
+
 class PrinterRegistry:
     def __init__(self, store: Store, owner_online: Callable[[str, str], bool]) -> None:
         """`owner_online(company, agent_id)`: whether that agent is connected (today this
@@ -187,7 +191,3 @@ class PrinterRegistry:
             raise MoveConflict(f"printer {printer_id!r} changed owner meanwhile; look again and retry")
         self._known.pop((company, printer_id), None)  # its next status is checked with the store
         return Moved(moved[0], moved_from, moved[1])
-
-
-class MoveConflict(Exception):
-    """The printer's owner changed between reading and moving it."""
