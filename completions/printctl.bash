@@ -8,7 +8,7 @@ _printctl_children() {
         "printctl cluster") echo "down ls status up" ;;
         "printctl config") echo "check init" ;;
         "printctl jobs") echo "get list submit" ;;
-        "printctl printers") echo "list test wait" ;;
+        "printctl printers") echo "list move test wait" ;;
     esac
 }
 
@@ -39,6 +39,7 @@ _printctl_options() {
         "printctl loadtest") echo "--url --agents --printers-per-agent --dashboards --companies --status-rate --job-rate --duration --ramp --drain --no-compression --status-bytes --workers --max-p99-job-ms --max-errors --json --output --secret --data-dir --secret-from-config --i-know-this-is-production -h --help" ;;
         "printctl printers") echo "-h --help" ;;
         "printctl printers list") echo "--branch --company --url --token --json --timeout -h --help" ;;
+        "printctl printers move") echo "--branch --agent --company --url --token --json --timeout -h --help" ;;
         "printctl printers test") echo "--text --payload --company --url --token --json --timeout -h --help" ;;
         "printctl printers wait") echo "--company --url --token --json --timeout -h --help" ;;
         "printctl token") echo "--role --company --sub --branch --ttl --secret-from-config --data-dir --json -h --help" ;;
@@ -150,6 +151,12 @@ _printctl_value() {
         "printctl printers list|--url") echo "any" ;;
         "printctl printers list|--token") echo "any" ;;
         "printctl printers list|--timeout") echo "any" ;;
+        "printctl printers move|--branch") echo "any" ;;
+        "printctl printers move|--agent") echo "any" ;;
+        "printctl printers move|--company") echo "any" ;;
+        "printctl printers move|--url") echo "any" ;;
+        "printctl printers move|--token") echo "any" ;;
+        "printctl printers move|--timeout") echo "any" ;;
         "printctl printers test|--text") echo "any" ;;
         "printctl printers test|--payload") echo "any" ;;
         "printctl printers test|--company") echo "any" ;;

@@ -15,7 +15,7 @@ function __printctl_children
         case 'jobs'
             printf '%s\n' get list submit
         case 'printers'
-            printf '%s\n' list test wait
+            printf '%s\n' list move test wait
     end
 end
 
@@ -44,7 +44,7 @@ complete -c printctl -n '__printctl_at' -a health -d 'Is printd healthy? Exit 0 
 complete -c printctl -n '__printctl_at' -a instance -d 'This instance\'s figures: connections by role, messages, compression saving, jobs'
 complete -c printctl -n '__printctl_at' -a jobs -d 'Print jobs: submit one (and wait for it), show one, list them'
 complete -c printctl -n '__printctl_at' -a loadtest -d 'Load printd with simulated agents, dashboards and back offices; report latency, '
-complete -c printctl -n '__printctl_at' -a printers -d 'Printers: list them with their agents\' state; wait until they are online; send a'
+complete -c printctl -n '__printctl_at' -a printers -d 'Printers: list them with their agents\' state; send a test print (service or admi'
 complete -c printctl -n '__printctl_at' -a token -d 'Mint a token; only the token is printed on stdout, so `$(printctl token ...)` wo'
 complete -c printctl -n '__printctl_at' -a verify-prints -d 'Compare accepted jobs with the agents\' print logs; exit 1 on any lost, duplicate'
 complete -c printctl -n '__printctl_at' -l version -d 'Print the version and exit'
@@ -205,6 +205,7 @@ complete -c printctl -n '__printctl_at loadtest' -l secret-from-config -r -F -d 
 complete -c printctl -n '__printctl_at loadtest' -l i-know-this-is-production -d 'Allow a URL that is not on this machine (loopback)'
 complete -c printctl -n '__printctl_at loadtest' -s h -l help -d 'Show the help and exit'
 complete -c printctl -n '__printctl_at printers' -a list -d 'List printers with their last reported status and whether their agent is connect'
+complete -c printctl -n '__printctl_at printers' -a move -d 'Move a printer to another branch or agent; its queued jobs follow'
 complete -c printctl -n '__printctl_at printers' -a test -d 'Print a test page and wait for the agent\'s answer; exit 1 unless the printer rep'
 complete -c printctl -n '__printctl_at printers' -a wait -d 'Wait until these printers are registered and their agents connected; exit 1 if n'
 complete -c printctl -n '__printctl_at printers' -s h -l help -d 'Show the help and exit'
@@ -215,6 +216,14 @@ complete -c printctl -n '__printctl_at printers list' -l token -x -d 'Bearer tok
 complete -c printctl -n '__printctl_at printers list' -l json -d 'Machine-readable JSON on stdout'
 complete -c printctl -n '__printctl_at printers list' -l timeout -x -d 'Seconds to wait for printd'
 complete -c printctl -n '__printctl_at printers list' -s h -l help -d 'Show the help and exit'
+complete -c printctl -n '__printctl_at printers move' -l branch -x -d 'Branch the printer moves to'
+complete -c printctl -n '__printctl_at printers move' -l agent -x -d 'Agent id (token sub) that will print for it'
+complete -c printctl -n '__printctl_at printers move' -l company -x -d 'Company, only for an all-companies (\'*\') admin token'
+complete -c printctl -n '__printctl_at printers move' -l url -x -d 'printd base URL (env PRINTD_URL)'
+complete -c printctl -n '__printctl_at printers move' -l token -x -d 'Bearer token (env PRINTD_TOKEN)'
+complete -c printctl -n '__printctl_at printers move' -l json -d 'Machine-readable JSON on stdout'
+complete -c printctl -n '__printctl_at printers move' -l timeout -x -d 'Seconds to wait for printd'
+complete -c printctl -n '__printctl_at printers move' -s h -l help -d 'Show the help and exit'
 complete -c printctl -n '__printctl_at printers test' -l text -x -d 'Text of the test page (default: the server\'s)'
 complete -c printctl -n '__printctl_at printers test' -l payload -x -d 'Test payload as a JSON object'
 complete -c printctl -n '__printctl_at printers test' -l company -x -d 'Company, only for an all-companies (\'*\') admin token'

@@ -13,7 +13,7 @@ _printctl() {
         '1: :->command' \
         '*:: :->args'
     case $state in
-        command) local -a commands; commands=('agent:Run the reference print agent\: receive jobs over /printing-ws and "print" them t' 'circuits:Circuit breakers\: list them; reset, force-open or disable one (admin token)' 'cluster:A local cluster\: N printd behind nginx on loopback (up, down, ls)' 'config:Write and check printd config files' 'deploy:Render the deployment of a cluster\: systemd unit, one env file per instance, the' 'health:Is printd healthy? Exit 0 when status is ok, 1 when degraded, draining or unreac' 'instance:This instances figures\: connections by role, messages, compression saving, jobs' 'jobs:Print jobs\: submit one (and wait for it), show one, list them' 'loadtest:Load printd with simulated agents, dashboards and back offices; report latency, ' 'printers:Printers\: list them with their agents state; wait until they are online; send a' 'token:Mint a token; only the token is printed on stdout, so `$(printctl token ...)` wo' 'verify-prints:Compare accepted jobs with the agents print logs; exit 1 on any lost, duplicate'); _describe command commands ;;
+        command) local -a commands; commands=('agent:Run the reference print agent\: receive jobs over /printing-ws and "print" them t' 'circuits:Circuit breakers\: list them; reset, force-open or disable one (admin token)' 'cluster:A local cluster\: N printd behind nginx on loopback (up, down, ls)' 'config:Write and check printd config files' 'deploy:Render the deployment of a cluster\: systemd unit, one env file per instance, the' 'health:Is printd healthy? Exit 0 when status is ok, 1 when degraded, draining or unreac' 'instance:This instances figures\: connections by role, messages, compression saving, jobs' 'jobs:Print jobs\: submit one (and wait for it), show one, list them' 'loadtest:Load printd with simulated agents, dashboards and back offices; report latency, ' 'printers:Printers\: list them with their agents state; send a test print (service or admi' 'token:Mint a token; only the token is printed on stdout, so `$(printctl token ...)` wo' 'verify-prints:Compare accepted jobs with the agents print logs; exit 1 on any lost, duplicate'); _describe command commands ;;
         args)
             case $words[1] in
                 agent) _printctl_agent ;;
@@ -362,10 +362,11 @@ _printctl_printers() {
         '1: :->command' \
         '*:: :->args'
     case $state in
-        command) local -a commands; commands=('list:List printers with their last reported status and whether their agent is connect' 'test:Print a test page and wait for the agents answer; exit 1 unless the printer rep' 'wait:Wait until these printers are registered and their agents connected; exit 1 if n'); _describe command commands ;;
+        command) local -a commands; commands=('list:List printers with their last reported status and whether their agent is connect' 'move:Move a printer to another branch or agent; its queued jobs follow' 'test:Print a test page and wait for the agents answer; exit 1 unless the printer rep' 'wait:Wait until these printers are registered and their agents connected; exit 1 if n'); _describe command commands ;;
         args)
             case $words[1] in
                 list) _printctl_printers_list ;;
+                move) _printctl_printers_move ;;
                 test) _printctl_printers_test ;;
                 wait) _printctl_printers_wait ;;
             esac ;;
@@ -376,6 +377,20 @@ _printctl_printers_list() {
     local curcontext="$curcontext" state line
     _arguments \
         '--branch[Only this branch]:branch: ' \
+        '--company[Company, only for an all-companies (*) admin token]:company: ' \
+        '--url[printd base URL (env PRINTD_URL)]:url: ' \
+        '--token[Bearer token (env PRINTD_TOKEN)]:token: ' \
+        '--json[Machine-readable JSON on stdout]' \
+        '--timeout[Seconds to wait for printd]:timeout: ' \
+        '(-h --help)-h[Show the help and exit]' \
+        '(-h --help)--help[Show the help and exit]'
+}
+
+_printctl_printers_move() {
+    local curcontext="$curcontext" state line
+    _arguments \
+        '--branch[Branch the printer moves to]:branch: ' \
+        '--agent[Agent id (token sub) that will print for it]:agent: ' \
         '--company[Company, only for an all-companies (*) admin token]:company: ' \
         '--url[printd base URL (env PRINTD_URL)]:url: ' \
         '--token[Bearer token (env PRINTD_TOKEN)]:token: ' \

@@ -63,6 +63,13 @@ COMMENTS: dict[str, str] = {
         "logs who a client is; nobody else's. Env TRUSTED_PROXIES (comma-separated)."
     ),
     "server.error_budget": "Rejected WebSocket frames per minute from one connection before it is closed.",
+    "server.message_rate": (
+        "WebSocket messages per second one connection may send; beyond, printd pauses reading it."
+    ),
+    "server.message_burst": "WebSocket messages one connection may send at once above message_rate.",
+    "server.rate_limit_close_after": (
+        "Seconds a connection may stay over message_rate before it is closed (1008)."
+    ),
     "compression.enabled": "Offer permessage-deflate to clients that ask for it.",
     "compression.level": "zlib compression level, 1 (fast) to 9 (small).",
     "compression.mem_level": "zlib memory level, 1-9 (memory per connection vs ratio).",
@@ -86,6 +93,17 @@ COMMENTS: dict[str, str] = {
     "status.batch_delay": (
         "Seconds to batch printer status updates before fanning them out (0 = at once). "
         "Env STATUS_BATCH_DELAY (milliseconds)."
+    ),
+    "status.max_item_bytes": (
+        "Largest printer.status item printd keeps and fans out, in bytes of JSON (then invalid_data)."
+    ),
+    "status.max_printers_per_agent": "Printers one agent may have in the live view (then limit_exceeded).",
+    "status.max_printers_per_company": "Printers a company may have in the live view (then limit_exceeded).",
+    "status.evict_after": (
+        "Seconds after an agent disconnects before its printers leave the live view (shown offline)."
+    ),
+    "status.chunk_bytes": (
+        "Largest snapshot or batch message sent to dashboards, in bytes; bigger ones go in parts."
     ),
     "jobs.ack_timeout": "Seconds an agent has to acknowledge a dispatched job before it is redelivered.",
     "jobs.retry_initial": "First redelivery delay in seconds (doubles with each attempt, up to retry_max).",

@@ -1,4 +1,4 @@
-"""`printctl printers`: the company's printers and their agents; test-print one."""
+"""`printctl printers`: the company's printers and their agents; test-print one; move one."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from printctl.circuits import ADMIN_HINT
 from printctl.common import (
     DEFAULT_URL,
     EXIT_CHECK_FAILED,
@@ -18,6 +19,7 @@ from printctl.common import (
     console,
     emit_json,
     err_console,
+    error_message,
     exit_code_for,
     fail,
     path_segment,
@@ -35,8 +37,10 @@ from printctl.jobs import (
 )
 
 app = typer.Typer(
-    help="Printers: list them with their agents' state; wait until they are online; send a test print. "
-    "Needs a service or admin token.",
+    help=(
+        "Printers: list them with their agents' state; send a test print (service or admin token); "
+        "move one to another branch or agent (admin token)."
+    ),
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -184,3 +188,58 @@ def wait(
         emit_json({"ok": True, "printers": [online[pid] for pid in sorted(wanted)]})
     else:
         console.print(f"[green]online[/green]: {', '.join(sorted(wanted))}")
+
+
+@app.command("move")
+def move(
+    printer_id: Annotated[str, typer.Argument(help="Printer id, as shown by `printctl printers list`.")],
+    branch: Annotated[str, typer.Option("--branch", help="Branch the printer moves to.", show_default=False)],
+    agent_id: Annotated[
+        str, typer.Option("--agent", help="Agent id (token sub) that will print for it.", show_default=False)
+    ],
+    company: CompanyOpt = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+    timeout: TimeoutOpt = 10.0,
+) -> None:
+    """Move a printer to another branch or agent; its queued jobs follow. Needs an admin token,
+    and printd logs who did it. Exit 1 if printd refuses (unknown printer, not an admin, moved
+    meanwhile).
+
+    A replacement agent of the same branch takes a printer over by itself while the old agent is
+    offline; moving it to another branch, or away from an agent that is online, is this command.
+
+    Example: printctl printers move kitchen-1 --branch downtown --agent agent-downtown-2 --company acme
+    """
+    body: dict[str, Any] = {"branch": branch, "agent_id": agent_id}
+    if company is not None:
+        body["company"] = company
+    resp = request(
+        "POST",
+        url,
+        f"/api/v1/printers/{path_segment('PRINTER_ID', printer_id)}/move",
+        token=token,
+        json_body=body,
+        timeout=timeout,
+    )
+    try:
+        answer: Any = resp.json()
+    except ValueError:
+        answer = None
+    if resp.status_code != 200 or not isinstance(answer, dict):
+        message = error_message(resp)
+        if resp.status_code in (401, 403):
+            message += f"; {ADMIN_HINT}"
+        fail(f"move of {printer_id} failed: {message}", exit_code_for(resp), status=resp.status_code)
+    if json_out:
+        emit_json(answer)
+        return
+    was, now = answer.get("moved_from", {}), answer.get("printer", {})
+    table = Table(title=f"printer {printer_id} moved", show_header=True)
+    for column in ("", "branch", "agent"):
+        table.add_column(column)
+    table.add_row("from", str(was.get("branch")), str(was.get("agent_id")))
+    table.add_row("to", f"[green]{now.get('branch')}[/green]", f"[green]{now.get('agent_id')}[/green]")
+    console.print(table)
+    console.print(f"queued jobs moved with it: {answer.get('jobs_moved', 0)}")

@@ -90,7 +90,7 @@ class App:
         self.backend = make_backend(config, self.incarnation, self._on_cluster_message)
         self.bus = LocalBus()
         self.hub = Hub(on_company=self._dashboards_of)
-        self.status = StatusFanout(self.bus, batch_delay=config.status.batch_delay)
+        self.status = StatusFanout(self.bus, config.status)
         self.bus.subscribe("company:", self._deliver_to_company)
         self.pending: PendingWaiters[dict[str, Any]] = PendingWaiters(
             capacity=config.jobs.pending_capacity,
@@ -129,7 +129,7 @@ class App:
         )
         self.node.handle("replaced", self._replaced_elsewhere)
         self.node.handle_topic("company:", self._from_other_instance)
-        self.printers = PrinterRegistry(self.store)
+        self.printers = PrinterRegistry(self.store, owner_online=self.jobs.agent_online)
         self.gateway = Gateway(
             config, self.verifier, self.hub, self.status, self.printers, self.jobs, self.stats
         )
@@ -142,7 +142,7 @@ class App:
         )
         self.router = Router()
         self.jobs_api = JobsApi(
-            self.jobs, self.store, self.verifier, self.limits, self.fleet_cache, config.jobs
+            self.jobs, self.store, self.verifier, self.limits, self.fleet_cache, config.jobs, self.printers
         )
         self.jobs_api.routes(self.router)
         self.listener = Listener(config.server, self.gateway, self.handle_http, f"printd/{VERSION}")

@@ -79,6 +79,9 @@ class ServerConfig:
     shutdown_grace: float = 5.0
     error_budget: int = 20
     trusted_proxies: tuple[str, ...] = ()
+    message_rate: float = 1000.0
+    message_burst: int = 2000
+    rate_limit_close_after: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,11 @@ class StatusConfig:
     """Printer status fan-out to dashboards."""
 
     batch_delay: float = 0.1
+    max_item_bytes: int = 4096
+    max_printers_per_agent: int = 100
+    max_printers_per_company: int = 10_000
+    evict_after: float = 300.0
+    chunk_bytes: int = 262_144
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,8 +483,21 @@ def validate(config: Config) -> None:
     for name in ("server_max_window_bits", "client_max_window_bits"):
         if not 9 <= getattr(c, name) <= 15:
             raise ConfigError(f"compression.{name}: must be 9-15")
-    if config.status.batch_delay < 0:
+    if s.message_rate <= 0 or s.message_burst < 1:
+        raise ConfigError("server.message_rate and server.message_burst: must be > 0")
+    if s.rate_limit_close_after <= 0:
+        raise ConfigError("server.rate_limit_close_after: must be > 0")
+    st = config.status
+    if st.batch_delay < 0:
         raise ConfigError("status.batch_delay: must be >= 0 (0 forwards every update at once)")
+    if st.max_item_bytes < 256:
+        raise ConfigError("status.max_item_bytes: must be at least 256")
+    if st.max_printers_per_agent < 1 or st.max_printers_per_company < st.max_printers_per_agent:
+        raise ConfigError("status.max_printers_per_company: must be >= status.max_printers_per_agent >= 1")
+    if st.evict_after < 0:
+        raise ConfigError("status.evict_after: must be >= 0 (0 evicts as soon as the agent leaves)")
+    if st.chunk_bytes < 2 * st.max_item_bytes:
+        raise ConfigError("status.chunk_bytes: must be at least 2 x status.max_item_bytes")
     j = config.jobs
     if j.pending_capacity < 1:
         raise ConfigError("jobs.pending_capacity: must be >= 1")

@@ -20,8 +20,8 @@ from prometheus_client.registry import Collector
 
 from printd.cluster.node import ClusterNode
 from printd.cluster.routing import AgentRouter
-from printd.jobs.model import JOB_KINDS, TERMINAL_STATES, Job
 from printd.jobs.service import JobService
+from printd.model import JOB_KINDS, TERMINAL_STATES, Job
 from printd.store import Store, StoreError
 from printd.store.base import QueuedJobs
 

@@ -21,7 +21,7 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
-from websockets.typing import ExtensionName, ExtensionParameter
+from websockets.typing import BytesLike, ExtensionName, ExtensionParameter
 
 from printd.auth import Claims
 from printd.config import CompressionConfig
@@ -117,9 +117,12 @@ class WsConnection:
         "closing",
         "eof",
         "compressed",
+        "fragments",
         "_out",
         "_out_bytes",
+        "_head_left",
         "_flushing",
+        "_drained",
         "write_since",
         "_max_queue",
         "_write_timeout",
@@ -154,9 +157,13 @@ class WsConnection:
         self.closing = False
         self.eof = False
         self.compressed = bool(proto.extensions)
+        #: The parts so far of a fragmented text message (None between messages).
+        self.fragments: list[BytesLike] | None = None
         self._out: list[bytes] = []  # an empty deque costs ~600 bytes per connection
         self._out_bytes = 0
+        self._head_left = 0  # bytes of the handshake response at the front of _out, unsent
         self._flushing = False
+        self._drained: trio.Event | None = None
         self.write_since = 0.0
         self._max_queue = max_queue_bytes
         self._write_timeout = write_timeout
@@ -176,9 +183,11 @@ class WsConnection:
                 self.eof = True
 
     def queue_raw(self, data: bytes) -> None:
-        """Bytes that are not a WebSocket message (the handshake's 101 response)."""
+        """The handshake's 101 response: queued first, and kept even if the queue overflows
+        before it is written (the client must see the 101 before our close frame)."""
         self._out.append(data)
         self._out_bytes += len(data)
+        self._head_left = self._out_bytes
 
     def queue(self, payload: bytes) -> bool:
         """Queue one text message; False (and the connection closes) when the queue overflows."""
@@ -218,6 +227,8 @@ class WsConnection:
             self.abort()
             return
         self._stats.bytes_out_wire += sent
+        if self._head_left:
+            self._head_left = max(0, self._head_left - sent)
         if sent == len(data):
             self._out.clear()
             self._out_bytes = 0
@@ -228,8 +239,9 @@ class WsConnection:
 
     def _overflow(self) -> None:
         self._stats.slow_consumers += 1
-        self._out.clear()
-        self._out_bytes = 0
+        head = b"".join(self._out)[: self._head_left] if self._head_left else b""
+        self._out[:] = [head] if head else []
+        self._out_bytes = len(head)
         self.close(4008, "send queue overflow: client reads too slowly")
 
     def close(self, code: int, reason: str) -> None:
@@ -248,6 +260,18 @@ class WsConnection:
         await trio.sleep(CLOSE_TIMEOUT)
         if self.proto.state is not State.CLOSED:
             self.abort()
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far is written (or the connection is closing): a
+        producer of many big messages (a chunked snapshot) goes at the client's pace this way,
+        instead of overflowing the queue."""
+        while self._out_bytes and not self.closing:
+            if not self._flushing:
+                await self.flush()
+                continue
+            if self._drained is None:
+                self._drained = trio.Event()
+            await self._drained.wait()
 
     async def flush(self) -> None:
         """Write everything queued; only one task writes at a time, others return at once."""
@@ -269,6 +293,8 @@ class WsConnection:
                 parts = self._out[:n]
                 del self._out[:n]
                 self._out_bytes -= size
+                if self._head_left:  # the writer owns these bytes now, the head among them
+                    self._head_left = max(0, self._head_left - size)
                 data = parts[0] if len(parts) == 1 else b"".join(parts)
                 if not await self._write(data):
                     return
@@ -278,6 +304,9 @@ class WsConnection:
             self.abort()
         finally:
             self._flushing = False
+            if self._drained is not None:
+                self._drained.set()
+                self._drained = None
 
     async def _write(self, data: bytes) -> bool:
         """Write with one non-blocking syscall; only a full socket buffer waits in trio (and the

@@ -21,7 +21,8 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001  # printd is shutting down or draining: reconnect elsewhere
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED = 1003  # binary frames
-CLOSE_POLICY = 1008  # too many rejected frames
+CLOSE_INVALID_DATA = 1007  # a text message that is not UTF-8
+CLOSE_POLICY = 1008  # too many rejected frames, or a message flood
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_HEARTBEAT_TIMEOUT = 4000  # nothing heard from the peer within ping_timeout
@@ -38,6 +39,10 @@ ERR_FORBIDDEN = "forbidden"
 ERR_INVALID_DATA = "invalid_data"
 ERR_RATE_LIMITED = "rate_limited"
 ERR_UNAVAILABLE = "unavailable"
+ERR_LIMIT_EXCEEDED = "limit_exceeded"  # a cap of the live view (printers per agent or company)
+#: Refusals that do not spend the error budget: printd's outage, and caps a well-behaved agent
+#: can hit (one printer too many must not cost it the connection for the printers it has).
+BUDGET_FREE = frozenset({ERR_UNAVAILABLE, ERR_LIMIT_EXCEEDED})
 
 AGENT_EVENTS = frozenset({"printer.status", "job.ack", "job.result", "ping"})
 DASHBOARD_EVENTS = frozenset({"ping"})
@@ -76,6 +81,16 @@ def parse_frame(payload: bytes | bytearray | memoryview | str) -> Envelope | Fra
     if not isinstance(data, dict):
         return FrameError(ERR_BAD_ENVELOPE, "'data' must be a JSON object", msg_id)
     return Envelope(event, data, msg_id)
+
+
+def is_utf8(payload: bytes | bytearray | memoryview) -> bool:
+    """Whether a text message is valid UTF-8. Only asked after a JSON parse failed: the parser
+    checks UTF-8 itself, so valid messages never pay for this."""
+    try:
+        bytes(payload).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _ident(data: dict[str, Any], key: str, msg_id: int | None) -> str | FrameError:

@@ -7,6 +7,7 @@ sit behind `JobEvents` and `PrinterEvents`, so this module knows the wire, not t
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.typing import BytesLike
 
 from printd.agents import AgentLink
 from printd.auth import AuthError, Claims, TokenVerifier, bearer_token
@@ -28,9 +30,13 @@ from printd.config import Config
 from printd.gateway import protocol as P
 from printd.gateway.connection import GatewayStats, WsConnection, make_protocol
 from printd.gateway.hub import Hub
+from printd.gateway.limits import ErrorBudget, MessageRate
+from printd.printers import Claim
 from printd.status import StatusFanout
 
 log = structlog.get_logger("printd.gateway")
+
+_TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 
 WS_PATH = "/printing-ws"
 WS_ROLES = ("agent", "dashboard", "admin")
@@ -41,7 +47,11 @@ class PrinterEvents(Protocol):
 
     def is_known(self, conn: WsConnection, update: P.StatusUpdate) -> bool: ...
 
-    async def printer_seen(self, conn: WsConnection, update: P.StatusUpdate) -> None: ...
+    async def printer_seen(self, conn: WsConnection, update: P.StatusUpdate) -> Claim | P.FrameError:
+        """Register or update the printer for this agent, or refuse (another owner)."""
+        ...
+
+    def forget(self, company: str, printer_ids: list[str]) -> None: ...
 
 
 class JobEvents(Protocol):
@@ -67,26 +77,6 @@ class UpgradeRejected(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-class ErrorBudget:
-    """Rejected frames allowed per minute before the connection is closed (1008)."""
-
-    __slots__ = ("limit", "window", "count", "since")
-
-    def __init__(self, limit: int, window: float = 60.0) -> None:
-        self.limit = limit
-        self.window = window
-        self.count = 0
-        self.since = 0.0
-
-    def spend(self, now: float) -> bool:
-        """Record one error; True when the budget is exhausted."""
-        if now - self.since > self.window:
-            self.since = now
-            self.count = 0
-        self.count += 1
-        return self.count > self.limit
 
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...], production: bool) -> bool:
@@ -120,6 +110,8 @@ class Gateway:
         self.accepting = True
         self._nursery: trio.Nursery | None = None
         self._hello_common = {"protocol": P.PROTOCOL_VERSION, "instance": config.instance_id}
+        self._max_item = config.status.max_item_bytes
+        status.on_evict.append(printers.forget)  # an evicted printer is looked up again
 
     def bind(self, nursery: trio.Nursery) -> None:
         """The nursery that runs flush tasks started from other tasks (fan-out, dispatch)."""
@@ -202,11 +194,14 @@ class Gateway:
         conn.queue_raw(response)  # the 101, sent with the hello in one write
         del accepted, response
         self.hub.add(conn)
+        if conn.role == "agent":
+            self.status.agent_arrived(conn.company, conn.agent_id)
         try:
             await self._session(conn)
         finally:
             current = self.hub.remove(conn)
             if conn.role == "agent" and current:
+                self.status.agent_left(conn.company, conn.agent_id)
                 with trio.CancelScope(shield=True):
                     await self.jobs.agent_disconnected(conn)
 
@@ -215,7 +210,11 @@ class Gateway:
         hello["heartbeat"] = self.config.server.ping_interval
         conn.queue(P.encode_event("hello", hello))
         if conn.role != "agent":
-            conn.queue(self.status.snapshot(conn.company))
+            # in parts of at most status.chunk_bytes, each written before the next is built
+            for part in self.status.snapshot_parts(conn.company):
+                if not conn.queue(part):
+                    break
+                await conn.drain()
         await conn.flush()
         if conn.role == "agent":
             await self.jobs.agent_connected(conn)
@@ -225,7 +224,9 @@ class Gateway:
         proto = conn.proto
         stream = conn.stream
         stats = self.stats
-        budget = ErrorBudget(self.config.server.error_budget)
+        cfg = self.config.server
+        budget = ErrorBudget(cfg.error_budget)
+        rate = MessageRate(cfg.message_rate, cfg.message_burst, cfg.rate_limit_close_after, conn.last_seen)
         sock = stream.socket
         streak = 0
         try:
@@ -254,26 +255,38 @@ class Gateway:
                 conn.last_seen = trio.current_time()
                 stats.bytes_in_wire += len(data)
                 proto.receive_data(data)
+                messages = 0
+                message: BytesLike | None
                 for ev in proto.events_received():
                     if not isinstance(ev, Frame):
                         continue
-                    if ev.opcode is Opcode.TEXT:
-                        stats.messages_in += 1
-                        stats.bytes_in_raw += len(ev.data)
-                        if conn.closing:
+                    opcode = ev.opcode
+                    if opcode is _TEXT and ev.fin:
+                        message = ev.data
+                    elif opcode is _TEXT or opcode is _CONT:
+                        message = self._reassemble(conn, ev)
+                        if message is None:
                             continue
-                        err = self._on_text(conn, ev)
-                        if err is not None and err.__class__ is not P.FrameError:
-                            err = await err  # type: ignore[misc]
-                        if err is not None:
-                            conn.queue(P.encode_error(err))
-                            # our outage is not the client's abuse: it does not spend the budget
-                            if err.code != P.ERR_UNAVAILABLE:
-                                stats.frame_errors += 1
-                                if budget.spend(conn.last_seen):
-                                    conn.close(P.CLOSE_POLICY, "too many invalid frames")
-                    elif ev.opcode is Opcode.BINARY:
+                    elif opcode is _BINARY:
                         conn.close(P.CLOSE_UNSUPPORTED, "binary frames are not supported; send JSON text")
+                        continue
+                    else:
+                        continue
+                    messages += 1
+                    stats.messages_in += 1
+                    stats.bytes_in_raw += len(message)
+                    if conn.closing:
+                        continue
+                    err = self._on_text(conn, message)
+                    if err is not None and err.__class__ is not P.FrameError:
+                        err = await err  # type: ignore[misc]
+                    if err is not None:
+                        conn.queue(P.encode_error(err))
+                        # our outage is not the client's abuse: it does not spend the budget
+                        if err.code not in P.BUDGET_FREE:
+                            stats.frame_errors += 1
+                            if budget.spend(conn.last_seen):
+                                conn.close(P.CLOSE_POLICY, "too many invalid frames")
                 if proto.parser_exc is not None and not conn.closing:
                     # the engine already queued the close frame (1009 too big, 1002 protocol error)
                     code = proto.close_sent.code if proto.close_sent else P.CLOSE_PROTOCOL_ERROR
@@ -281,19 +294,64 @@ class Gateway:
                 conn.send_pending()
                 if conn.eof or proto.state is State.CLOSED:
                     return  # closing handshake done: the server closes TCP first (RFC 6455)
+                if messages and not conn.closing:
+                    pause = rate.spend(conn.last_seen, messages)
+                    if pause:
+                        await self._over_rate(conn, pause)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
         finally:
             conn.closing = True
             stream.socket.close()
 
+    async def _over_rate(self, conn: WsConnection, pause: float) -> None:
+        """Over its message rate, a client is read no further until the bucket refills (the
+        excess waits in its socket buffer); over it for `rate_limit_close_after`, it is closed.
+        One pause lasts at most that long, and at most `ping_interval` (a huge burst is judged
+        again at the next read), so a paused client is never taken for a silent one."""
+        cfg = self.config.server
+        if pause == math.inf:
+            log.warning(
+                "connection closed: message flood",
+                role=conn.role,
+                company=conn.company,
+                sub=conn.agent_id,
+                message_rate=cfg.message_rate,
+            )
+            conn.close(
+                P.CLOSE_POLICY,
+                f"message rate over {cfg.message_rate:g}/s for {cfg.rate_limit_close_after:g} s",
+            )
+        else:
+            await trio.sleep(min(pause, cfg.rate_limit_close_after, cfg.ping_interval))
+
+    @staticmethod
+    def _reassemble(conn: WsConnection, frame: Frame) -> BytesLike | None:
+        """Collect a fragmented text message: the whole message once its last fragment is in.
+        The engine already enforces the fragment order (1002) and the size of the whole
+        message (max_message_bytes, 1009), so what is kept here stays bounded."""
+        if frame.opcode is _TEXT:
+            conn.fragments = [frame.data]
+            return None
+        parts = conn.fragments
+        if parts is None:  # the rest of a binary message: the connection is closing (1003)
+            return None
+        parts.append(frame.data)
+        if not frame.fin:
+            return None
+        conn.fragments = None
+        return b"".join(parts)
+
     def _on_text(
-        self, conn: WsConnection, frame: Frame
+        self, conn: WsConnection, message: BytesLike
     ) -> P.FrameError | None | Awaitable[P.FrameError | None]:
         """Handle one message. Pings and status updates of known printers are handled right
         here, without a coroutine; work that needs the store comes back as an awaitable."""
-        env = P.parse_frame(frame.data)
+        env = P.parse_frame(message)
         if isinstance(env, P.FrameError):
+            if env.code == P.ERR_BAD_JSON and not P.is_utf8(message):
+                conn.close(P.CLOSE_INVALID_DATA, "text message is not valid UTF-8")
+                return None
             return env
         event = env.event
         if event == "ping":
@@ -306,10 +364,21 @@ class Gateway:
             update = P.parse_status(env)
             if isinstance(update, P.FrameError):
                 return update
+            item = self._status_item(conn, update)
+            if len(item) > self._max_item:
+                return P.FrameError(
+                    P.ERR_INVALID_DATA,
+                    f"printer.status item is {len(item)} bytes as kept (data plus branch, agent_id, at);"
+                    f" at most {self._max_item} (status.max_item_bytes)",
+                    env.id,
+                )
             if not self.printers.is_known(conn, update):
-                return self._register_then_publish(conn, env, update)
-            self._publish_status(conn, env, update)
-            return None
+                # caps first: a printer refused by them is not registered either
+                refused = self.status.admit(conn.company, conn.agent_id, update.printer_id)
+                if refused is not None:
+                    return P.FrameError(P.ERR_LIMIT_EXCEEDED, refused, env.id)
+                return self._register_then_publish(conn, env, update, item)
+            return self._publish_status(conn, env, update.printer_id, item)
         if event in ("job.ack", "job.result"):
             report = P.parse_job_report(env)
             if isinstance(report, P.FrameError):
@@ -328,18 +397,30 @@ class Gateway:
         return P.FrameError(err.code, err.message, env.id)  # answer the frame the client sent
 
     async def _register_then_publish(
-        self, conn: WsConnection, env: P.Envelope, update: P.StatusUpdate
+        self, conn: WsConnection, env: P.Envelope, update: P.StatusUpdate, item: bytes
     ) -> P.FrameError | None:
-        await self.printers.printer_seen(conn, update)
-        self._publish_status(conn, env, update)
-        return None
+        claim = await self.printers.printer_seen(conn, update)
+        if isinstance(claim, P.FrameError):
+            return P.FrameError(claim.code, claim.message, env.id)
+        if claim is Claim.TAKEOVER:
+            await self.jobs.agent_connected(conn)  # the printer's queued jobs came along: send them
+        return self._publish_status(conn, env, update.printer_id, item)
 
-    def _publish_status(self, conn: WsConnection, env: P.Envelope, update: P.StatusUpdate) -> None:
-        """Decorate and encode the item once, here; batches splice these bytes."""
+    @staticmethod
+    def _status_item(conn: WsConnection, update: P.StatusUpdate) -> bytes:
+        """Decorate and encode the item once, here; batches and snapshots splice these bytes."""
         item = update.data
         item["branch"] = conn.claims.branch
         item["agent_id"] = conn.agent_id
         item["at"] = time.time()
-        self.status.update(conn.company, update.printer_id, orjson.dumps(item))
+        return orjson.dumps(item)
+
+    def _publish_status(
+        self, conn: WsConnection, env: P.Envelope, printer_id: str, item: bytes
+    ) -> P.FrameError | None:
+        refused = self.status.update(conn.company, conn.agent_id, printer_id, item)
+        if refused is not None:
+            return P.FrameError(P.ERR_LIMIT_EXCEEDED, refused, env.id)
         if env.id is not None:
             conn.queue(P.encode_ack(env.id))
+        return None

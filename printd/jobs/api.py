@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import orjson
+import structlog
 
 from printd.auth import AuthError, Claims, TokenVerifier, bearer_token
 from printd.cache import TTLCache
@@ -21,9 +22,11 @@ from printd.http.router import HttpError, HttpRequest, HttpResponse, Router, jso
 from printd.inputs import ID_RULE, has_nul, is_id
 from printd.jobs.service import JobService
 from printd.model import JOB_KINDS, JobState
+from printd.printers import MoveConflict, PrinterRegistry
 from printd.ratelimit import PrinterTestLimits
 from printd.store import Store, StoreUnavailable
 
+log = structlog.get_logger("printd.api")
 API_ROLES = ("service", "admin")
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 
@@ -37,7 +40,9 @@ class JobsApi:
         limits: PrinterTestLimits,
         fleet_cache: TTLCache[str, dict[str, Any]],
         config: JobsConfig,
+        printers: PrinterRegistry,
     ) -> None:
+        self.printers = printers
         self.jobs = jobs
         self.store = store
         self.verifier = verifier
@@ -51,6 +56,7 @@ class JobsApi:
         router.add("GET", "/api/v1/jobs/{job_id}", self.get_job)
         router.add("GET", "/api/v1/printers", self.list_printers)
         router.add("POST", "/api/v1/printers/{printer_id}/test", self.test_printer)
+        router.add("POST", "/api/v1/printers/{printer_id}/move", self.move_printer)
         router.add("GET", "/api/v1/fleet/health", self.fleet_health)
 
     # ---------------------------------------------------------------- helpers
@@ -196,6 +202,46 @@ class JobsApi:
                 "message": result.get("message"),
                 "state": str(job.state),
                 **common,
+            },
+        )
+
+    async def move_printer(self, req: HttpRequest) -> HttpResponse:
+        """An operator moves a printer to another branch or agent (admin only, logged with the
+        caller's `sub`); its queued jobs follow it."""
+        claims = self._claims(req)
+        if claims.role != "admin":
+            raise HttpError(403, "moving a printer needs an admin token")
+        body: Any = req.json() if req.body else {}
+        if not isinstance(body, dict):
+            raise HttpError(400, "request body must be a JSON object")
+        company = self._company(claims, body.get("company") or req.query.get("company"))
+        branch, agent_id = _id("branch", body.get("branch")), _id("agent_id", body.get("agent_id"))
+        printer_id = req.params["printer_id"]
+        try:
+            moved = await self.printers.move(company, printer_id, branch, agent_id)
+        except MoveConflict as exc:
+            raise HttpError(409, str(exc)) from None
+        if moved is None:
+            raise HttpError(404, f"unknown printer {printer_id!r} in company {company!r}")
+        log.info(
+            "printer moved",
+            company=company,
+            printer_id=printer_id,
+            from_branch=moved.moved_from[0],
+            from_agent=moved.moved_from[1],
+            to_branch=branch,
+            to_agent=agent_id,
+            jobs_moved=moved.jobs_moved,
+            by=claims.sub,
+        )
+        if moved.jobs_moved:
+            await self.jobs.deliver_queued(company, agent_id)  # the jobs that came with the printer
+        return json_response(
+            200,
+            {
+                "printer": moved.printer.to_json(),
+                "moved_from": {"branch": moved.moved_from[0], "agent_id": moved.moved_from[1]},
+                "jobs_moved": moved.jobs_moved,
             },
         )
 

@@ -132,14 +132,9 @@ class JobService:
     async def _create(
         self, company: str, printer_id: str, kind: str, payload: dict[str, Any], key: str | None
     ) -> tuple[Job, bool]:
-        printer = await self.store.get_printer(company, printer_id)
-        if printer is None:
-            raise LookupError(printer_id)
-        return await self.store.create_job(
+        return await self.store.create_job(  # UnknownPrinter is a LookupError
             company=company,
-            branch=printer.branch,
             printer_id=printer_id,
-            agent_id=printer.agent_id,
             kind=kind,
             payload=payload,
             idempotency_key=key,
@@ -148,9 +143,12 @@ class JobService:
         )
 
     async def _route(self, job: Job) -> None:
-        """Wake the delivery of the job's agent, here or on the instance holding it. Never
-        raises: from here on a failure only delays the job, which waits in the store."""
-        key = (job.company, job.agent_id)
+        await self.deliver_queued(job.company, job.agent_id)
+
+    async def deliver_queued(self, company: str, agent_id: str) -> None:
+        """Wake the delivery of the agent's queued jobs, here or on the instance holding it.
+        Never raises: from here on a failure only delays a job, which waits in the store."""
+        key = (company, agent_id)
         if self.agents.local(key) is not None:
             self._wake(key, Want.QUEUED)
             return
@@ -160,6 +158,9 @@ class JobService:
                 await self.agents.wake(key, where)
         except ClusterUnavailable:
             pass  # the holding instance's sweep finds the job
+
+    async def agent_online(self, company: str, agent_id: str) -> bool:
+        return (company, agent_id) in await self.agents_online([(company, agent_id)])
 
     async def agents_online(self, keys: Sequence[AgentKey]) -> set[AgentKey]:
         """Which of these agents are connected to any instance (this one's, when the cluster

@@ -51,6 +51,10 @@ class StaleLeader(StoreError):
     """Another instance became leader since: this one's fencing token is out of date."""
 
 
+class UnknownPrinter(StoreError, LookupError):
+    """No such printer in this company."""
+
+
 class UnknownJob(StoreError, LookupError):
     """No such job for this agent (unknown id, another company, or another agent's job)."""
 
@@ -154,7 +158,27 @@ class Store(ABC):
         details: dict[str, Any],
         now: float,
     ) -> tuple[Printer, bool]:
-        """Create or update the printer keyed by (company, printer_id); True when created."""
+        """Create the printer keyed by (company, printer_id) for this branch and agent (True),
+        or update its status and details if they own it. A printer owned by another branch or
+        agent is returned unchanged (False): it moves only by `move_printer`."""
+
+    @abstractmethod
+    async def move_printer(
+        self,
+        company: str,
+        printer_id: str,
+        *,
+        expected: tuple[str, str],
+        branch: str,
+        agent_id: str,
+        now: float,
+    ) -> tuple[Printer, int] | None:
+        """Compare-and-set the printer's owner from `expected` (branch, agent_id) to this branch
+        and agent; its queued jobs follow in the same transaction. Returns the moved printer and
+        the number of jobs that moved, or None if the printer is unknown or its owner is no
+        longer `expected` (someone else moved it first: two racing moves cannot both win).
+        Jobs already sent (dispatched, acked) stay with the agent that got them: only it knows
+        whether they printed."""
 
     @abstractmethod
     async def get_printer(self, company: str, printer_id: str) -> Printer | None:
@@ -174,17 +198,17 @@ class Store(ABC):
         self,
         *,
         company: str,
-        branch: str,
         printer_id: str,
-        agent_id: str,
         kind: str,
         payload: dict[str, Any],
         idempotency_key: str | None,
         now: float,
         origin: str | None = None,
     ) -> tuple[Job, bool]:
-        """Queue a job; with an idempotency key already used by the company, return that job.
-        `origin` is the accepting instance (a printer test's caller waits there)."""
+        """Queue a job for the printer's current owner (branch and agent, read in the same
+        transaction); with an idempotency key already used by the company, return that job.
+        `origin` is the accepting instance (a printer test's caller waits there). Raises
+        UnknownPrinter."""
 
     @abstractmethod
     async def get_job(self, job_id: str, company: str | None = None) -> Job | None:

@@ -33,6 +33,7 @@ from printd.store.base import (
     StoreCircuitOpen,
     StoreError,
     UnknownJob,
+    UnknownPrinter,
 )
 
 T = TypeVar("T")
@@ -76,6 +77,7 @@ class Dialect:
     run_script: Callable[[Any, str], None]  # (cursor, sql) for migration files
     table_exists_sql: str  # one ``?`` parameter: the table name
     migration_lock_sql: str | None = None
+    row_lock_sql: str = ""  # appended to a SELECT that must lock the row it reads
 
 
 class Tx:
@@ -317,14 +319,50 @@ class SqlStore(Store):
             )
             if row is not None:
                 return printer_from_row(tx, row), True
+            # Only the owner updates: the owner check and the write are one statement.
             row = tx.one(
-                "UPDATE printers SET branch = ?, agent_id = ?, status = ?, details = ?, updated_at = ?"
-                f" WHERE company = ? AND printer_id = ? RETURNING {PRINTER_COLUMNS}",
-                (branch, agent_id, status, tx.dump(details), now, company, printer_id),
+                "UPDATE printers SET status = ?, details = ?, updated_at = ?"
+                " WHERE company = ? AND printer_id = ? AND branch = ? AND agent_id = ?"
+                f" RETURNING {PRINTER_COLUMNS}",
+                (status, tx.dump(details), now, company, printer_id, branch, agent_id),
             )
+            if row is None:
+                row = tx.one(
+                    f"SELECT {PRINTER_COLUMNS} FROM printers WHERE company = ? AND printer_id = ?",
+                    (company, printer_id),
+                )
             if row is None:
                 raise StoreError(f"printer {company}/{printer_id} vanished during upsert")
             return printer_from_row(tx, row), False
+
+        return await self._run(run, write=True)
+
+    async def move_printer(
+        self,
+        company: str,
+        printer_id: str,
+        *,
+        expected: tuple[str, str],
+        branch: str,
+        agent_id: str,
+        now: float,
+    ) -> tuple[Printer, int] | None:
+        def run(tx: Tx) -> tuple[Printer, int] | None:
+            row = tx.one(
+                "UPDATE printers SET branch = ?, agent_id = ?, updated_at = ?"
+                " WHERE company = ? AND printer_id = ? AND branch = ? AND agent_id = ?"
+                f" RETURNING {PRINTER_COLUMNS}",
+                (branch, agent_id, now, company, printer_id, *expected),
+            )
+            if row is None:
+                return None
+            moved = tx.all(
+                "UPDATE jobs SET branch = ?, agent_id = ?, updated_at = ?"
+                " WHERE company = ? AND printer_id = ? AND branch = ? AND agent_id = ? AND state = ?"
+                " RETURNING job_id",
+                (branch, agent_id, now, company, printer_id, *expected, JobState.QUEUED),
+            )
+            return printer_from_row(tx, row), len(moved)
 
         return await self._run(run, write=True)
 
@@ -364,9 +402,7 @@ class SqlStore(Store):
         self,
         *,
         company: str,
-        branch: str,
         printer_id: str,
-        agent_id: str,
         kind: str,
         payload: dict[str, Any],
         idempotency_key: str | None,
@@ -374,6 +410,17 @@ class SqlStore(Store):
         origin: str | None = None,
     ) -> tuple[Job, bool]:
         def run(tx: Tx) -> tuple[Job, bool]:
+            # The printer's owner is read in the job's own transaction, its row locked against a
+            # concurrent move: the move either sees this job (and takes it along) or happened
+            # before (and this job goes to the new owner). Never a job for a printer's old owner.
+            owner = tx.one(
+                "SELECT branch, agent_id FROM printers WHERE company = ? AND printer_id = ?"
+                + tx.dialect.row_lock_sql,
+                (company, printer_id),
+            )
+            if owner is None:
+                raise UnknownPrinter(f"unknown printer {printer_id!r} in company {company!r}")
+            branch, agent_id = owner
             job_id = uuid.uuid4().hex
             # With a racing insert of the same key, DO NOTHING waits for it to commit (PostgreSQL)
             # or never overlaps (SQLite's single writer), so the SELECT below finds the winner.

@@ -51,7 +51,7 @@ def _run_script(cursor: Any, script: str) -> None:
         cursor.execute(statement)
 
 
-DIALECT = Dialect(
+DIALECT = Dialect(  # no row locks: BEGIN IMMEDIATE makes every write transaction exclusive
     name="sqlite",
     format_params=False,
     dump_json=lambda value: json.dumps(value, separators=(",", ":")),

@@ -29,8 +29,12 @@ async def raw_upgrade(port: int, tok: str, extra: str = "") -> tuple[trio.Socket
         ).encode()
     )
     buf = b""
-    while b"\r\n\r\n" not in buf:
-        buf += await stream.receive_some(4096)
+    with trio.fail_after(10):
+        while b"\r\n\r\n" not in buf:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                break  # closed before a complete answer: the assert below shows what came
+            buf += chunk
     head, _, rest = buf.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head
     return stream, rest
@@ -150,11 +154,11 @@ async def test_deflate_negotiated_with_design_parameters_and_optional(printd: Pr
     assert not plain.compressed
     await plain.recv(5)
     agent = await connect(printd)
-    await agent.send("printer.status", {"printer_id": "p1", "status": "online", "blob": "lorem ipsum " * 400})
+    await agent.send("printer.status", {"printer_id": "p1", "status": "online", "blob": "lorem ipsum " * 300})
     b1 = await dash.recv_event("printer.status.batch")
     b2 = await plain.recv_event("printer.status.batch")
     assert b1 == b2 and b1["data"]["printers"][0]["printer_id"] == "p1"
-    # the same ~5 KB batch: compressed on the wire for one, not for the other
+    # the same ~4 KB batch: compressed on the wire for one, not for the other
     assert dash.counters.received_wire < dash.counters.received_raw / 2
     assert plain.counters.received_wire > plain.counters.received_raw
     for c in (dash, plain, agent):
@@ -211,6 +215,66 @@ async def test_binary_frames_close_1003(printd: Printd) -> None:
     with pytest.raises(ConnectionClosed) as exc:
         await agent.recv(5)
     assert exc.value.code == 1003
+
+
+def send_fragments(client: WsClient, parts: list[bytes]) -> None:
+    """One text message as a TEXT frame and CONT frames (RFC 6455 fragmentation)."""
+    client.proto.send_text(parts[0], fin=len(parts) == 1)
+    for i, part in enumerate(parts[1:], 2):
+        client.proto.send_continuation(part, fin=i == len(parts))
+
+
+@pytest.mark.parametrize("deflate", [False, True])
+async def test_fragmented_text_messages_are_parsed_whole(printd: Printd, deflate: bool) -> None:
+    dash = await connect(printd, "dashboard", deflate=deflate)
+    await dash.recv_event("printer.status.snapshot")
+    agent = await connect(printd, deflate=deflate)
+    msg = orjson.dumps({"event": "ping", "id": 41, "data": {"pad": "é" * 300}})
+    cut = msg.index("é".encode()) + 1  # splits a two-byte character between fragments
+    send_fragments(agent, [msg[:cut], msg[cut:300], msg[300:]])
+    await agent._flush()
+    assert await agent.recv(5) == {"event": "ack", "id": 41, "data": {}}
+    # fragments in separate TCP writes, a ping frame between them, then a whole message
+    status = orjson.dumps({"event": "printer.status", "id": 42, "data": {"printer_id": "p1", "status": "ok"}})
+    agent.proto.send_text(status[:20], fin=False)
+    await agent._flush()
+    agent.proto.send_ping(b"between")
+    agent.proto.send_continuation(status[20:], fin=True)
+    await agent._flush()
+    await agent.send("ping", id=43)
+    assert [await agent.recv(5) for _ in range(2)] == [
+        {"event": "ack", "id": 42, "data": {}},
+        {"event": "ack", "id": 43, "data": {}},
+    ]
+    batch = await dash.recv_event("printer.status.batch")
+    assert batch["data"]["printers"][0]["status"] == "ok"
+    await agent.close()
+    await dash.close()
+
+
+async def test_fragmented_message_over_the_size_limit_closes_1009(printd_factory: Any) -> None:
+    p = printd_factory(config={"server": {"max_message_bytes": 4096}})
+    agent = await connect(p, deflate=False)
+    send_fragments(agent, [b'{"event":"ping","data":{"x":"' + b"a" * 3000, b"a" * 3000 + b'"}}'])
+    await agent._flush()
+    with pytest.raises(ConnectionClosed) as exc:
+        await agent.recv(10)
+    assert exc.value.code == 1009
+
+
+@pytest.mark.parametrize("fragmented", [False, True])
+async def test_invalid_utf8_in_a_text_frame_closes_1007(printd: Printd, fragmented: bool) -> None:
+    agent = await connect(printd, deflate=False)
+    bad = b'{"event":"ping","id":1,"data":{"x":"\xc3\x28"}}'
+    send_fragments(agent, [bad[:30], bad[30:]] if fragmented else [bad])
+    await agent._flush()
+    with pytest.raises(ConnectionClosed) as exc:
+        await agent.recv(10)
+    assert exc.value.code == 1007
+    bystander = await connect(printd, sub="agent-2")
+    await bystander.send("ping", id=2)
+    assert (await bystander.recv(5))["id"] == 2
+    await bystander.close()
 
 
 async def test_handshake_stall_is_cut_after_the_timeout(printd_factory: Any) -> None:
@@ -303,12 +367,17 @@ async def test_updates_within_a_window_arrive_as_one_latest_state(printd: Printd
 
 
 async def test_slow_dashboard_is_disconnected_and_others_unaffected(printd_factory: Any) -> None:
-    p = printd_factory(config={"server": {"send_queue_max_bytes": 256 * 1024, "write_timeout": 30.0}})
+    p = printd_factory(
+        config={
+            "server": {"send_queue_max_bytes": 256 * 1024, "write_timeout": 30.0},
+            "status": {"max_printers_per_agent": 400},
+        }
+    )
     slow, _ = await raw_upgrade(p.port, token("dashboard", sub="slow"))  # never reads
     slow.socket.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
     good = await connect(p, "dashboard", sub="good", deflate=False)
     agent = await connect(p, deflate=False)
-    blob = "x" * 8000
+    blob = "x" * 3500
     received = 0
     async with trio.open_nursery() as nursery:
 
@@ -320,7 +389,7 @@ async def test_slow_dashboard_is_disconnected_and_others_unaffected(printd_facto
                     received += len(msg["data"]["printers"])
 
         nursery.start_soon(reader)
-        for i in range(400):  # ~3.2 MB in 4 s: far beyond the slow one's queue
+        for i in range(400):  # ~1.4 MB in 4 s: far beyond the slow one's queue
             await agent.send("printer.status", {"printer_id": f"p{i}", "status": "online", "blob": blob})
             await trio.sleep(0.01)
         await trio.sleep(0.5)

@@ -23,10 +23,11 @@ from printd.store.base import (
 
 
 async def new_job(store: Store, **overrides: Any) -> Job:
+    """A new job for a printer of `agent_id` in `branch` (the printer is registered first; a
+    job always goes to its printer's owner, so another agent means another printer)."""
     fields: dict[str, Any] = {
         "company": "acme",
         "branch": "north",
-        "printer_id": "kitchen-1",
         "agent_id": "agent-1",
         "kind": "print",
         "payload": {"lines": ["1x soup"], "n": 1},
@@ -34,7 +35,18 @@ async def new_job(store: Store, **overrides: Any) -> Job:
         "now": 100.0,
     }
     fields.update(overrides)
-    job, created = await store.create_job(**fields)
+    branch, agent_id = fields.pop("branch"), fields.pop("agent_id")
+    printer_id = fields.pop("printer_id", "kitchen-1" if agent_id == "agent-1" else f"p-{agent_id}")
+    await store.upsert_printer(
+        company=fields["company"],
+        branch=branch,
+        agent_id=agent_id,
+        printer_id=printer_id,
+        status="online",
+        details={},
+        now=1.0,
+    )
+    job, created = await store.create_job(printer_id=printer_id, **fields)
     assert created
     return job
 
@@ -85,9 +97,9 @@ async def test_concurrent_migrators_apply_once(store_url: str) -> None:
 
 
 async def test_upsert_printer_creates_then_updates_keeping_created_at(store: Store) -> None:
-    common = {"company": "acme", "branch": "north", "printer_id": "p1"}
+    common = {"company": "acme", "branch": "north", "printer_id": "p1", "agent_id": "a1"}
     first, created = await store.upsert_printer(
-        **common, agent_id="a1", status="online", details={"model": "TM-T20"}, now=10.0
+        **common, status="online", details={"model": "TM-T20"}, now=10.0
     )
     assert created
     assert (first.status, first.details, first.created_at, first.updated_at) == (
@@ -97,17 +109,101 @@ async def test_upsert_printer_creates_then_updates_keeping_created_at(store: Sto
         10.0,
     )
     second, created = await store.upsert_printer(
-        **{**common, "branch": "south"}, agent_id="a2", status="offline", details={"paper": "low"}, now=20.0
+        **common, status="offline", details={"paper": "low"}, now=20.0
     )
     assert not created
     assert (second.branch, second.agent_id, second.status, second.details) == (
-        "south",
-        "a2",
+        "north",
+        "a1",
         "offline",
         {"paper": "low"},
     )
     assert (second.created_at, second.updated_at) == (10.0, 20.0)
     assert await store.get_printer("acme", "p1") == second
+
+
+async def test_upsert_printer_never_moves_a_printer_to_another_owner(store: Store) -> None:
+    owned, _ = await store.upsert_printer(
+        company="acme", branch="north", printer_id="p1", agent_id="a1", status="online", details={}, now=1.0
+    )
+    for branch, agent in [("south", "a2"), ("north", "a2"), ("south", "a1")]:
+        seen, created = await store.upsert_printer(
+            company="acme",
+            branch=branch,
+            printer_id="p1",
+            agent_id=agent,
+            status="error",
+            details={},
+            now=2.0,
+        )
+        assert not created and seen == owned  # returned as it is, untouched
+    assert await store.get_printer("acme", "p1") == owned
+
+
+async def test_move_printer_is_a_compare_and_set_and_queued_jobs_follow(store: Store) -> None:
+    await store.upsert_printer(
+        company="acme", branch="north", printer_id="kitchen-1", agent_id="agent-1",
+        status="online", details={}, now=1.0,
+    )  # fmt: skip
+    queued = await new_job(store)
+    sent = await new_job(store)
+    fence = await connect(store)
+    await store.record_dispatch(sent.job_id, 2.0, fence)
+    acked = await new_job(store)
+    await store.mark_acked(acked.job_id, 2.0, fence)
+    other_printer = await new_job(store, printer_id="bar-1")
+    assert (
+        await store.move_printer(
+            "acme", "kitchen-1", expected=("north", "agent-9"), branch="south", agent_id="agent-2", now=3.0
+        )
+        is None
+    )  # not the current owner: nothing moves
+    assert (
+        await store.move_printer(
+            "acme", "nope", expected=("north", "agent-1"), branch="south", agent_id="agent-2", now=3.0
+        )
+        is None
+    )
+    moved = await store.move_printer(
+        "acme", "kitchen-1", expected=("north", "agent-1"), branch="south", agent_id="agent-2", now=3.0
+    )
+    assert moved is not None
+    printer, jobs_moved = moved
+    assert (printer.branch, printer.agent_id, printer.updated_at) == ("south", "agent-2", 3.0)
+    assert jobs_moved == 1
+    assert await store.get_printer("acme", "kitchen-1") == printer
+    job = await store.get_job(queued.job_id)
+    assert job is not None and (job.branch, job.agent_id, job.state) == ("south", "agent-2", JobState.QUEUED)
+    # what was already sent stays with the agent that got it; other printers' jobs are untouched
+    for kept in (sent, acked, other_printer):
+        job = await store.get_job(kept.job_id)
+        assert job is not None and (job.branch, job.agent_id) == ("north", "agent-1")
+    assert [j.job_id for j in await store.deliverable_jobs("acme", "agent-2", queued_only=True)] == [
+        queued.job_id
+    ]
+
+
+async def test_racing_moves_cannot_both_win(store: Store) -> None:
+    await store.upsert_printer(
+        company="acme", branch="north", printer_id="p1", agent_id="old", status="online", details={}, now=1.0
+    )
+    await new_job(store, printer_id="p1", agent_id="old")
+    results: list[tuple[str, Any]] = []
+
+    async def move(agent: str) -> None:
+        moved = await store.move_printer(
+            "acme", "p1", expected=("north", "old"), branch="north", agent_id=agent, now=2.0
+        )
+        results.append((agent, moved))
+
+    async with trio.open_nursery() as nursery:
+        for agent in ("new-1", "new-2", "new-3"):
+            nursery.start_soon(move, agent)
+    winners = [(agent, moved) for agent, moved in results if moved is not None]
+    assert len(winners) == 1
+    (winner, (printer, jobs_moved)), *_ = winners
+    assert printer.agent_id == winner and jobs_moved == 1
+    assert [j.agent_id for j in await store.list_jobs("acme")] == [winner]
 
 
 async def test_list_printers_by_branch_and_company(store: Store) -> None:
@@ -153,11 +249,9 @@ async def test_idempotency_key_returns_existing_job(store: Store) -> None:
     job = await new_job(store, idempotency_key="order-1")
     again, created = await store.create_job(
         company="acme",
-        branch="north",
-        printer_id="kitchen-2",
-        agent_id="agent-2",
+        printer_id="kitchen-1",
         kind="print",
-        payload={"other": True},
+        payload={"other": True},  # the API answers 409 for a key reused for a different job
         idempotency_key="order-1",
         now=200.0,
     )
@@ -171,15 +265,14 @@ async def test_idempotency_key_returns_existing_job(store: Store) -> None:
 
 
 async def test_concurrent_creates_with_same_key_make_one_job(store: Store) -> None:
+    await new_job(store)  # registers kitchen-1
     results: list[tuple[Job, bool]] = []
 
     async def create(i: int) -> None:
         results.append(
             await store.create_job(
                 company="acme",
-                branch="north",
                 printer_id="kitchen-1",
-                agent_id="agent-1",
                 kind="print",
                 payload={"i": i},
                 idempotency_key="same",
@@ -193,7 +286,7 @@ async def test_concurrent_creates_with_same_key_make_one_job(store: Store) -> No
     assert len(results) == 20
     assert sum(created for _, created in results) == 1
     assert len({job.job_id for job, _ in results}) == 1
-    assert len(await store.list_jobs("acme")) == 1
+    assert len(await store.list_jobs("acme")) == 2
 
 
 # -- transitions -----------------------------------------------------------------------------
@@ -482,7 +575,8 @@ async def test_fleet_summary(store: Store) -> None:
     await new_job(store, company="other", now=0.0)
 
     summary = await store.fleet_summary("acme", now=now)
-    assert summary["printers"] == {"total": 3, "by_status": {"online": 2, "offline": 1}}
+    # p1-p3, and kitchen-1 that the jobs below are for
+    assert summary["printers"] == {"total": 4, "by_status": {"online": 3, "offline": 1}}
     assert summary["jobs"]["by_state"] == {
         "queued": 2,
         "dispatched": 0,
@@ -537,9 +631,7 @@ async def test_job_survives_close_and_reopen(store_url: str) -> None:
         assert bare(await store.get_job(job.job_id)) == acked
         again, created = await store.create_job(
             company="acme",
-            branch="north",
             printer_id="kitchen-1",
-            agent_id="agent-1",
             kind="print",
             payload={},
             idempotency_key="k",

@@ -23,7 +23,9 @@ async def main():
     store = open_store(sys.argv[1])
     await store.open()
     await store.migrate()
-    job, _ = await store.create_job(company="acme", branch="b", printer_id="p", agent_id="a",
+    await store.upsert_printer(company="acme", branch="b", agent_id="a", printer_id="p", status="ok",
+                               details={}, now=1.0)
+    job, _ = await store.create_job(company="acme", printer_id="p",
                                     kind="print", payload={"n": 1}, idempotency_key=None, now=1.0)
     (claimed,) = await store.claim_agents([AgentClaim("acme", "a", "i1", "x")], 2.0)
     await store.mark_acked(job.job_id, 2.0, AgentFence("acme", "a", claimed.session))

@@ -305,3 +305,36 @@ def test_the_client_address_comes_from_x_forwarded_for_only_behind_a_trusted_pro
     assert client_address("198.51.100.7:5000", "203.0.113.9", nginx) == "198.51.100.7:5000"  # spoofed
     assert client_address("127.0.0.1:5000", None, nginx) == "127.0.0.1:5000"
     assert client_address("127.0.0.1:5000", "203.0.113.9", ()) == "127.0.0.1:5000"  # trusts nobody
+
+
+def test_gateway_limit_defaults() -> None:
+    c = load_config(env={})
+    assert (c.server.message_rate, c.server.message_burst, c.server.rate_limit_close_after) == (
+        1000.0,
+        2000,
+        10.0,
+    )
+    s = c.status
+    assert (s.max_item_bytes, s.max_printers_per_agent, s.max_printers_per_company) == (4096, 100, 10_000)
+    assert (s.evict_after, s.chunk_bytes) == (300.0, 262_144)
+
+
+@pytest.mark.parametrize(
+    ("toml", "names"),
+    [
+        ("[server]\nmessage_rate = 0\n", "server.message_rate"),
+        ("[server]\nmessage_burst = 0\n", "server.message_burst"),
+        ("[server]\nrate_limit_close_after = 0\n", "server.rate_limit_close_after"),
+        ("[status]\nmax_item_bytes = 100\n", "status.max_item_bytes"),
+        ("[status]\nmax_printers_per_agent = 0\n", "status.max_printers_per_agent"),
+        ("[status]\nmax_printers_per_company = 10\n", "status.max_printers_per_company"),
+        ("[status]\nevict_after = -1\n", "status.evict_after"),
+        ("[status]\nchunk_bytes = 4096\n", "status.chunk_bytes"),
+    ],
+)
+def test_gateway_limits_are_validated(tmp_path: Path, toml: str, names: str) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError) as exc:
+        load_config(f, env={})
+    assert names in str(exc.value)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from printd.jobs.model import Job, JobState
 from printd.metrics import JobMetrics, QueueSampler
+from printd.model import Job, JobState
 from printd.store import Store, open_store
 from printd.store.base import AgentClaim
 
@@ -26,11 +26,19 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 async def queue(store: Store, agent_id: str, now: float) -> Job:
-    job, _ = await store.create_job(
+    printer_id = f"p-{agent_id}"
+    await store.upsert_printer(
         company="acme",
         branch="b1",
-        printer_id="p1",
         agent_id=agent_id,
+        printer_id=printer_id,
+        status="ok",
+        details={},
+        now=now,
+    )
+    job, _ = await store.create_job(
+        company="acme",
+        printer_id=printer_id,
         kind="print",
         payload={"text": "1x soup"},
         idempotency_key=None,

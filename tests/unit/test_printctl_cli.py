@@ -382,6 +382,7 @@ def _failures(tmp: Path) -> list[tuple[list[str], int]]:
         (["printers", "list", "--url", UNREACHABLE], 1),
         (["printers", "test", "k1", "--url", UNREACHABLE], 1),
         (["printers", "wait", "k1", "--url", UNREACHABLE], 1),
+        (["printers", "move", "k1", "--branch", "b", "--agent", "a", "--url", UNREACHABLE], 1),
         (["deploy", "--config", str(tmp / "missing.toml")], 2),
         (["cluster", "up", "--instances", "0", "--state-dir", str(tmp / "cl")], 2),
         (["cluster", "down", "--timeout", "-1", "--state-dir", str(tmp / "cl")], 2),
