@@ -26,7 +26,6 @@ from printd.breakers.metrics import BreakerMetrics
 from printd.breakers.shell import CircuitRegistry
 from printd.cache import TTLCache
 from printd.cluster.base import ClusterBackend, ClusterUnavailable, MemberInfo
-from printd.cluster.bus import LocalBus
 from printd.cluster.local import LocalCluster
 from printd.cluster.node import ClusterNode, NodeSettings
 from printd.cluster.redis import RedisCluster, new_incarnation
@@ -48,13 +47,11 @@ from printd.metrics import ClusterCollector, JobMetrics, JobsCollector, QueueSam
 from printd.monitoring import HealthMonitor, LogThrottle, MonitoredInstance, MonitoringApi, StatsCollector
 from printd.printers import PrinterRegistry
 from printd.ratelimit import PrinterTestLimits, PrinterTestQuota
-from printd.status import StatusFanout, company_topic
+from printd.status import EVENT_FRAME, STATUS_FRAME, StatusFanout, company_topic
 from printd.store import StoreCircuitOpen, StoreError, StoreUnavailable, open_store
 
 log = structlog.get_logger("printd")
 VERSION = package_version()
-#: Company-topic messages from other instances: a whole event for the dashboards (job.completed).
-EVENT_FRAME = b"E"
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 CORS_PREFLIGHT = (
     ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
@@ -88,10 +85,13 @@ class App:
         self.store.guard_with(self.circuits.get_or_create("store"))
         self.incarnation = new_incarnation()
         self.backend = make_backend(config, self.incarnation, self._on_cluster_message)
-        self.bus = LocalBus()
         self.hub = Hub(on_company=self._dashboards_of)
-        self.status = StatusFanout(self.bus, config.status)
-        self.bus.subscribe("company:", self._deliver_to_company)
+        self.status = StatusFanout(
+            config.status,
+            self.hub.deliver_to_company,
+            self.backend,
+            snapshot_ttl=config.cluster.status_snapshot_ttl,
+        )
         self.pending: PendingWaiters[dict[str, Any]] = PendingWaiters(
             capacity=config.jobs.pending_capacity,
             stale_after=config.jobs.pending_stale_after,
@@ -172,20 +172,21 @@ class App:
 
     # ---------------------------------------------------------------- wiring
 
-    def _deliver_to_company(self, topic: str, payload: bytes) -> None:
-        self.hub.deliver_to_company(topic.removeprefix("company:"), payload)
-
     async def _publish_company(self, company: str, payload: bytes) -> None:
         """A company event (job.completed) to its dashboards here and on every other instance."""
-        await self.bus.publish(company_topic(company), payload)
+        self.hub.deliver_to_company(company, payload)
         try:
             await self.backend.publish([(company_topic(company), EVENT_FRAME + payload)])
         except ClusterUnavailable:
             pass  # dashboards elsewhere miss it; the job's state is in the store
 
     def _from_other_instance(self, topic: str, payload: bytes) -> None:
-        if payload[:1] == EVENT_FRAME:
-            self.hub.deliver_to_company(topic.removeprefix("company:"), payload[1:])
+        company = topic.removeprefix("company:")
+        kind = payload[:1]
+        if kind == EVENT_FRAME:
+            self.hub.deliver_to_company(company, payload[1:])
+        elif kind == STATUS_FRAME:
+            self.status.from_other_instance(company, payload)
 
     def _dashboards_of(self, company: str, present: bool) -> None:
         """Receive a company's traffic from other instances only while dashboards of it are here."""

@@ -4,21 +4,30 @@
 printers of every company come out, one latest state per printer. It is also the live view
 that new dashboards get as a snapshot, and it keeps that view bounded: so many printers per
 agent and per company, and the printers of an agent that left are evicted after a while.
-`StatusFanout` is the trio shell that ticks the window and publishes each company's batch on
-the bus, so a dashboard on any instance receives only its own company's printers.
+`StatusFanout` is the trio shell that ticks the window. Each tick delivers, per company, one
+batch to this instance's dashboards (the printers reported here and those other instances sent
+since the last tick, latest state per printer wins: still at most one batch per window per
+dashboard), publishes the printers reported here to the other instances (one pipelined round
+trip), and keeps their latest state in the cluster backend for new dashboards' snapshots. A
+dashboard on any instance receives only its own company's printers: an instance subscribes to a
+company's channel only while it holds a dashboard of it.
 """
 
 from __future__ import annotations
 
+import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import orjson
+import structlog
 import trio
 
-from printd.cluster.bus import Bus
+from printd.cluster.base import ClusterBackend, ClusterUnavailable
 from printd.config import StatusConfig
 from printd.gateway.protocol import encode_batch
+
+log = structlog.get_logger("printd.status")
 
 BATCH_EVENT = "printer.status.batch"
 SNAPSHOT_EVENT = "printer.status.snapshot"
@@ -29,6 +38,53 @@ _ENVELOPE = len(encode_batch(SNAPSHOT_EVENT, [])) + 8
 def company_topic(company: str) -> str:
     """The bus topic on which a company's dashboards receive their updates."""
     return f"company:{company}"
+
+
+#: Company-topic frames between instances: status items (printer id, item) to merge into the
+#: next batch, or a whole event (job.completed) to forward as it is.
+STATUS_FRAME = b"S"
+EVENT_FRAME = b"E"
+_PAIR = struct.Struct("!HI")
+
+
+def encode_items(pairs: Sequence[tuple[str, bytes]]) -> bytes:
+    """(printer id, item) pairs as one frame, items kept as they are (no re-encoding)."""
+    out = [STATUS_FRAME]
+    for printer_id, item in pairs:
+        pid = printer_id.encode()
+        out += [_PAIR.pack(len(pid), len(item)), pid, item]
+    return b"".join(out)
+
+
+def decode_items(frame: bytes) -> list[tuple[str, bytes]]:
+    """The pairs of a frame from another instance; [] for anything malformed."""
+    pairs: list[tuple[str, bytes]] = []
+    pos, end = 1, len(frame)
+    while pos < end:
+        if pos + _PAIR.size > end:
+            return []
+        n_pid, n_item = _PAIR.unpack_from(frame, pos)
+        pos += _PAIR.size
+        if pos + n_pid + n_item > end:
+            return []
+        pid = frame[pos : pos + n_pid].decode(errors="replace")
+        pairs.append((pid, frame[pos + n_pid : pos + n_pid + n_item]))
+        pos += n_pid + n_item
+    return pairs
+
+
+def split_pairs(pairs: list[tuple[str, bytes]], max_bytes: int) -> list[list[tuple[str, bytes]]]:
+    """(printer id, item) pairs grouped like `split_items` groups items."""
+    out: list[list[tuple[str, bytes]]] = [[]]
+    size = 0
+    for pair in pairs:
+        cost = len(pair[0]) + len(pair[1]) + _PAIR.size
+        if out[-1] and size + cost > max_bytes:
+            out.append([])
+            size = 0
+        out[-1].append(pair)
+        size += cost
+    return out
 
 
 def split_items(items: list[bytes], max_bytes: int) -> list[list[bytes]]:
@@ -72,7 +128,7 @@ class StatusBatcher:
         self._held: dict[tuple[str, str], int] = {}  # (company, agent) -> printers it owns
         self._departed: dict[tuple[str, str], float] = {}  # in due order (one delay for all)
         self._changed: dict[str, dict[str, bytes]] = {}
-        self._queue: list[tuple[str, bytes]] = []
+        self._queue: list[tuple[str, str, bytes]] = []
 
     def admit(self, company: str, agent_id: str, printer_id: str) -> str | None:
         """None if this agent may put this printer in the view; otherwise why not."""
@@ -108,7 +164,7 @@ class StatusBatcher:
                 changed = self._changed[company] = {}
             changed[printer_id] = item
         else:
-            self._queue.append((company, item))
+            self._queue.append((company, printer_id, item))
         return None
 
     def _own(self, company: str, agent_id: str, printer_id: str) -> None:
@@ -178,7 +234,7 @@ class StatusBatcher:
             if self.coalesce:
                 self._changed.setdefault(company, {})[printer_id] = mark
             else:
-                self._queue.append((company, mark))
+                self._queue.append((company, printer_id, mark))
         self._held.pop((company, agent_id), None)
         if not owners:
             del self._owner[company], self._latest[company]
@@ -190,14 +246,14 @@ class StatusBatcher:
     def pending(self) -> bool:
         return bool(self._changed or self._queue)
 
-    def drain(self) -> list[tuple[str, list[bytes]]]:
-        """The batches due now: (company, [latest item per changed printer])."""
+    def drain(self) -> list[tuple[str, list[tuple[str, bytes]]]]:
+        """The batches due now: (company, [(printer id, latest item) per changed printer])."""
         if self.coalesce:
-            out = [(company, list(items.values())) for company, items in self._changed.items()]
+            out = [(company, list(items.items())) for company, items in self._changed.items()]
             self._changed = {}
             return out
         queue, self._queue = self._queue, []
-        return [(company, [item]) for company, item in queue]
+        return [(company, [(printer_id, item)]) for company, printer_id, item in queue]
 
     def snapshot(self, company: str) -> list[bytes]:
         return list(self._latest.get(company, {}).values())
@@ -213,21 +269,36 @@ class StatusBatcher:
 
 
 class StatusFanout:
-    """Ticks the batch window and publishes each company's batch once on the bus; evicts the
-    printers of agents gone for `evict_after`. No message it builds exceeds `chunk_bytes`."""
+    """Ticks the batch window (see the module docstring); evicts the printers of agents gone for
+    `evict_after`. No message it builds exceeds `chunk_bytes`."""
 
-    def __init__(self, bus: Bus, config: StatusConfig) -> None:
+    def __init__(
+        self,
+        config: StatusConfig,
+        deliver: Callable[[str, bytes], int],
+        backend: ClusterBackend,
+        *,
+        snapshot_ttl: float = 3600.0,
+    ) -> None:
         self.batcher = StatusBatcher(
             coalesce=config.batch_delay > 0,
             max_printers_per_agent=config.max_printers_per_agent,
             max_printers_per_company=config.max_printers_per_company,
         )
-        self._bus = bus
+        self._deliver = deliver  # (company, message) to this instance's dashboards of it
+        self._backend = backend
+        self._snapshot_ttl = snapshot_ttl
         self._delay = config.batch_delay
         self._evict_after = config.evict_after
         self.chunk_bytes = config.chunk_bytes
         self._wakeup = trio.Event()
+        #: printers other instances reported since the last tick, by company (latest wins)
+        self._remote: dict[str, dict[str, bytes]] = {}
+        self._remote_queue: list[tuple[str, str, bytes]] = []  # batching off: each one
+        #: evicted printers: their last (offline) item goes out, but leaves the cluster snapshot
+        self._dropped: dict[str, set[str]] = {}
         self.batches_sent = 0
+        self.cluster_errors = 0
         #: Called with (company, printer ids) after an eviction (the registry forgets them).
         self.on_evict: list[Callable[[str, list[str]], None]] = []
 
@@ -246,18 +317,30 @@ class StatusFanout:
     def agent_left(self, company: str, agent_id: str) -> None:
         self.batcher.agent_left(company, agent_id, due=trio.current_time() + self._evict_after)
 
-    def snapshot_parts(self, company: str) -> Iterator[bytes]:
+    async def cluster_snapshot(self, company: str) -> dict[str, bytes]:
+        """The latest states other instances keep for this company (none while the cluster
+        backend is unreachable: the snapshot then shows the printers reported here)."""
+        try:
+            return await self._backend.load_status(company)
+        except ClusterUnavailable:
+            return {}
+
+    def snapshot_parts(self, company: str, others: Mapping[str, bytes] | None = None) -> Iterator[bytes]:
         """The company's live view for a new dashboard, in messages of at most `chunk_bytes`:
         a `printer.status.snapshot` (always, even empty), then `printer.status.batch` messages
-        for the rest. Each part is built when it is asked for, from the latest items, so a part
-        sent after a batch never carries an older state than that batch did."""
+        for the rest. `others` are the printers reported to other instances (this instance's
+        own state wins for a printer in both). Each part is built when it is asked for, from the
+        latest items, so a part sent after a batch never carries an older state than that batch
+        did."""
         event = SNAPSHOT_EVENT
-        pending = self.batcher.snapshot_ids(company)[::-1]  # popped from the end: in order
+        here = self.batcher.snapshot_ids(company)
+        elsewhere = [p for p in (others or {}) if self.batcher.latest(company, p) is None]
+        pending = (here + elsewhere)[::-1]  # popped from the end: in order
         while True:
             items: list[bytes] = []
             size = _ENVELOPE
             while pending:
-                item = self.batcher.latest(company, pending[-1])
+                item = self.batcher.latest(company, pending[-1]) or (others or {}).get(pending[-1])
                 if item is not None:
                     if items and size + len(item) + 1 > self.chunk_bytes:
                         break
@@ -269,15 +352,66 @@ class StatusFanout:
             if not pending:
                 return
 
+    def from_other_instance(self, company: str, frame: bytes) -> None:
+        """Printers another instance reported: into the next batch of this instance's
+        dashboards (only companies with a dashboard here are subscribed)."""
+        pairs = decode_items(frame)
+        if self.batcher.coalesce:
+            self._remote.setdefault(company, {}).update(pairs)
+        else:
+            self._remote_queue += [(company, pid, item) for pid, item in pairs]
+            self._wakeup.set()
+
+    def _take_remote(self) -> list[tuple[str, list[tuple[str, bytes]]]]:
+        if self.batcher.coalesce:
+            remote, self._remote = self._remote, {}
+            return [(company, list(items.items())) for company, items in remote.items()]
+        queue, self._remote_queue = self._remote_queue, []
+        return [(company, [(pid, item)]) for company, pid, item in queue]
+
+    @property
+    def pending(self) -> bool:
+        return self.batcher.pending or bool(self._remote or self._remote_queue)
+
     async def flush(self) -> None:
-        for company, items in self.batcher.drain():
-            topic = company_topic(company)
+        """One tick: deliver here, publish to the other instances, keep the snapshot."""
+        local = self.batcher.drain()
+        merged: dict[str, dict[str, bytes]] = {}
+        batches: list[tuple[str, list[bytes]]] = []
+        if self.batcher.coalesce:
+            for company, pairs in self._take_remote() + local:  # this instance's state wins
+                merged.setdefault(company, {}).update(pairs)
+            batches = [(company, list(items.values())) for company, items in merged.items()]
+        else:
+            pairs_in_order = self._take_remote() + local
+            batches = [(company, [item for _, item in pairs]) for company, pairs in pairs_in_order]
+        closed_at = time.time()
+        for company, items in batches:
             for part in split_items(items, self.chunk_bytes):
                 self.batches_sent += 1
-                await self._bus.publish(topic, encode_batch(BATCH_EVENT, part))
+                self._deliver(company, encode_batch(BATCH_EVENT, part, closed_at))
+        if local:
+            await self._share(local)
+
+    async def _share(self, local: list[tuple[str, list[tuple[str, bytes]]]]) -> None:
+        """The printers reported here, to the other instances' dashboards and the snapshot."""
+        frames = []
+        for company, pairs in local:
+            for part in split_pairs(pairs, self.chunk_bytes):
+                frames.append((company_topic(company), encode_items(part)))
+        dropped, self._dropped = self._dropped, {}
+        keep = [(c, {p: i for p, i in pairs if p not in dropped.get(c, ())}) for c, pairs in local]
+        try:
+            await self._backend.publish(frames)
+            await self._backend.save_status(keep, self._snapshot_ttl)
+            for company, printers in dropped.items():  # new dashboards elsewhere no longer see them
+                await self._backend.drop_status(company, sorted(printers))
+        except ClusterUnavailable:
+            self.cluster_errors += 1  # dashboards here got theirs; the others catch up later
 
     def evict_due(self) -> None:
         for company, printers in self.batcher.evict_due(trio.current_time(), time.time()):
+            self._dropped.setdefault(company, set()).update(printers)
             for forget in self.on_evict:
                 forget(company, printers)
         if self._delay == 0 and self.batcher.pending:
@@ -309,5 +443,5 @@ class StatusFanout:
             if deadline < now:  # fell behind (a long GC, a busy loop): skip, don't burst
                 deadline = now
             await trio.sleep_until(deadline)
-            if self.batcher.pending:
+            if self.pending:
                 await self.flush()

@@ -248,9 +248,10 @@ class ClusterBackend(ABC):
     # -- status snapshot ---------------------------------------------------------------------
 
     @abstractmethod
-    async def save_status(self, company: str, items: Mapping[str, bytes], ttl: float) -> None:
-        """Keep the latest status item per printer for new dashboards on any instance; the
-        company's set expires `ttl` seconds after its last update."""
+    async def save_status(self, updates: Sequence[tuple[str, Mapping[str, bytes]]], ttl: float) -> None:
+        """Keep the latest status item per printer (company, {printer id: item}) for new
+        dashboards on any instance, in one round trip; a company's set expires `ttl` seconds
+        after its last update."""
 
     @abstractmethod
     async def load_status(self, company: str) -> dict[str, bytes]:

@@ -178,10 +178,11 @@ class LocalCluster(ClusterBackend):
 
     # -- status snapshot ---------------------------------------------------------------------
 
-    async def save_status(self, company: str, items: Mapping[str, bytes], ttl: float) -> None:
-        current = self._status(company)
-        current.update(items)
-        self.space.status[company] = (current, self.space.clock() + ttl)
+    async def save_status(self, updates: Sequence[tuple[str, Mapping[str, bytes]]], ttl: float) -> None:
+        for company, items in updates:
+            current = self._status(company)
+            current.update(items)
+            self.space.status[company] = (current, self.space.clock() + ttl)
 
     async def load_status(self, company: str) -> dict[str, bytes]:
         return dict(self._status(company))

@@ -146,10 +146,11 @@ class ClusterNode:
             with trio.move_on_after(connect_timeout):
                 await self.backend.wait_available()
             await self.join()
+            await self.round()  # ready with a view of the cluster (and the lead, if free)
             task_status.started()
             while True:
-                await self.round()
                 await trio.sleep(self.settings.heartbeat_interval)
+                await self.round()
 
     async def round(self) -> None:
         now = trio.current_time()

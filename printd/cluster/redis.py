@@ -357,11 +357,15 @@ class RedisCluster(ClusterBackend):
     def _status_key(self, company: str) -> str:
         return f"{self.prefix}:status:{company}"
 
-    async def save_status(self, company: str, items: Mapping[str, bytes], ttl: float) -> None:
-        if items:
-            key = self._status_key(company)
-            flat: list[Arg] = [x for pair in items.items() for x in pair]
-            await self._pipeline([("HSET", key, *flat), ("PEXPIRE", key, _ms(ttl))])
+    async def save_status(self, updates: Sequence[tuple[str, Mapping[str, bytes]]], ttl: float) -> None:
+        commands: list[tuple[Arg, ...]] = []
+        for company, items in updates:
+            if items:
+                key = self._status_key(company)
+                commands.append(("HSET", key, *(x for pair in items.items() for x in pair)))
+                commands.append(("PEXPIRE", key, _ms(ttl)))
+        if commands:
+            await self._pipeline(commands)
 
     async def load_status(self, company: str) -> dict[str, bytes]:
         (reply,) = await self._pipeline([("HGETALL", self._status_key(company))])

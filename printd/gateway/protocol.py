@@ -181,9 +181,12 @@ def encode_error(err: FrameError) -> bytes:
     return _dumps({"event": "error", "id": err.id, "data": data})
 
 
-def encode_batch(event: str, items: list[bytes]) -> bytes:
-    """`{"event": ..., "data": {"printers": [...]}}` spliced from already-encoded items.
+def encode_batch(event: str, items: list[bytes], sent_at: float | None = None) -> bytes:
+    """`{"event": ..., "data": {"printers": [...], "sent_at": T}}` spliced from already-encoded
+    items. `sent_at` (epoch seconds) is when the batch window closed: a dashboard can tell the
+    time printd added from the time an update waited in the window.
 
     Items are encoded once when they arrive, so a batch costs a join, not a re-encode.
     """
-    return b'{"event":"' + event.encode() + b'","data":{"printers":[' + b",".join(items) + b"]}}"
+    tail = b"]}}" if sent_at is None else b'],"sent_at":' + repr(round(sent_at, 6)).encode() + b"}}"
+    return b'{"event":"' + event.encode() + b'","data":{"printers":[' + b",".join(items) + tail

@@ -210,8 +210,10 @@ class Gateway:
         hello["heartbeat"] = self.config.server.ping_interval
         conn.queue(P.encode_event("hello", hello))
         if conn.role != "agent":
-            # in parts of at most status.chunk_bytes, each written before the next is built
-            for part in self.status.snapshot_parts(conn.company):
+            # in parts of at most status.chunk_bytes, each written before the next is built; the
+            # printers reported to other instances of the cluster included
+            others = await self.status.cluster_snapshot(conn.company)
+            for part in self.status.snapshot_parts(conn.company, others):
                 if not conn.queue(part):
                     break
                 await conn.drain()

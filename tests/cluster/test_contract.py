@@ -132,8 +132,9 @@ async def test_bus_delivers_to_other_subscribers_only(make_backend: Factory) -> 
 async def test_status_snapshot_keeps_the_latest_item_per_printer(make_backend: Factory) -> None:
     a, _ = await make_backend()
     b, _ = await make_backend()
-    await a.save_status("acme", {"p1": b'{"v":1}', "p2": b'{"v":1}'}, 10)
-    await b.save_status("acme", {"p1": b'{"v":2}'}, TTL)
+    await a.save_status([("acme", {"p1": b'{"v":1}', "p2": b'{"v":1}'}), ("globex", {"g1": b"{}"})], 10)
+    await b.save_status([("acme", {"p1": b'{"v":2}'})], TTL)
+    assert await a.load_status("globex") == {"g1": b"{}"}
     assert await a.load_status("acme") == {"p1": b'{"v":2}', "p2": b'{"v":1}'}
     assert await a.load_status("other") == {}
     await b.drop_status("acme", ["p2"])

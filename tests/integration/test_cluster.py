@@ -194,3 +194,71 @@ async def test_printctl_cluster_status_through_an_instance_and_from_redis(
     assert json.loads(res.stdout)["problems"] == ["no members", "no leader"]
     res = await cli("cluster", "status", "--redis", "notaurl")
     assert res.exit_code == 2 and "redis://" in res.stderr
+
+
+async def dashboard(p: Printd, company: str = "acme") -> WsClient:
+    client = await WsClient.connect(ws_url(p.url), token=token("dashboard", company, sub=f"dash-{company}"))
+    assert (await client.recv(5))["event"] == "hello"
+    return client
+
+
+async def test_status_fans_out_across_instances_batched_and_per_company(cluster_factory: Any) -> None:
+    p1, p2, p3 = cluster_factory(3)
+    await wait_members(p1, {"i1", "i2", "i3"})
+    acme = await dashboard(p1)
+    assert (await acme.recv(5))["event"] == "printer.status.snapshot"
+    globex = await dashboard(p1, "globex")
+    assert (await globex.recv(5))["event"] == "printer.status.snapshot"
+    on_p2 = await WsClient.connect(ws_url(p2.url), token=token("agent", sub="a2"))
+    on_p3 = await WsClient.connect(ws_url(p3.url), token=token("agent", sub="a3"))
+    other = await WsClient.connect(ws_url(p3.url), token=token("agent", "globex", sub="g3"))
+    for client in (on_p2, on_p3, other):
+        assert (await client.recv(5))["event"] == "hello"
+    seen: dict[str, int] = {}
+    batches: list[tuple[float, dict[str, Any]]] = []
+    with trio.fail_after(15):
+        for n in range(1, 21):  # 20 updates each from two instances, faster than the window
+            await on_p2.send("printer.status", {"printer_id": "p2", "status": "online", "n": n})
+            await on_p3.send("printer.status", {"printer_id": "p3", "status": "online", "n": n})
+            await trio.sleep(0.01)
+        await other.send("printer.status", {"printer_id": "g", "status": "online"})
+        while seen.get("p2") != 20 or seen.get("p3") != 20:
+            msg = await acme.recv(5)
+            if msg["event"] != "printer.status.batch":
+                continue
+            batches.append((time.monotonic(), msg["data"]))
+            for item in msg["data"]["printers"]:
+                assert item["printer_id"] in ("p2", "p3")  # never another company's
+                seen[item["printer_id"]] = item["n"]
+    assert len(batches) < 20  # coalesced: latest state per printer per window
+    closed = [data["sent_at"] for _, data in batches]  # when each batch's window closed
+    gaps = [b - a for a, b in zip(closed, closed[1:], strict=False)]
+    assert all(g > 0.08 for g in gaps), gaps  # one batch per window (100 ms), merged across instances
+    g = await globex.recv(5)
+    assert [i["printer_id"] for i in g["data"]["printers"]] == ["g"]
+    # a new dashboard anywhere gets every printer of its company in its snapshot
+    late = await dashboard(p2)
+    snapshot = await late.recv(5)
+    assert snapshot["event"] == "printer.status.snapshot"
+    assert {i["printer_id"]: i["n"] for i in snapshot["data"]["printers"]} == {"p2": 20, "p3": 20}
+    for client in (acme, globex, on_p2, on_p3, other, late):
+        await client.close()
+
+
+async def test_job_completed_reaches_dashboards_on_every_instance(cluster_factory: Any) -> None:
+    p1, p2 = cluster_factory(2)
+    await wait_members(p1, {"i1", "i2"})
+    watcher = await dashboard(p2)
+    agent = await ScriptedAgent.connect(p1, ("k1",))
+    res = submit(p1, printer="k1")
+    job = await agent.dispatch()
+    await agent.ack(job)
+    await agent.result(job)
+    with trio.fail_after(10):
+        while True:
+            msg = await watcher.recv(10)
+            if msg["event"] == "job.completed":
+                break
+    assert msg["data"]["job_id"] == res.json()["job_id"] and msg["data"]["state"] == "printed"
+    await watcher.close()
+    await agent.close()

@@ -17,7 +17,7 @@ for layer, modules in enumerate(
         " __init__ breakers gateway jobs cluster http logs systemd",
         # backends: the only I/O to the dependencies
         "store store.base store.sql store.sqlite store.postgres store.migrate breakers.shell breakers.metrics"
-        " cluster.local cluster.redis cluster.redis_client cluster.bus",
+        " cluster.local cluster.redis cluster.redis_client",
         # services
         "jobs.service printers status cluster.node cluster.routing auth metrics",
         # edges

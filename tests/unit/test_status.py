@@ -5,9 +5,19 @@ from __future__ import annotations
 import orjson
 import trio
 
-from printd.cluster.bus import LocalBus
+from printd.cluster.local import LocalCluster, LocalSpace
+from printd.cluster.redis import new_incarnation
 from printd.config import StatusConfig
-from printd.status import BATCH_EVENT, SNAPSHOT_EVENT, StatusBatcher, StatusFanout, split_items
+from printd.status import (
+    BATCH_EVENT,
+    SNAPSHOT_EVENT,
+    StatusBatcher,
+    StatusFanout,
+    company_topic,
+    decode_items,
+    encode_items,
+    split_items,
+)
 
 
 def item(printer_id: str, agent_id: str = "a1", branch: str = "b1", **extra: object) -> bytes:
@@ -20,14 +30,47 @@ def ids(items: list[bytes]) -> list[str]:
     return [orjson.loads(i)["printer_id"] for i in items]
 
 
+def items_of(pairs: list[tuple[str, bytes]]) -> list[bytes]:
+    return [i for _, i in pairs]
+
+
+class Dashboards:
+    """What one instance's hub delivers to its dashboards, by company."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, bytes]] = []
+
+    def __call__(self, company: str, message: bytes) -> int:
+        self.got.append((company, message))
+        return 1
+
+    def printers(self, company: str) -> list[dict[str, object]]:
+        return [p for c, m in self.got if c == company for p in orjson.loads(m)["data"]["printers"]]
+
+
+def fanout(space: LocalSpace, config: StatusConfig | None = None) -> tuple[StatusFanout, Dashboards]:
+    """One instance's fan-out on a shared in-memory cluster backend, subscribed to acme."""
+    dashboards = Dashboards()
+    holder: list[StatusFanout] = []
+    backend = LocalCluster(
+        new_incarnation(),
+        lambda topic, frame: holder[0].from_other_instance(topic.split(":", 1)[1], frame),
+        space,
+    )
+    backend.subscribe(company_topic("acme"))
+    f = StatusFanout(config or StatusConfig(), dashboards, backend)
+    holder.append(f)
+    return f, dashboards
+
+
 def test_latest_state_per_printer_wins_within_a_window() -> None:
     b = StatusBatcher()
     for seq in range(3):
         assert b.update("acme", "a1", "p1", item("p1", seq=seq)) is None
     assert b.update("globex", "g1", "p1", item("p1", agent_id="g1")) is None
     batches = dict(b.drain())
-    assert [orjson.loads(i)["seq"] for i in batches["acme"]] == [2]
-    assert ids(batches["globex"]) == ["p1"]
+    assert [orjson.loads(i)["seq"] for i in items_of(batches["acme"])] == [2]
+    assert ids(items_of(batches["globex"])) == ["p1"]
     assert not b.pending
 
 
@@ -73,7 +116,7 @@ def test_departed_agents_printers_are_evicted_and_marked_offline() -> None:
     assert ids(b.snapshot("acme")) == ["q1"]  # the memory is given back
     (company, marks), *_ = b.drain()
     assert company == "acme"
-    assert [orjson.loads(m) for m in marks] == [
+    assert [orjson.loads(m) for m in items_of(marks)] == [
         {
             "printer_id": p,
             "status": "offline",
@@ -125,37 +168,66 @@ def test_split_items_keeps_every_message_under_the_limit() -> None:
 
 
 async def test_snapshot_parts_are_fresh_and_bounded(autojump_clock: trio.testing.MockClock) -> None:
-    fanout = StatusFanout(LocalBus(), StatusConfig(chunk_bytes=2048))
+    f, _ = fanout(LocalSpace(), StatusConfig(chunk_bytes=2048))
     for i in range(10):
-        fanout.update("acme", "a1", f"p{i}", item(f"p{i}", blob="x" * 300, v=1))
-    parts = fanout.snapshot_parts("acme")
+        f.update("acme", "a1", f"p{i}", item(f"p{i}", blob="x" * 300, v=1))
+    elsewhere = {"p0": item("p0", v=0), "q1": item("q1", v=7)}  # reported to other instances
+    parts = f.snapshot_parts("acme", elsewhere)
     first = orjson.loads(next(parts))
     assert first["event"] == SNAPSHOT_EVENT
-    fanout.update("acme", "a1", "p9", item("p9", v=2))  # changes while the snapshot goes out
+    f.update("acme", "a1", "p9", item("p9", v=2))  # changes while the snapshot goes out
     rest = [orjson.loads(p) for p in parts]
     assert {m["event"] for m in rest} == {BATCH_EVENT}
     seen = {p["printer_id"]: p["v"] for m in [first, *rest] for p in m["data"]["printers"]}
-    assert seen == {**{f"p{i}": 1 for i in range(9)}, "p9": 2}
-    assert len(list(fanout.snapshot_parts("nobody"))) == 1  # an empty snapshot is still sent
+    assert seen == {**{f"p{i}": 1 for i in range(9)}, "p9": 2, "q1": 7}  # this instance's p0 wins
+    assert len(list(f.snapshot_parts("nobody"))) == 1  # an empty snapshot is still sent
 
 
 async def test_fanout_evicts_departed_agents_after_the_delay(autojump_clock: trio.testing.MockClock) -> None:
-    bus = LocalBus()
-    got: list[bytes] = []
-    bus.subscribe("company:", lambda topic, payload: got.append(payload))
-    fanout = StatusFanout(bus, StatusConfig(evict_after=300.0))
+    space = LocalSpace()
+    f, dashboards = fanout(space, StatusConfig(evict_after=300.0))
     forgotten: list[tuple[str, list[str]]] = []
-    fanout.on_evict.append(lambda company, printers: forgotten.append((company, printers)))
+    f.on_evict.append(lambda company, printers: forgotten.append((company, printers)))
     async with trio.open_nursery() as nursery:
-        await nursery.start(fanout.run)
-        fanout.update("acme", "a1", "p1", item("p1"))
+        await nursery.start(f.run)
+        f.update("acme", "a1", "p1", item("p1"))
         await trio.sleep(1)
-        got.clear()
-        fanout.agent_left("acme", "a1")
+        assert set(space.status["acme"][0]) == {"p1"}  # in the cluster's snapshot
+        dashboards.got.clear()
+        f.agent_left("acme", "a1")
         await trio.sleep(299)
-        assert forgotten == [] and fanout.batcher.printers() == 1
+        assert forgotten == [] and f.batcher.printers() == 1
         await trio.sleep(2)
-        assert forgotten == [("acme", ["p1"])] and fanout.batcher.printers() == 0
-        (batch,) = got
-        assert orjson.loads(batch)["data"]["printers"][0]["status"] == "offline"
+        assert forgotten == [("acme", ["p1"])] and f.batcher.printers() == 0
+        (printer,) = dashboards.printers("acme")
+        assert printer["status"] == "offline"
+        assert space.status["acme"][0] == {}  # and out of the cluster's snapshot
         nursery.cancel_scope.cancel()
+
+
+def test_item_frames_between_instances_round_trip_and_refuse_garbage() -> None:
+    pairs = [("p1", item("p1")), ("p-2", b"{}"), ("ü", b'{"x":1}')]
+    assert decode_items(encode_items(pairs)) == pairs
+    assert decode_items(encode_items([])) == []
+    assert decode_items(encode_items(pairs)[:-1]) == []  # torn
+    assert decode_items(b"S\x00") == []
+
+
+async def test_one_batch_per_window_merges_this_instance_and_the_others() -> None:
+    """Dashboards on instance A get printers reported to B in A's next batch, merged with A's
+    own: one batch per window per dashboard, the latest state per printer."""
+    space = LocalSpace()
+    a, on_a = fanout(space)
+    b, on_b = fanout(space)
+    b.update("acme", "agent-b", "pb", item("pb", v=1))
+    a.update("acme", "agent-a", "pa", item("pa", v=1))
+    await b.flush()  # B's tick: its own dashboards, then to A
+    assert [p["printer_id"] for p in on_b.printers("acme")] == ["pb"]
+    assert on_a.got == []  # nothing until A's own tick
+    b.update("acme", "agent-b", "pb", item("pb", v=2))
+    await b.flush()
+    await a.flush()
+    assert len(on_a.got) == 1  # one batch for A's dashboards
+    assert {p["printer_id"]: p["v"] for p in on_a.printers("acme")} == {"pa": 1, "pb": 2}
+    snapshot = await a.cluster_snapshot("acme")  # what a new dashboard on A is also shown
+    assert set(snapshot) == {"pa", "pb"} and orjson.loads(snapshot["pb"])["v"] == 2
