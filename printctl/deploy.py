@@ -16,6 +16,7 @@ import math
 import os
 import pwd
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -247,13 +248,18 @@ def write_nginx_prefix(prefix: Path, site: str) -> Path:
         f"    {kind}_temp_path {temp / kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
+    # every proxied WebSocket holds two connections of a worker (client and upstream): size the
+    # workers to the fd limit, not nginx's default 1024 (about 500 agents)
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    connections = max(1024, min(nofile // 2, 65536) if nofile != resource.RLIM_INFINITY else 65536)
     conf = prefix / "nginx.conf"
     conf.write_text(
-        "worker_processes 1;\n"
+        "worker_processes auto;\n"
+        f"worker_rlimit_nofile {connections * 2};\n"
         "daemon off;\n"
         f"pid {prefix / 'nginx.pid'};\n"
         f"error_log {prefix / 'nginx-error.log'} notice;\n"
-        "events { worker_connections 1024; }\n"
+        f"events {{ worker_connections {connections}; }}\n"
         "http {\n"
         f"    access_log {prefix / 'nginx-access.log'};\n"
         f"{temps}\n"
