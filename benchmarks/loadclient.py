@@ -20,7 +20,9 @@ Modes (every loop is bounded in count and time; the result is one JSON line):
            loop (cheaper per message than the generic callback loop used otherwise)
   load     --agents N --dashboards D --companies C: every agent sends one ~--payload-bytes
            `printer.status` per --interval s (random phase); dashboard d watches company d % C.
-           Latency is agent send `ts` -> dashboard receipt of the newest item in each batch.
+           Latency is agent send `ts` -> dashboard receipt of the newest item in each batch;
+           when a batch carries `sent_at` (epoch s at the server's batch tick), also the
+           server-added latency (tick -> receipt); the items per batch are counted too.
 Options for all modes:
   --sio        Socket.IO v5 over Engine.IO v4 framing (GET /socket.io/?EIO=4&transport=websocket,
                '0{..}' open, '40' connect, events as 42["name",{...}], '2' answered with '3')
@@ -28,6 +30,7 @@ Options for all modes:
                if accepted, outgoing messages >= 1 KiB are compressed, incoming RSV1 frames inflated
   --auth       query (?token=, default) or header (Authorization: Bearer; not with --sio)
   --procs P    split the connections over P worker processes (the fd limit is per process)
+  --ports LIST worker i connects to port LIST[i % len(LIST)] (several instances of a cluster)
 Bytes are counted both on the wire (what send()/recv() moved) and as application payload
 (uncompressed message bodies); counters cover the measurement window.
 
@@ -481,8 +484,9 @@ def worker_load(client: BenchClient, a: argparse.Namespace) -> None:
         return
     start, m0, m1 = go
     win = Window(client, m0, m1)
-    lat_newest, lat_oldest = array("d"), array("d")
+    lat_newest, lat_oldest, lat_server = array("d"), array("d"), array("d")
     st = {"batches": 0, "items": 0, "snapshots": 0, "bad": 0}
+    batch_sizes: dict[int, int] = {}
     sent_by_company: dict[int, int] = {}
 
     def on_message(conn: Conn, payload: bytes) -> None:
@@ -504,6 +508,10 @@ def worker_load(client: BenchClient, a: argparse.Namespace) -> None:
         ts = [it["ts"] for it in items if isinstance(it, dict) and isinstance(it.get("ts"), float)]
         st["batches"] += 1
         st["items"] += len(items)
+        batch_sizes[len(items)] = batch_sizes.get(len(items), 0) + 1
+        sent_at = data.get("sent_at")
+        if isinstance(sent_at, float):
+            lat_server.append(now - sent_at)
         if len(ts) != len(items):
             st["bad"] += len(items) - len(ts)
         if ts:
@@ -556,6 +564,8 @@ def worker_load(client: BenchClient, a: argparse.Namespace) -> None:
             ],
             "hist_newest": encode(histogram(lat_newest)),
             "hist_oldest": encode(histogram(lat_oldest)),
+            "hist_server": encode(histogram(lat_server)),
+            "batch_sizes": {str(k): v for k, v in batch_sizes.items()},
         }
     )
     client.close_all()
@@ -572,7 +582,7 @@ def worker_main(a: argparse.Namespace) -> None:
 def worker_args(a: argparse.Namespace, i: int) -> list[str]:
     args = [
         "--port",
-        str(a.port),
+        str(a.ports[i % len(a.ports)] if a.ports else a.port),
         "--concurrency",
         str(max(1, a.concurrency // a.procs)),
         "--connect-timeout",
@@ -624,6 +634,14 @@ def merge_errors(results: list[dict[str, Any]]) -> dict[str, int]:
         if r.get("error"):
             out[r["error"]] = out.get(r["error"], 0) + 1
     return out
+
+
+def merge_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
 
 def common(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -744,6 +762,8 @@ def coordinator(a: argparse.Namespace) -> int:
                     "items_without_ts": sum_key(res, "bad"),
                     "latency_newest": summarize(merge([r.get("hist_newest", "") for r in res])),
                     "latency_oldest": summarize(merge([r.get("hist_oldest", "") for r in res])),
+                    "latency_server_added": summarize(merge([r.get("hist_server", "") for r in res])),
+                    "batch_sizes": merge_counts([r.get("batch_sizes") or {} for r in res]),
                 }
             )
         emit(out)
@@ -755,7 +775,8 @@ def coordinator(a: argparse.Namespace) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=["idle", "connect", "ping", "load"])
-    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--ports", default="", help="comma list: worker i connects to port i % len")
     ap.add_argument("--sio", action="store_true", help="Socket.IO framing")
     ap.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
     ap.add_argument("--auth", choices=["query", "header"], default="query")
@@ -783,6 +804,9 @@ def main() -> int:
         ap.error(f"keep runs bounded: warmup + duration <= {MAX_DURATION:.0f} s, hold <= {MAX_HOLD:.0f} s")
     if a.sio and a.auth == "header":
         ap.error("--auth header is not supported with --sio")
+    a.ports = [int(p) for p in a.ports.split(",") if p.strip()]
+    if not a.port and not a.ports:
+        ap.error("give --port or --ports")
     if a.worker:
         worker_main(a)
         return 0

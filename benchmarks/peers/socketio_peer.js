@@ -14,7 +14,16 @@
 // have keepalive off too). --compression deflate enables ws permessage-deflate (threshold 1 KiB)
 // for clients that offer it. --gc-signal (run node with --expose-gc): SIGUSR2 forces a full GC.
 //
+// Cluster mode (--redis URL): N of these processes on one Redis with @socket.io/redis-adapter,
+// the way the system printd replaces was scaled out. Each instance batches the updates of the
+// agents connected to it and emits each company's batch to room "dash:<company>" through the
+// adapter, which publishes it on Redis for the dashboards on every other instance. Snapshots
+// stay per instance (the latest states are not kept in Redis). --instance ID names the instance
+// in `hello`. --batch-stamp adds `sent_at` (epoch seconds at the batch tick) to each batch, so
+// a client can tell the server-added latency (tick -> receipt) from the wait for the tick.
+//
 //   JWT_SECRET=... node socketio_peer.js --port 9003 [--batch-ms 100] [--compression deflate|none]
+//   JWT_SECRET=... node socketio_peer.js --port 9004 --redis redis://127.0.0.1:6390 --instance sio-1 --batch-stamp
 'use strict';
 const crypto = require('crypto');
 const http = require('http');
@@ -24,13 +33,18 @@ const { Server } = require('socket.io');
 const ROLES = new Set(['agent', 'dashboard', 'service', 'admin']);
 
 function parseArgs(argv) {
-  const a = { port: 0, batchMs: 100, compression: 'none', gcSignal: false };
+  const a = {
+    port: 0, batchMs: 100, compression: 'none', gcSignal: false, redis: '', instance: '', batchStamp: false,
+  };
   for (let i = 2; i < argv.length; i++) {
     const k = argv[i];
     if (k === '--port') a.port = parseInt(argv[++i], 10);
     else if (k === '--batch-ms') a.batchMs = parseFloat(argv[++i]);
     else if (k === '--compression') a.compression = argv[++i];
     else if (k === '--gc-signal') a.gcSignal = true;
+    else if (k === '--redis') a.redis = argv[++i];
+    else if (k === '--instance') a.instance = argv[++i];
+    else if (k === '--batch-stamp') a.batchStamp = true;
     else { process.stderr.write(`unknown argument ${k}\n`); process.exit(2); }
   }
   if (!a.port) { process.stderr.write('--port is required\n'); process.exit(2); }
@@ -57,6 +71,9 @@ function verify(token) {
   return claims;
 }
 
+// Clustered, a company's dashboards may be on any instance: every batch goes through the adapter
+// (which publishes it on Redis whether or not a dashboard of that company is connected anywhere).
+const clustered = Boolean(args.redis);
 const state = new Map();      // company -> Map(printer_id -> item): latest states
 let pending = new Map();      // company -> Map(printer_id -> item): changed since the last batch
 const watchers = new Map();   // company -> number of connected dashboards
@@ -90,7 +107,9 @@ io.on('connection', (socket) => {
   const claims = socket.data.claims;
   const company = claims.company;
   const isDashboard = claims.role === 'dashboard';
-  socket.emit('hello', { sub: claims.sub, role: claims.role, company, server_time: Date.now() / 1000 });
+  socket.emit('hello', {
+    sub: claims.sub, role: claims.role, company, server_time: Date.now() / 1000, instance: args.instance,
+  });
   if (isDashboard) {
     socket.join('dash:' + company);
     watchers.set(company, (watchers.get(company) || 0) + 1);
@@ -103,7 +122,7 @@ io.on('connection', (socket) => {
     data.at = Date.now() / 1000;
     companyMap(state, company).set(data.printer_id, data);
     if (args.batchMs > 0) companyMap(pending, company).set(data.printer_id, data);
-    else if (watchers.get(company)) io.to('dash:' + company).emit('printer.status.batch', { printers: [data] });
+    else if (clustered || watchers.get(company)) emitBatch(company, [data]);
   });
   socket.on('ping', (data) => { socket.emit('ack', { id: data && data.id }); });
   socket.on('disconnect', () => {
@@ -111,11 +130,16 @@ io.on('connection', (socket) => {
   });
 });
 
+function emitBatch(company, printers) {
+  const batch = args.batchStamp ? { printers, sent_at: Date.now() / 1000 } : { printers };
+  io.to('dash:' + company).emit('printer.status.batch', batch);
+}
+
 function flush() {
   const batch = pending;
   pending = new Map();
   for (const [company, items] of batch) {
-    if (watchers.get(company)) io.to('dash:' + company).emit('printer.status.batch', { printers: [...items.values()] });
+    if (clustered || watchers.get(company)) emitBatch(company, [...items.values()]);
   }
 }
 
@@ -133,12 +157,29 @@ function version(name) {
   try { return require(`${name}/package.json`).version; } catch (e) { return null; }
 }
 
-httpServer.listen({ port: args.port, host: '127.0.0.1', backlog: 4096 }, () => {
-  process.stdout.write(JSON.stringify({
-    ready: true, impl: 'sio', port: args.port, batch_ms: args.batchMs, compression: args.compression,
-    node: process.version, socketio: version('socket.io'), ws: version('ws'),
-  }) + '\n');
-});
+async function attachRedis() {
+  if (!clustered) return;
+  const { createClient } = require('redis');
+  const { createAdapter } = require('@socket.io/redis-adapter');
+  const pubClient = createClient({ url: args.redis });
+  const subClient = pubClient.duplicate();
+  for (const c of [pubClient, subClient]) {
+    c.on('error', (e) => process.stderr.write(`redis: ${e.message}\n`));
+  }
+  await Promise.all([pubClient.connect(), subClient.connect()]);
+  io.adapter(createAdapter(pubClient, subClient));
+}
+
+attachRedis().then(() => {
+  httpServer.listen({ port: args.port, host: '127.0.0.1', backlog: 4096 }, () => {
+    process.stdout.write(JSON.stringify({
+      ready: true, impl: 'sio', port: args.port, batch_ms: args.batchMs, compression: args.compression,
+      node: process.version, socketio: version('socket.io'), ws: version('ws'), instance: args.instance,
+      redis_adapter: clustered ? version('@socket.io/redis-adapter') : null,
+      redis_client: clustered ? version('redis') : null,
+    }) + '\n');
+  });
+}, (e) => { process.stderr.write(`cannot reach Redis at ${args.redis}: ${e.message}\n`); process.exit(1); });
 
 if (args.gcSignal && typeof global.gc === 'function') {
   process.on('SIGUSR2', () => { global.gc(); });
