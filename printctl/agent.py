@@ -79,7 +79,7 @@ from printctl.keepalive import (
     Reconnect,
 )
 from printctl.wsclient import ConnectionClosed, HandshakeRejected, WsClient, ws_url
-from printd.gateway.protocol import CLOSE_GOING_AWAY, CLOSE_REPLACED, CLOSE_TOKEN_EXPIRED
+from printd.protocol import CLOSE_GOING_AWAY, CLOSE_REPLACED, CLOSE_TOKEN_EXPIRED
 
 JOURNAL = "agent-journal.jsonl"
 LOCK_FILE = "agent.lock"

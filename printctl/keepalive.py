@@ -11,10 +11,10 @@ import random
 from collections.abc import Callable
 from enum import StrEnum
 
-from printd.gateway.protocol import CLOSE_GOING_AWAY, CLOSE_REPLACED
+from printd.protocol import CLOSE_GOING_AWAY, CLOSE_REPLACED
 
 #: "Reconnect now, to any instance": printd hands agents over (drain, rebalance). Like 1001.
-#: (docs/protocol.md §10; the cluster work adds it to printd.gateway.protocol.)
+#: (docs/protocol.md §10; the cluster work adds it to printd.protocol.)
 CLOSE_RECONNECT_NOW = 4012
 RECONNECT_NOW = frozenset({CLOSE_GOING_AWAY, CLOSE_RECONNECT_NOW})
 

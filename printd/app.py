@@ -35,7 +35,6 @@ from printd.cluster.target import parse_redis_url, with_sentinels
 from printd.config import Config, ConfigError, config_changes, redact_url, reloaded
 from printd.gateway.connection import GatewayStats
 from printd.gateway.hub import Hub
-from printd.gateway.protocol import CLOSE_GOING_AWAY, CLOSE_RECONNECT_NOW, CLOSE_REPLACED
 from printd.gateway.server import Gateway, origin_allowed
 from printd.http.listener import Listener
 from printd.http.router import HttpError, HttpRequest, HttpResponse, Router
@@ -46,6 +45,7 @@ from printd.logs import set_log_level
 from printd.metrics import ClusterCollector, JobMetrics, JobsCollector, QueueSampler
 from printd.monitoring import HealthMonitor, LogThrottle, MonitoredInstance, MonitoringApi, StatsCollector
 from printd.printers import PrinterRegistry
+from printd.protocol import CLOSE_GOING_AWAY, CLOSE_RECONNECT_NOW, CLOSE_REPLACED
 from printd.ratelimit import PrinterTestLimits, PrinterTestQuota
 from printd.status import EVENT_FRAME, STATUS_FRAME, StatusFanout, company_topic
 from printd.store import StoreCircuitOpen, StoreError, StoreUnavailable, open_store

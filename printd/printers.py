@@ -20,8 +20,8 @@ from enum import StrEnum
 import structlog
 
 from printd.agents import AgentLink
-from printd.gateway.protocol import ERR_FORBIDDEN, FrameError, StatusUpdate
 from printd.model import Printer
+from printd.protocol import ERR_FORBIDDEN, FrameError, StatusUpdate
 from printd.store import Store, StoreError
 
 log = structlog.get_logger("printd.printers")

@@ -25,7 +25,7 @@ import trio
 
 from printd.cluster.base import ClusterBackend, ClusterUnavailable
 from printd.config import StatusConfig
-from printd.gateway.protocol import encode_batch
+from printd.protocol import encode_batch
 
 log = structlog.get_logger("printd.status")
 

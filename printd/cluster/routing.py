@@ -14,7 +14,7 @@ import orjson
 
 from printd.agents import AgentKey, AgentLink
 from printd.cluster.base import AgentLocation, ClusterBackend
-from printd.gateway.protocol import CLOSE_REPLACED
+from printd.protocol import CLOSE_REPLACED
 
 #: The bus topic on which an instance receives messages addressed to it.
 INSTANCE_TOPIC = "inst:"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import trio
 
 from printd.gateway.connection import WsConnection
-from printd.gateway.protocol import (
+from printd.protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_HEARTBEAT_TIMEOUT,
     CLOSE_REPLACED,

@@ -24,10 +24,10 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import BytesLike
 
+from printd import protocol as P
 from printd.agents import AgentLink
 from printd.auth import AuthError, Claims, TokenVerifier, bearer_token
 from printd.config import Config
-from printd.gateway import protocol as P
 from printd.gateway.connection import GatewayStats, WsConnection, make_protocol
 from printd.gateway.hub import Hub
 from printd.gateway.limits import ErrorBudget, MessageRate

@@ -26,12 +26,12 @@ from typing import Any
 import structlog
 import trio
 
+from printd import protocol as P
 from printd.agents import AgentDirectory, AgentKey, AgentLink
 from printd.breakers.core import CircuitBreaker
 from printd.breakers.shell import CircuitRegistry
 from printd.cluster.base import ClusterUnavailable
 from printd.config import JobsConfig
-from printd.gateway import protocol as P
 from printd.inputs import dispatch_circuit_name
 from printd.jobs.delivery import DeliveryCore, Expire, Go, Hold, RetryPolicy, Send, Skip, Timing, Want
 from printd.jobs.pending import AgentGone, PendingError, PendingTimeout, PendingWaiters

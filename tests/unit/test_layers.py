@@ -12,7 +12,7 @@ LAYERS: dict[str, int] = {}
 for layer, modules in enumerate(
     [
         # pure cores: rules and data, no I/O of their own
-        "model protocol gateway.protocol agents inputs config jobs.delivery jobs.pending breakers.core"
+        "model protocol agents inputs config jobs.delivery jobs.pending breakers.core"
         " ratelimit cache cluster.base cluster.membership cluster.resp cluster.target gateway.limits"
         " __init__ breakers gateway jobs cluster http logs systemd",
         # backends: the only I/O to the dependencies
