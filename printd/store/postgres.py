@@ -112,14 +112,21 @@ class PostgresStore(SqlStore):
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            await trio.to_thread.run_sync(pool.close, limiter=self._limiter)
+            # no limiter: its tokens may all be held by calls stuck on a silent server; the caller
+            # bounds how long it waits (the thread is abandoned, not the process held)
+            await trio.to_thread.run_sync(pool.close, abandon_on_cancel=True)
 
     async def _exec(self, fn: Callable[[Tx], T], *, write: bool) -> T:
         # Reads and writes alike run in a READ COMMITTED transaction; ``write`` is not needed.
         pool = self._pool
         if pool is None:
             raise StoreError("store is not open")
-        return await trio.to_thread.run_sync(self._in_tx, pool, fn, limiter=self._limiter)
+        # abandoned on cancellation (shutdown): a server that holds traffic without answering must
+        # not hold printd; the outcome of an abandoned call is unknown, like a dropped connection's,
+        # and every caller already treats it that way (a transition is retried or redelivered)
+        return await trio.to_thread.run_sync(
+            self._in_tx, pool, fn, limiter=self._limiter, abandon_on_cancel=True
+        )
 
     def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
         """Probe a pooled connection before use only when it sat idle: one that just served a

@@ -104,13 +104,17 @@ class SQLiteStore(SqlStore):
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
+            await trio.to_thread.run_sync(conn.close, limiter=self._limiter, abandon_on_cancel=True)
 
     async def _exec(self, fn: Callable[[Tx], T], *, write: bool) -> T:
         conn = self._conn
         if conn is None:
             raise StoreError("store is not open")
-        return await trio.to_thread.run_sync(self._in_tx, conn, fn, write, limiter=self._limiter)
+        # abandoned on cancellation (shutdown), like PostgreSQL's; the limiter stays held until the
+        # abandoned thread is done with the connection
+        return await trio.to_thread.run_sync(
+            self._in_tx, conn, fn, write, limiter=self._limiter, abandon_on_cancel=True
+        )
 
     def _in_tx(self, conn: sqlite3.Connection, fn: Callable[[Tx], T], write: bool) -> T:
         try:
