@@ -109,6 +109,24 @@ class PostgresStore(SqlStore):
             raise self._map_error(exc) from (None if self._leaks(exc) else exc)
         return pool
 
+    async def probe(self) -> None:
+        """A connection of its own, not the pool's: after an outage the pool may be waiting out its
+        reconnect backoff (doubling, minutes long), so the store circuit would stay open well
+        after the server is back. When the server answers and the pool has no usable
+        connection, a fresh pool replaces it."""
+        await trio.to_thread.run_sync(self._probe, abandon_on_cancel=True)
+
+    def _probe(self) -> None:
+        try:
+            psycopg.connect(self._url, **self._kwargs).close()
+        except psycopg.Error as exc:
+            raise self._map_error(exc) from (None if self._leaks(exc) else exc)
+        old = self._pool
+        if old is None or old.get_stats().get("pool_available", 0) > 0:
+            return
+        self._pool = self._connect()
+        old.close(timeout=0)
+
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
