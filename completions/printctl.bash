@@ -5,7 +5,7 @@ _printctl_children() {
     case "$1" in
         "printctl") echo "agent circuits cluster config deploy health instance jobs loadtest printers token verify-prints" ;;
         "printctl circuits") echo "disable force-open list reset" ;;
-        "printctl cluster") echo "down ls status up" ;;
+        "printctl cluster") echo "down ls rebalance status up" ;;
         "printctl config") echo "check init" ;;
         "printctl jobs") echo "get list submit" ;;
         "printctl printers") echo "list move test wait" ;;
@@ -24,6 +24,7 @@ _printctl_options() {
         "printctl cluster") echo "-h --help" ;;
         "printctl cluster down") echo "--state-dir --timeout --json -h --help" ;;
         "printctl cluster ls") echo "--state-dir --timeout --json -h --help" ;;
+        "printctl cluster rebalance") echo "--url --token --per-second --dry-run --settle --timeout --json -h --help" ;;
         "printctl cluster status") echo "--url --token --redis --prefix --watch -w --timeout --json -h --help" ;;
         "printctl cluster up") echo "--config -c --instances -n --port --state-dir --timeout --json -h --help" ;;
         "printctl config") echo "-h --help" ;;
@@ -76,6 +77,11 @@ _printctl_value() {
         "printctl cluster down|--timeout") echo "any" ;;
         "printctl cluster ls|--state-dir") echo "file" ;;
         "printctl cluster ls|--timeout") echo "any" ;;
+        "printctl cluster rebalance|--url") echo "any" ;;
+        "printctl cluster rebalance|--token") echo "any" ;;
+        "printctl cluster rebalance|--per-second") echo "any" ;;
+        "printctl cluster rebalance|--settle") echo "any" ;;
+        "printctl cluster rebalance|--timeout") echo "any" ;;
         "printctl cluster status|--url") echo "any" ;;
         "printctl cluster status|--token") echo "any" ;;
         "printctl cluster status|--redis") echo "any" ;;

@@ -9,7 +9,7 @@ function __printctl_children
         case 'circuits'
             printf '%s\n' disable force-open list reset
         case 'cluster'
-            printf '%s\n' down ls status up
+            printf '%s\n' down ls rebalance status up
         case 'config'
             printf '%s\n' check init
         case 'jobs'
@@ -91,6 +91,7 @@ complete -c printctl -n '__printctl_at circuits reset' -l timeout -x -d 'Seconds
 complete -c printctl -n '__printctl_at circuits reset' -s h -l help -d 'Show the help and exit'
 complete -c printctl -n '__printctl_at cluster' -a down -d 'Stop every process of the local cluster (printd drains on SIGTERM; SIGKILL after'
 complete -c printctl -n '__printctl_at cluster' -a ls -d 'The local cluster\'s processes: pid, running or not, health, connections, log'
+complete -c printctl -n '__printctl_at cluster' -a rebalance -d 'Even out agents after an instance rejoined: instances above the average close a '
 complete -c printctl -n '__printctl_at cluster' -a status -d 'Members, leader and health of the cluster'
 complete -c printctl -n '__printctl_at cluster' -a up -d 'Start N printd instances and nginx in front of them on loopback; return once all'
 complete -c printctl -n '__printctl_at cluster' -s h -l help -d 'Show the help and exit'
@@ -102,6 +103,14 @@ complete -c printctl -n '__printctl_at cluster ls' -l state-dir -r -F -d 'Pidfil
 complete -c printctl -n '__printctl_at cluster ls' -l timeout -x -d 'Seconds to wait for each health answer'
 complete -c printctl -n '__printctl_at cluster ls' -l json -d 'Machine-readable JSON on stdout'
 complete -c printctl -n '__printctl_at cluster ls' -s h -l help -d 'Show the help and exit'
+complete -c printctl -n '__printctl_at cluster rebalance' -l url -x -d 'printd base URL (env PRINTD_URL)'
+complete -c printctl -n '__printctl_at cluster rebalance' -l token -x -d 'Admin token, or printd\'s metrics token (env PRINTD_TOKEN or PRINTD_METRICS_TOKEN'
+complete -c printctl -n '__printctl_at cluster rebalance' -l per-second -x -d 'Agents each instance closes per second'
+complete -c printctl -n '__printctl_at cluster rebalance' -l dry-run -d 'Show the plan, move nobody'
+complete -c printctl -n '__printctl_at cluster rebalance' -l settle -x -d 'Seconds to wait for the moved agents to show up elsewhere before checking the re'
+complete -c printctl -n '__printctl_at cluster rebalance' -l timeout -x -d 'Seconds to wait for printd'
+complete -c printctl -n '__printctl_at cluster rebalance' -l json -d 'Machine-readable JSON on stdout'
+complete -c printctl -n '__printctl_at cluster rebalance' -s h -l help -d 'Show the help and exit'
 complete -c printctl -n '__printctl_at cluster status' -l url -x -d 'printd base URL (env PRINTD_URL)'
 complete -c printctl -n '__printctl_at cluster status' -l token -x -d 'Admin token, or printd\'s metrics token (env PRINTD_TOKEN or PRINTD_METRICS_TOKEN'
 complete -c printctl -n '__printctl_at cluster status' -l redis -x -d 'Read the cluster\'s Redis directly (works when no instance answers)'

@@ -122,11 +122,12 @@ _printctl_cluster() {
         '1: :->command' \
         '*:: :->args'
     case $state in
-        command) local -a commands; commands=('down:Stop every process of the local cluster (printd drains on SIGTERM; SIGKILL after' 'ls:The local clusters processes\: pid, running or not, health, connections, log' 'status:Members, leader and health of the cluster' 'up:Start N printd instances and nginx in front of them on loopback; return once all'); _describe command commands ;;
+        command) local -a commands; commands=('down:Stop every process of the local cluster (printd drains on SIGTERM; SIGKILL after' 'ls:The local clusters processes\: pid, running or not, health, connections, log' 'rebalance:Even out agents after an instance rejoined\: instances above the average close a ' 'status:Members, leader and health of the cluster' 'up:Start N printd instances and nginx in front of them on loopback; return once all'); _describe command commands ;;
         args)
             case $words[1] in
                 down) _printctl_cluster_down ;;
                 ls) _printctl_cluster_ls ;;
+                rebalance) _printctl_cluster_rebalance ;;
                 status) _printctl_cluster_status ;;
                 up) _printctl_cluster_up ;;
             esac ;;
@@ -148,6 +149,20 @@ _printctl_cluster_ls() {
     _arguments \
         '--state-dir[Pidfiles, logs and data of the local cluster]:state-dir:_files' \
         '--timeout[Seconds to wait for each health answer]:timeout: ' \
+        '--json[Machine-readable JSON on stdout]' \
+        '(-h --help)-h[Show the help and exit]' \
+        '(-h --help)--help[Show the help and exit]'
+}
+
+_printctl_cluster_rebalance() {
+    local curcontext="$curcontext" state line
+    _arguments \
+        '--url[printd base URL (env PRINTD_URL)]:url: ' \
+        '--token[Admin token, or printds metrics token (env PRINTD_TOKEN or PRINTD_METRICS_TOKEN]:token: ' \
+        '--per-second[Agents each instance closes per second]:per-second: ' \
+        '--dry-run[Show the plan, move nobody]' \
+        '--settle[Seconds to wait for the moved agents to show up elsewhere before checking the re]:settle: ' \
+        '--timeout[Seconds to wait for printd]:timeout: ' \
         '--json[Machine-readable JSON on stdout]' \
         '(-h --help)-h[Show the help and exit]' \
         '(-h --help)--help[Show the help and exit]'

@@ -13,7 +13,7 @@ from printctl import (
     agent,
     circuits,
     cluster,
-    cluster_status,
+    cluster_admin,
     config_cmd,
     deploy,
     health,
@@ -85,7 +85,8 @@ app.add_typer(circuits.app, name="circuits")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(printers.app, name="printers")
 app.command("deploy")(deploy.deploy)
-cluster.app.command("status")(cluster_status.status)
+cluster.app.command("status")(cluster_admin.status)
+cluster.app.command("rebalance")(cluster_admin.rebalance)
 app.add_typer(cluster.app, name="cluster")
 app.command("loadtest", cls=loadtest.LoadtestCommand)(loadtest.loadtest)
 

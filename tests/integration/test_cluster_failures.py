@@ -6,6 +6,7 @@ and the agents back on a live instance.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Printd
+from tests.conftest import Printd, token
 from tests.drill import OPS, SVC, Agent, Front, Orders, assert_exactly_once, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -230,3 +231,57 @@ def test_a_sentinel_failover_is_followed_without_a_restart(
             agent.stop()
         front.stop()
         sentinels.stop()
+
+
+def front_routes_a_websocket_to(front: Front, instance: str) -> bool:
+    """Open (and close) a dashboard connection through the front: where did it land?"""
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{front.port}/printing-ws?token={token('dashboard', sub='probe')}") as ws:
+        return bool(json.loads(ws.recv(timeout=5))["data"]["instance"] == instance)
+
+
+def test_rebalance_evens_out_agents_after_an_instance_rejoins(cluster_factory: Any, tmp_path: Path) -> None:
+    """Connections do not move back by themselves after an instance rejoins; `printctl cluster
+    rebalance` asks the loaded instances to shed their excess (4012), and through nginx they land
+    on the empty one. No job is lost on the way."""
+    from tests.cli import run
+
+    nodes = cluster_factory(2)
+    front = Front(nodes, tmp_path).start()
+    agents = [
+        Agent(front.url, tmp_path / f"agent-{k}", sub=f"agent-{k}", printers=(f"r{k}",)).start()
+        for k in range(8)
+    ]
+    orders = Orders(front.url, tuple(f"r{k}" for k in range(8)))
+    try:
+        wait_until(lambda: all(a.instance() for a in agents), 20, "agents connected")
+        victim = nodes[1]
+        victim.stop()  # drained: its agents move to i1
+        wait_until(lambda: all(a.instance() == "i1" for a in agents), 20, "all agents on i1")
+        victim.start()  # rejoins empty
+
+        def agents_by_member() -> dict[str, int]:
+            members = nodes[0].get("/monitoring/cluster", OPS).json()["members"]
+            return {m["id"]: m["connections"]["agent"] for m in members if m["health"] == "ok"}
+
+        # the member records (heartbeat every 2 s) must show the rejoined instance and the load
+        wait_until(lambda: agents_by_member() == {"i1": 8, "i2": 0}, 15, "rejoined, counted")
+        # nginx skips a server that failed for fail_timeout (10 s): the operator's check that the
+        # front sends to the rejoined instance again
+        wait_until(lambda: front_routes_a_websocket_to(front, "i2"), 20, "the front routes to i2")
+        orders.start(every=0.2)
+        res = run("cluster", "rebalance", "--url", front.url, "--token", OPS, "--per-second", "4", "--json")
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.stdout)
+        assert [(p["id"], p["moving"]) for p in out["plan"]] == [("i1", 4)]
+        assert out["after"] == {"i1": 4, "i2": 4}
+        assert sum(a.instance() == "i2" for a in agents) == 4  # the agents' own word
+        orders.wait_for(20)
+        accepted = orders.stop()
+        assert_exactly_once(front.url, accepted, [a.out for a in agents], timeout=60)
+    finally:
+        orders.stop()
+        for agent in agents:
+            agent.stop()
+        front.stop()

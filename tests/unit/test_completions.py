@@ -16,7 +16,7 @@ COMPLETIONS = Path(__file__).resolve().parents[2] / "completions"
 #: what a person types, and what the completion offers
 CASES = [
     ("printctl clu", "cluster"),
-    ("printctl cluster ", "down ls status up"),
+    ("printctl cluster ", "down ls rebalance status up"),
     ("printctl jobs submit --k", "--kind"),
     ("printctl jobs submit --kind ", "print test"),
     ("printctl deploy --restart ", "all changed none"),

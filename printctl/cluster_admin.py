@@ -1,4 +1,7 @@
-"""`printctl cluster status`: the cluster's members, leader and health in one table.
+"""`printctl cluster status` and `printctl cluster rebalance`: the cluster seen and steered as a
+whole.
+
+`status`: the cluster's members, leader and health in one table.
 
 Like `patronictl list` reads the DCS, `--redis URL` reads the cluster's Redis directly, so the
 view works when no instance answers; otherwise any instance (or the front) answers
@@ -26,8 +29,11 @@ from printctl.common import (
     console,
     default_url,
     emit_json,
+    error_message,
+    exit_code_for,
     fail,
     get_json,
+    request,
 )
 from printctl.health import STATUS_COLOURS, _duration
 
@@ -190,3 +196,129 @@ def status(
     except KeyboardInterrupt:
         pass
     raise typer.Exit(EXIT_OK if ok else EXIT_CHECK_FAILED)
+
+
+def rebalance_plan(members: list[dict[str, Any]], *, tolerance: float = 0.1) -> list[dict[str, Any]]:
+    """Which instances hold more agents than their share, and what share of theirs to move so
+    that each ends near the average (pure: unit-tested). Draining members take no new agents
+    and are left alone (their agents are moving already)."""
+    live = [m for m in members if not m.get("draining") and m.get("health") in ("ok", "degraded")]
+    if len(live) < 2:
+        return []
+    agents = {str(m["id"]): int((m.get("connections") or {}).get("agent", 0)) for m in live}
+    target = sum(agents.values()) / len(agents)
+    plan = []
+    for m in live:
+        held = agents[str(m["id"])]
+        excess = held - target
+        if held and excess > max(1.0, tolerance * target):
+            plan.append(
+                {
+                    "id": m["id"],
+                    "url": m.get("url"),
+                    "agents": held,
+                    "target": round(target, 1),
+                    "share": round(excess / held, 3),
+                    "moving": int(excess),
+                }
+            )
+    return plan
+
+
+def _settled_view(url: str, token: str | None, since: float, timeout: float) -> dict[str, Any]:
+    """The cluster view once every live member has published a heartbeat after `since` (the
+    agent counts in member records are as old as their last heartbeat, 2 s by default)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view: dict[str, Any] = get_json(url, "/monitoring/cluster", token=token, timeout=timeout)
+        now = time.monotonic()
+        ages = [m.get("heartbeat_age_s") for m in view.get("members") or []]
+        if all(age is not None and now - age > since for age in ages) or now >= deadline:
+            return view
+        time.sleep(0.5)
+
+
+def rebalance(
+    url: UrlOpt = DEFAULT_URL,
+    token: MonitoringTokenOpt = None,
+    per_second: Annotated[
+        int, typer.Option("--per-second", min=1, max=10_000, help="Agents each instance closes per second.")
+    ] = 20,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan, move nobody.")] = False,
+    settle: Annotated[
+        float,
+        typer.Option(
+            "--settle",
+            min=0,
+            max=600,
+            help="Seconds to wait for the moved agents to show up elsewhere before checking the result.",
+        ),
+    ] = 10.0,
+    timeout: TimeoutOpt = 30.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Even out agents after an instance rejoined: instances above the average close a share of
+    their agents with 4012 (reconnect now), a few per second, and the load balancer sends them
+    to the least loaded instances. Connections never move back by themselves.
+
+    The result is checked: exit 1 when the agents reconnected where they were (the load balancer
+    is not sending to the rejoined instance yet; nginx skips a server for fail_timeout after
+    it failed, 10 s by default: try again after that).
+
+    Example: printctl cluster rebalance --url http://127.0.0.1:8080 --token "$ADMIN" --dry-run
+    """
+    view: dict[str, Any] = get_json(url, "/monitoring/cluster", token=token, timeout=timeout)
+    plan = rebalance_plan(view.get("members") or [])
+    moved: dict[str, Any] = {}
+    after: dict[str, int] = {}
+    still: list[dict[str, Any]] = []
+    if plan and not dry_run:
+        for step in plan:
+            path = f"/monitoring/rebalance?share={step['share']}&per_second={per_second}"
+            resp = request(
+                "POST", step["url"], path, token=token, timeout=timeout + step["moving"] / per_second
+            )
+            if resp.status_code != 200:
+                fail(f"{step['id']}: {error_message(resp)}", exit_code_for(resp), plan=plan)
+            moved[str(step["id"])] = resp.json().get("agents_moved")
+        deadline = time.monotonic() + settle
+        while True:  # reconnecting agents back off up to a few seconds: give them `settle`
+            done = time.monotonic()
+            members = _settled_view(url, token, done, timeout).get("members") or []
+            still = rebalance_plan(members)
+            if not still or time.monotonic() >= deadline:
+                break
+        after = {str(m["id"]): int((m.get("connections") or {}).get("agent", 0)) for m in members}
+    hint = None
+    if still:
+        behind = sorted(k for k, v in after.items() if v < still[0]["target"])
+        hint = (
+            "agents reconnected to the instances they left: the load balancer does not send to "
+            f"{', '.join(behind) or 'the others'} yet (nginx skips a failed server for fail_timeout); "
+            "run again in a few seconds"
+        )
+    if json_out:
+        if hint:
+            fail(hint, EXIT_CHECK_FAILED, plan=plan, moved=moved, after=after)
+        emit_json({"ok": True, "dry_run": dry_run, "plan": plan, "moved": moved, "after": after})
+        return
+    if not plan:
+        console.print("[green]balanced[/green]: no instance holds more than its share of agents")
+        return
+    table = Table(title="rebalance" + (" (dry run)" if dry_run else ""), title_justify="left")
+    for column in ("member", "agents", "target", "asked to move", "moved", "agents now"):
+        table.add_column(column, justify="left" if column == "member" else "right")
+    targets = {str(step["id"]): step for step in plan}
+    for mid in sorted(set(targets) | set(after)):
+        step = targets.get(mid, {})
+        table.add_row(
+            mid,
+            str(step.get("agents", "-")),
+            f"{step['target']:g}" if step else "-",
+            str(step.get("moving", "-")),
+            str(moved.get(mid, "-")),
+            str(after.get(mid, "-")),
+        )
+    console.print(table)
+    if hint:
+        fail(hint, EXIT_CHECK_FAILED)

@@ -1,0 +1,43 @@
+"""`printctl cluster status` verdicts and the rebalance plan (pure parts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from printctl.cluster_admin import rebalance_plan, verdict
+
+
+def member(ident: str, agents: int, **kw: Any) -> dict[str, Any]:
+    return {"id": ident, "url": f"http://{ident}", "health": "ok", "connections": {"agent": agents}, **kw}
+
+
+def test_a_rejoined_instance_gets_a_share_from_the_loaded_ones() -> None:
+    plan = rebalance_plan([member("i1", 150), member("i2", 150), member("i3", 0)])
+    assert [(p["id"], p["moving"], p["share"]) for p in plan] == [("i1", 50, 0.333), ("i2", 50, 0.333)]
+    assert all(p["target"] == 100 for p in plan)
+
+
+def test_balanced_or_lone_clusters_move_nobody() -> None:
+    assert rebalance_plan([member("i1", 100), member("i2", 98), member("i3", 104)]) == []  # within 10 %
+    assert rebalance_plan([member("i1", 300)]) == []
+    assert rebalance_plan([]) == []
+
+
+def test_draining_and_unhealthy_members_neither_give_nor_take() -> None:
+    plan = rebalance_plan(
+        [
+            member("i1", 200),
+            member("i2", 0, draining=True),
+            member("i3", 0, health="unhealthy"),
+            member("i4", 0),
+        ]
+    )
+    assert [(p["id"], p["moving"]) for p in plan] == [("i1", 100)]  # i4 is the only other taker
+
+
+def test_status_verdicts() -> None:
+    ok = {"leader": "i1", "stale": False, "members": [member("i1", 1), member("i2", 1)]}
+    assert verdict(ok) == (True, [])
+    assert verdict({**ok, "leader": None})[1] == ["no leader"]
+    assert verdict({**ok, "stale": True})[0] is False
+    assert verdict({**ok, "members": [member("i1", 1, health="degraded")]})[1] == ["i1 is degraded"]
