@@ -25,7 +25,7 @@ _printctl_options() {
         "printctl cluster down") echo "--state-dir --timeout --json -h --help" ;;
         "printctl cluster ls") echo "--state-dir --timeout --json -h --help" ;;
         "printctl cluster status") echo "--url --token --redis --prefix --watch -w --timeout --json -h --help" ;;
-        "printctl cluster up") echo "--config -c --instances -n --port --state-dir --timeout --json -h --help" ;;
+        "printctl cluster up") echo "--config -c --instances -n --port --state-dir --timeout --private-redis --db-proxy --json -h --help" ;;
         "printctl config") echo "-h --help" ;;
         "printctl config check") echo "--production --json -h --help" ;;
         "printctl config init") echo "--force --json -h --help" ;;

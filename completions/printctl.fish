@@ -115,6 +115,8 @@ complete -c printctl -n '__printctl_at cluster up' -l instances -s n -x -d 'prin
 complete -c printctl -n '__printctl_at cluster up' -l port -x -d 'nginx\'s loopback port (default 8080 or the cluster file\'s; 0 = any free one)'
 complete -c printctl -n '__printctl_at cluster up' -l state-dir -r -F -d 'Pidfiles, logs and data of the local cluster'
 complete -c printctl -n '__printctl_at cluster up' -l timeout -x -d 'Seconds to wait for every instance'
+complete -c printctl -n '__printctl_at cluster up' -l private-redis -d 'Run a redis-server of the cluster\'s own (loopback, no persistence) as REDIS_URL,'
+complete -c printctl -n '__printctl_at cluster up' -l db-proxy -d 'Put a TCP proxy of the cluster\'s own between the instances and PostgreSQL, for f'
 complete -c printctl -n '__printctl_at cluster up' -l json -d 'Machine-readable JSON on stdout'
 complete -c printctl -n '__printctl_at cluster up' -s h -l help -d 'Show the help and exit'
 complete -c printctl -n '__printctl_at config' -a check -d 'Validate a config file plus the environment like `printd check-config`; exit 2 n'

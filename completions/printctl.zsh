@@ -178,6 +178,8 @@ _printctl_cluster_up() {
         '--port[nginxs loopback port (default 8080 or the cluster files; 0 = any free one)]:port: ' \
         '--state-dir[Pidfiles, logs and data of the local cluster]:state-dir:_files' \
         '--timeout[Seconds to wait for every instance]:timeout: ' \
+        '--private-redis[Run a redis-server of the clusters own (loopback, no persistence) as REDIS_URL,]' \
+        '--db-proxy[Put a TCP proxy of the clusters own between the instances and PostgreSQL, for f]' \
         '--json[Machine-readable JSON on stdout]' \
         '(-h --help)-h[Show the help and exit]' \
         '(-h --help)--help[Show the help and exit]'
