@@ -4,12 +4,24 @@ the proxy, refusals before anything starts, and the records a restart is made fr
 from __future__ import annotations
 
 import json
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
-from printctl.cluster import Launch, LocalCluster, Process, StartFailed, proxied_database, via_proxy
+from printctl.cluster import (
+    Launch,
+    LocalCluster,
+    Process,
+    StartFailed,
+    proxied_database,
+    stop_processes,
+    via_proxy,
+)
 from tests.cli import run
 
 
@@ -62,3 +74,20 @@ def test_a_restart_is_made_from_a_private_record_and_replaces_the_process_of_its
     assert cluster.process("nginx") is nginx
     with pytest.raises(StartFailed, match="no process 'redis'"):
         cluster.process("redis")
+
+
+def test_down_stops_a_paused_process_by_its_own_shutdown_not_by_sigkill() -> None:
+    """failover-test pauses instances (SIGSTOP); if it dies meanwhile, `cluster down` must still
+    let such an instance drain: its SIGTERM handler only runs once it is resumed."""
+    code = "import signal, sys, time\n"
+    code += "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\nprint(1, flush=True)\ntime.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"1\n"
+        child.send_signal(signal.SIGSTOP)
+        proc = Process("printd-1", "printd", child.pid, psutil.Process(child.pid).create_time(), "", "")
+        assert stop_processes((proc,), timeout=5) == {"printd-1": "stopped"}
+        assert child.wait(5) == 0
+    finally:
+        child.kill()
+        child.wait()
