@@ -120,9 +120,14 @@ class TcpProxy:
 
     @staticmethod
     def _reset(s: socket.socket) -> None:
-        """Close with RST, as a crashed host's kernel would."""
+        """Close with RST, as a crashed host's kernel would. A close alone does not do it while a
+        pipe thread waits in recv() on the socket (the kernel keeps it open for that call, and a
+        client waiting for an answer would wait forever): shutting its reading side down first
+        wakes that thread, and the RST goes out when it lets go."""
         with contextlib.suppress(OSError):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.shutdown(socket.SHUT_RD)
+        with contextlib.suppress(OSError):
             s.close()
 
     def _drop(self, pairs: set[_Pair]) -> None:

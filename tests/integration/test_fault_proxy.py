@@ -58,6 +58,19 @@ def talk_new(port: int, data: bytes) -> bytes:
         return talk(sock, data)
 
 
+def ends(sock: socket.socket) -> bool:
+    """The connection ends (reset or closed) within 3 s, once what was sent on it is read."""
+    sock.settimeout(3)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
 def wait_state(path: Path, want: str | None) -> None:
     deadline = time.monotonic() + 10
     while read_state(path) != want:
@@ -81,6 +94,33 @@ def test_a_cut_by_match_resets_only_the_connections_it_selects(echo: tuple[str, 
         assert talk_new(proxy.port, b"GET /printing-ws 3") == b"GET /printing-ws 3"
     finally:
         proxy.close()
+
+
+def test_a_client_waiting_for_an_answer_is_reset_at_the_cut() -> None:
+    """printd waiting for PostgreSQL's answer when the database is cut must see the connection
+    die at once (a dead server), not wait for an answer that never comes."""
+    silent = socket.create_server(("127.0.0.1", 0))  # takes connections, never answers
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            held.append(silent.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    proxy = TcpProxy(silent.getsockname())
+    try:
+        sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=3)
+        sock.sendall(b"SELECT 1")
+        deadline = time.monotonic() + 5
+        while not held and time.monotonic() < deadline:  # the query reached the server
+            time.sleep(0.01)
+        proxy.down()
+        with pytest.raises(ConnectionResetError):
+            sock.recv(100)
+        assert ends(held[0])  # and the server's side too: a cut leaks no database connection
+    finally:
+        proxy.close()
+        silent.close()
 
 
 def test_an_idle_connection_stays_open_through_the_proxy(echo: tuple[str, int]) -> None:
