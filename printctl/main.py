@@ -16,6 +16,7 @@ from printctl import (
     cluster_status,
     config_cmd,
     deploy,
+    failover,
     health,
     jobs,
     loadtest,
@@ -88,6 +89,7 @@ app.command("deploy")(deploy.deploy)
 cluster.app.command("status")(cluster_status.status)
 app.add_typer(cluster.app, name="cluster")
 app.command("loadtest", cls=loadtest.LoadtestCommand)(loadtest.loadtest)
+app.command("failover-test", cls=loadtest.LoadtestCommand)(failover.failover_test)
 
 
 def main() -> None:
