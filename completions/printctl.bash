@@ -3,7 +3,7 @@
 
 _printctl_children() {
     case "$1" in
-        "printctl") echo "agent circuits cluster config deploy health instance jobs loadtest printers token verify-prints" ;;
+        "printctl") echo "agent circuits cluster config deploy failover-test health instance jobs loadtest printers token verify-prints" ;;
         "printctl circuits") echo "disable force-open list reset" ;;
         "printctl cluster") echo "down ls rebalance status up" ;;
         "printctl config") echo "check init" ;;
@@ -26,11 +26,12 @@ _printctl_options() {
         "printctl cluster ls") echo "--state-dir --timeout --json -h --help" ;;
         "printctl cluster rebalance") echo "--url --token --per-second --dry-run --settle --timeout --json -h --help" ;;
         "printctl cluster status") echo "--url --token --redis --prefix --watch -w --timeout --json -h --help" ;;
-        "printctl cluster up") echo "--config -c --instances -n --port --state-dir --timeout --json -h --help" ;;
+        "printctl cluster up") echo "--config -c --instances -n --port --state-dir --timeout --private-redis --db-proxy --json -h --help" ;;
         "printctl config") echo "-h --help" ;;
         "printctl config check") echo "--production --json -h --help" ;;
         "printctl config init") echo "--force --json -h --help" ;;
         "printctl deploy") echo "--config -c --output -o --dry-run --apply --restart --health-timeout --json -h --help" ;;
+        "printctl failover-test") echo "--url --state-dir --agents --dashboards --job-rate --rounds --faults --seed --hold-min --hold-max --settle-timeout --drain --slo-reconnect-p99 --slo-lost --slo-duplicated --stop-cmd --start-cmd --workers --json --output --secret --data-dir --i-know-this-is-production -h --help" ;;
         "printctl health") echo "--url --json --watch --wait --timeout --cluster --config --state-dir --token -h --help" ;;
         "printctl instance") echo "--url --token --json --timeout -h --help" ;;
         "printctl jobs") echo "-h --help" ;;
@@ -102,6 +103,28 @@ _printctl_value() {
         "printctl deploy|-o") echo "file" ;;
         "printctl deploy|--restart") echo "choice changed all none" ;;
         "printctl deploy|--health-timeout") echo "any" ;;
+        "printctl failover-test|--url") echo "any" ;;
+        "printctl failover-test|--state-dir") echo "file" ;;
+        "printctl failover-test|--agents") echo "any" ;;
+        "printctl failover-test|--dashboards") echo "any" ;;
+        "printctl failover-test|--job-rate") echo "any" ;;
+        "printctl failover-test|--rounds") echo "any" ;;
+        "printctl failover-test|--faults") echo "any" ;;
+        "printctl failover-test|--seed") echo "any" ;;
+        "printctl failover-test|--hold-min") echo "any" ;;
+        "printctl failover-test|--hold-max") echo "any" ;;
+        "printctl failover-test|--settle-timeout") echo "any" ;;
+        "printctl failover-test|--drain") echo "any" ;;
+        "printctl failover-test|--slo-reconnect-p99") echo "any" ;;
+        "printctl failover-test|--slo-lost") echo "any" ;;
+        "printctl failover-test|--slo-duplicated") echo "any" ;;
+        "printctl failover-test|--stop-cmd") echo "any" ;;
+        "printctl failover-test|--start-cmd") echo "any" ;;
+        "printctl failover-test|--workers") echo "any" ;;
+        "printctl failover-test|--json") echo "any" ;;
+        "printctl failover-test|--output") echo "file" ;;
+        "printctl failover-test|--secret") echo "any" ;;
+        "printctl failover-test|--data-dir") echo "file" ;;
         "printctl health|--url") echo "any" ;;
         "printctl health|--watch") echo "any" ;;
         "printctl health|--wait") echo "any" ;;

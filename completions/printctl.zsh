@@ -13,7 +13,7 @@ _printctl() {
         '1: :->command' \
         '*:: :->args'
     case $state in
-        command) local -a commands; commands=('agent:Run the reference print agent\: receive jobs over /printing-ws and "print" them t' 'circuits:Circuit breakers\: list them; reset, force-open or disable one (admin token)' 'cluster:A local cluster\: N printd behind nginx on loopback (up, down, ls)' 'config:Write and check printd config files' 'deploy:Render the deployment of a cluster\: systemd unit, one env file per instance, the' 'health:Is printd healthy? Exit 0 when status is ok, 1 when degraded, draining or unreac' 'instance:This instances figures\: connections by role, messages, compression saving, jobs' 'jobs:Print jobs\: submit one (and wait for it), show one, list them' 'loadtest:Load printd with simulated agents, dashboards and back offices; report latency, ' 'printers:Printers\: list them with their agents state; send a test print (service or admi' 'token:Mint a token; only the token is printed on stdout, so `$(printctl token ...)` wo' 'verify-prints:Compare accepted jobs with the agents print logs; exit 1 on any lost, duplicate'); _describe command commands ;;
+        command) local -a commands; commands=('agent:Run the reference print agent\: receive jobs over /printing-ws and "print" them t' 'circuits:Circuit breakers\: list them; reset, force-open or disable one (admin token)' 'cluster:A local cluster\: N printd behind nginx on loopback (up, down, ls)' 'config:Write and check printd config files' 'deploy:Render the deployment of a cluster\: systemd unit, one env file per instance, the' 'failover-test:Inject faults into a running cluster under load, round after round, and check th' 'health:Is printd healthy? Exit 0 when status is ok, 1 when degraded, draining or unreac' 'instance:This instances figures\: connections by role, messages, compression saving, jobs' 'jobs:Print jobs\: submit one (and wait for it), show one, list them' 'loadtest:Load printd with simulated agents, dashboards and back offices; report latency, ' 'printers:Printers\: list them with their agents state; send a test print (service or admi' 'token:Mint a token; only the token is printed on stdout, so `$(printctl token ...)` wo' 'verify-prints:Compare accepted jobs with the agents print logs; exit 1 on any lost, duplicate'); _describe command commands ;;
         args)
             case $words[1] in
                 agent) _printctl_agent ;;
@@ -21,6 +21,7 @@ _printctl() {
                 cluster) _printctl_cluster ;;
                 config) _printctl_config ;;
                 deploy) _printctl_deploy ;;
+                failover-test) _printctl_failover_test ;;
                 health) _printctl_health ;;
                 instance) _printctl_instance ;;
                 jobs) _printctl_jobs ;;
@@ -193,6 +194,8 @@ _printctl_cluster_up() {
         '--port[nginxs loopback port (default 8080 or the cluster files; 0 = any free one)]:port: ' \
         '--state-dir[Pidfiles, logs and data of the local cluster]:state-dir:_files' \
         '--timeout[Seconds to wait for every instance]:timeout: ' \
+        '--private-redis[Run a redis-server of the clusters own (loopback, no persistence) as REDIS_URL,]' \
+        '--db-proxy[Put a TCP proxy of the clusters own between the instances and PostgreSQL, for f]' \
         '--json[Machine-readable JSON on stdout]' \
         '(-h --help)-h[Show the help and exit]' \
         '(-h --help)--help[Show the help and exit]'
@@ -247,6 +250,36 @@ _printctl_deploy() {
         '--restart[Which running instances --apply restarts\: those whose files changed, all (after ]:restart:(changed all none)' \
         '--health-timeout[Seconds an instance has to be healthy again]:health-timeout: ' \
         '--json[Machine-readable JSON on stdout]' \
+        '(-h --help)-h[Show the help and exit]' \
+        '(-h --help)--help[Show the help and exit]'
+}
+
+_printctl_failover_test() {
+    local curcontext="$curcontext" state line
+    _arguments \
+        '--url[The clusters front (nginx)]:url: ' \
+        '--state-dir[The local cluster of `printctl cluster up`]:state-dir:_files' \
+        '--agents[Simulated agents (one connection each)]:agents: ' \
+        '--dashboards[Simulated dashboards]:dashboards: ' \
+        '--job-rate[Jobs submitted per second, all along]:job-rate: ' \
+        '--rounds[Rounds, 1-1000]:rounds: ' \
+        '--faults[Fault kinds to deal from, comma-separated (kill,drain,pause,redis,db,agent-cut)]:faults: ' \
+        '--seed[Seed of the rounds (default\: random, printed to reproduce the run)]:seed: ' \
+        '--hold-min[Shortest hold of a fault, seconds]:hold-min: ' \
+        '--hold-max[Longest hold of a fault, seconds]:hold-max: ' \
+        '--settle-timeout[Seconds for the cluster to settle after a heal]:settle-timeout: ' \
+        '--drain[At most this long after the last round for accepted jobs to print]:drain: ' \
+        '--slo-reconnect-p99[Orphaned agents back within this (seconds, p99)]:slo-reconnect-p99: ' \
+        '--slo-lost[Lost jobs allowed]:slo-lost: ' \
+        '--slo-duplicated[Jobs printed twice allowed]:slo-duplicated: ' \
+        '--stop-cmd[A deployed cluster\: the command that injects a fault, with {fault} {target} {hos]:stop-cmd: ' \
+        '--start-cmd[A deployed cluster\: the command that heals it]:start-cmd: ' \
+        '--workers[Load generator processes]:workers: ' \
+        '--json[Write the report as JSON to FILE; --json alone prints it on stdout]:json: ' \
+        '--output[Keep the print logs, accepted jobs and agents events here (default\: a temporary]:output:_files' \
+        '--secret[printds JWT secret; prefer env JWT_SECRET]:secret: ' \
+        '--data-dir[printd data directory holding the secret]:data-dir:_files' \
+        '--i-know-this-is-production[Allow a front that is not on this machine]' \
         '(-h --help)-h[Show the help and exit]' \
         '(-h --help)--help[Show the help and exit]'
 }

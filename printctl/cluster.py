@@ -4,7 +4,13 @@ nginx on loopback), for demos, drills and benchmarks; and `printctl health --clu
 Everything a local cluster is lives in one state directory (default ./var/cluster): the process
 records (`cluster.json`, and a pidfile each in run/), logs in logs/, each instance's data
 directory, nginx's prefix. A process counts as ours only while its pid has the start time we
-recorded, so `down` never signals a recycled pid.
+recorded, so `down` never signals a recycled pid. How each process was started is kept too
+(run/<name>.launch.json), so that `printctl failover-test` restarts what it stopped exactly as
+`up` started it (`restart`).
+
+For `failover-test`, the cluster can own its dependencies: `--private-redis` (a redis-server on a
+free loopback port, no persistence: it comes back empty, as production's does) and `--db-proxy`
+(a TCP proxy process between the instances and PostgreSQL that can be cut, printctl.faults.proxy).
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import httpx
 import orjson
@@ -47,11 +56,14 @@ from printctl.common import (
     get_json,
 )
 from printctl.deploy import default_printd, instance_environment, render_site, write_nginx_prefix
+from printctl.faults.proxy import read_state
 from printctl.health import STATUS_COLOURS, _duration, fetch_health
 
 DEFAULT_STATE_DIR = Path("var/cluster")
 STATE_FILE = "cluster.json"
 DEFAULT_FRONT_PORT = 8080
+#: processes the instances depend on: stopped after them
+DEPENDENCIES = ("redis", "db-proxy")
 
 app = typer.Typer(
     help="A local cluster: N printd behind nginx on loopback (up, down, ls).", no_args_is_help=True
@@ -71,7 +83,7 @@ StateDirOpt = Annotated[
 @dataclass(frozen=True, slots=True)
 class Process:
     name: str
-    kind: str  # "printd" or "nginx"
+    kind: str  # "printd", "nginx", or a dependency: "redis", "db-proxy"
     pid: int
     create_time: float
     url: str
@@ -122,8 +134,58 @@ class LocalCluster:
 
     def forget(self) -> None:
         for proc in self.processes:
-            (self.state_dir / "run" / f"{proc.name}.pid").unlink(missing_ok=True)
+            for suffix in ("pid", "launch.json", "state"):
+                (self.state_dir / "run" / f"{proc.name}.{suffix}").unlink(missing_ok=True)
         (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+
+    def process(self, name: str) -> Process:
+        found = next((p for p in self.processes if p.name == name), None)
+        if found is None:
+            raise StartFailed(f"the local cluster in {self.state_dir} has no process {name!r}")
+        return found
+
+    def with_process(self, proc: Process) -> LocalCluster:
+        """This record with `proc` in place of the process of its name (or added)."""
+        others = tuple(p for p in self.processes if p.name != proc.name)
+        if len(others) == len(self.processes):
+            return replace(self, processes=(*self.processes, proc))
+        return replace(self, processes=tuple(proc if p.name == proc.name else p for p in self.processes))
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """How `up` started one process. Kept in run/<name>.launch.json, mode 0600 (the environment
+    holds the JWT secret), so a process stopped on purpose comes back the same: command, port,
+    environment. `env` is what the cluster sets over the caller's environment."""
+
+    name: str
+    kind: str
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str
+    url: str
+
+    def save(self, state_dir: Path) -> None:
+        path = state_dir / "run" / f"{self.name}.launch.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2))
+
+    @classmethod
+    def load(cls, state_dir: Path, name: str) -> Launch:
+        path = state_dir / "run" / f"{name}.launch.json"
+        try:
+            raw = orjson.loads(path.read_bytes())
+            return cls(**{**raw, "argv": tuple(raw["argv"])})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StartFailed(f"{path}: cannot tell how {name} was started ({exc})") from None
+
+
+class StartFailed(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -186,6 +248,7 @@ def stop_processes(processes: tuple[Process, ...], timeout: float) -> dict[str, 
     running = [p for p in processes if p.name not in result]
     for proc in running:
         os.kill(proc.pid, signal.SIGTERM)
+        os.kill(proc.pid, signal.SIGCONT)  # one paused on purpose (failover-test) must act on it
     for sig, outcome, wait in ((None, "stopped", timeout), (signal.SIGKILL, "killed", 5.0)):
         if sig is not None:
             for proc in running:
@@ -202,11 +265,118 @@ def stop_processes(processes: tuple[Process, ...], timeout: float) -> dict[str, 
     return result
 
 
+def _stop_all(processes: tuple[Process, ...], timeout: float) -> dict[str, str]:
+    """printd and nginx first (they drain while Redis and the database still answer), then the
+    cluster's own Redis and database proxy."""
+    first = tuple(p for p in processes if p.kind not in DEPENDENCIES)
+    return stop_processes(first, timeout) | stop_processes(
+        tuple(p for p in processes if p.kind in DEPENDENCIES), timeout
+    )
+
+
 def is_healthy(url: str) -> bool:
     try:
         return httpx.get(url + "/monitoring/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def redis_answers(url: str) -> bool:
+    """PING answered at redis://HOST:PORT/..."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def proxy_state_file(state_dir: Path, name: str) -> Path:
+    return state_dir / "run" / f"{name}.state"
+
+
+def dependency_status(state_dir: Path, proc: Process) -> str:
+    """ok, cut (the database proxy refuses connections on purpose), or unreachable."""
+    if proc.kind == "redis":
+        return "ok" if redis_answers(proc.url) else "unreachable"
+    state = read_state(proxy_state_file(state_dir, proc.name))
+    return {"up": "ok", "down": "cut"}.get(state or "", "unreachable")
+
+
+def ready(state_dir: Path, proc: Process) -> bool:
+    if proc.kind in DEPENDENCIES:
+        return dependency_status(state_dir, proc) == "ok"
+    return is_healthy(proc.url)
+
+
+def proxied_database(database_url: str) -> tuple[str, int]:
+    """The PostgreSQL server (host, port) a DATABASE_URL names, for --db-proxy to stand in
+    front of; ValueError when it is not one TCP host."""
+    parts = urlsplit(database_url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError("--db-proxy needs DATABASE_URL=postgresql://USER@HOST:PORT/DB")
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        raise ValueError("--db-proxy needs one HOST:PORT in DATABASE_URL (not a list of hosts)") from None
+    host = parts.hostname
+    if not host or "host" in parse_qs(parts.query) or "hostaddr" in parse_qs(parts.query):
+        raise ValueError("--db-proxy needs DATABASE_URL's server as HOST:PORT in the URL (not a Unix socket)")
+    return host, port
+
+
+def via_proxy(database_url: str, port: int) -> str:
+    """DATABASE_URL with its server replaced by the proxy on 127.0.0.1:port (user, password,
+    database and options kept)."""
+    parts = urlsplit(database_url)
+    user, at, _ = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user}{at}127.0.0.1:{port}"))
+
+
+def spawn(cluster: LocalCluster, launch: Launch) -> tuple[LocalCluster, Process]:
+    """Start one process of the cluster, in a session of its own (a Ctrl-C at the terminal is
+    not for it), and record it in place of an earlier process of that name."""
+    state_dir = cluster.state_dir
+    log = state_dir / "logs" / f"{launch.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "PRINTD_CONFIG")}
+    launch.save(state_dir)
+    with open(log, "ab") as out:
+        child = subprocess.Popen(
+            list(launch.argv),
+            env=env | launch.env,
+            cwd=launch.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        started = psutil.Process(child.pid).create_time()
+    except psutil.Error:
+        started = 0.0  # already gone: alive() says so, and the wait shows its log
+    proc = Process(launch.name, launch.kind, child.pid, started, launch.url, str(log))
+    cluster = cluster.with_process(proc)
+    cluster.save()
+    return cluster, proc
+
+
+def restart(state_dir: Path, name: str, timeout: float) -> Process:
+    """Start a stopped process of the local cluster again as `up` started it, and wait until it
+    is ready: how `printctl failover-test` heals what it stopped. Raises StartFailed."""
+    try:
+        cluster = LocalCluster.load(state_dir)
+    except ClusterFileError as exc:
+        raise StartFailed(str(exc)) from None
+    if cluster is None:
+        raise StartFailed(f"no local cluster in {state_dir}")
+    old = cluster.process(name)
+    if old.alive():
+        raise StartFailed(f"{name} is still running (pid {old.pid})")
+    cluster, proc = spawn(cluster, Launch.load(state_dir, name))
+    wait_ready(state_dir, (proc,), timeout)
+    return proc
 
 
 # -------------------------------------------------------------------------------------------- up
@@ -230,15 +400,32 @@ def up(
     timeout: Annotated[
         float, typer.Option("--timeout", min=1.0, help="Seconds to wait for every instance.")
     ] = 30.0,
+    private_redis: Annotated[
+        bool,
+        typer.Option(
+            "--private-redis",
+            help="Run a redis-server of the cluster's own (loopback, no persistence) as REDIS_URL, "
+            "for failover-test to stop.",
+        ),
+    ] = False,
+    db_proxy: Annotated[
+        bool,
+        typer.Option(
+            "--db-proxy",
+            help="Put a TCP proxy of the cluster's own between the instances and PostgreSQL, "
+            "for failover-test to cut.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Start N printd instances and nginx in front of them on loopback; return once all are healthy.
 
     Instances share DATABASE_URL (required for more than one: one PostgreSQL database) and REDIS_URL
     (default redis://127.0.0.1:6379/0, keys under a prefix of their own); the environment wins over
-    the cluster file. Tokens: printctl token --data-dir STATE_DIR ...
+    the cluster file, and --private-redis over both. Tokens: printctl token --data-dir STATE_DIR ...
 
     Example: DATABASE_URL=postgresql://postgres@127.0.0.1/test printctl cluster up --instances 3
+    Example: printctl cluster up --instances 3 --private-redis --db-proxy   # for printctl failover-test
     """
     try:
         spec = local_spec(config, instances, port)
@@ -271,6 +458,16 @@ def up(
     nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
     if nginx is None:
         fail("nginx is not installed (apt-get install nginx-light)", EXIT_USAGE)
+    redis_server = None
+    if private_redis:
+        redis_server = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/sbin")
+        if redis_server is None:
+            fail("--private-redis: redis-server is not installed (apt-get install redis-server)", EXIT_USAGE)
+    if db_proxy:
+        try:
+            proxied_database(database_url or "")
+        except ValueError as exc:
+            fail(str(exc), EXIT_USAGE)
     for who, host, p in [(i.id, i.host, i.port) for i in spec.instances] + [
         ("nginx", spec.nginx.host or "127.0.0.1", spec.nginx.port)
     ]:
@@ -281,20 +478,21 @@ def up(
             )
 
     try:
-        cluster = _start(spec, state_dir, database_url, nginx, timeout, json_out)
-    except _StartFailed as exc:
+        cluster = _start(spec, state_dir, database_url, nginx, redis_server, db_proxy, timeout, json_out)
+    except StartFailed as exc:
         fail(exc.message, EXIT_CHECK_FAILED)
     _report(cluster, json_out, already=False)
 
 
-class _StartFailed(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
 def _start(
-    spec: ClusterSpec, state_dir: Path, database_url: str | None, nginx: str, timeout: float, json_out: bool
+    spec: ClusterSpec,
+    state_dir: Path,
+    database_url: str | None,
+    nginx: str,
+    redis_server: str | None,
+    db_proxy: bool,
+    timeout: float,
+    json_out: bool,
 ) -> LocalCluster:
     state_dir = state_dir.resolve()
     (state_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -303,32 +501,7 @@ def _start(
     config_path.write_text(tomli_w.dumps(dict(spec.settings)))
     redis_url = os.environ.get("REDIS_URL") or spec.redis_url or DEFAULT_REDIS_URL
     cluster = LocalCluster(state_dir, spec.nginx.front_url, f"{spec.prefix}-{secrets.token_hex(4)}")
-    base_env = {
-        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "PRINTD_CONFIG")
-    }
     printd = default_printd()
-
-    def spawn(name: str, kind: str, argv: list[str], env: dict[str, str], cwd: Path, url: str) -> Process:
-        log = state_dir / "logs" / f"{name}.log"
-        with open(log, "ab") as out:
-            child = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            started = psutil.Process(child.pid).create_time()
-        except psutil.Error:
-            started = 0.0  # already gone: alive() says so, and the wait below shows its log
-        proc = Process(name, kind, child.pid, started, url, str(log))
-        nonlocal cluster
-        cluster = replace(cluster, processes=(*cluster.processes, proc))
-        cluster.save()
-        return proc
 
     progress = Progress(
         SpinnerColumn(),
@@ -342,10 +515,28 @@ def _start(
     try:
         with progress:
             task = progress.add_task(f"starting {len(spec.instances)} printd", total=len(spec.instances) + 1)
+
+            def step() -> None:
+                progress.advance(task)
+
+            dependencies = []
+            if db_proxy and database_url:
+                launch, database_url = _db_proxy_launch(state_dir, database_url)
+                cluster, proc = spawn(cluster, launch)
+                dependencies.append(proc)
+            if redis_server is not None:
+                launch = _redis_launch(state_dir, redis_server)
+                redis_url = launch.url
+                cluster, proc = spawn(cluster, launch)
+                dependencies.append(proc)
+            if dependencies:
+                progress.update(task, description="starting " + " and ".join(p.name for p in dependencies))
+                wait_ready(state_dir, tuple(dependencies), timeout)
+                progress.update(task, description=f"starting {len(spec.instances)} printd")
             for inst in spec.instances:
                 data = state_dir / inst.id
                 data.mkdir(exist_ok=True)
-                env = base_env | instance_environment(
+                env = instance_environment(
                     spec,
                     inst,
                     data_dir=str(data),
@@ -355,26 +546,47 @@ def _start(
                     redis_prefix=cluster.redis_prefix,
                 )
                 env |= {"JWT_SECRET": secret, "PYTHONUNBUFFERED": "1"}
-                spawn(inst.id, "printd", [printd, "run"], env, data, inst.url)
-            _wait(cluster.processes, timeout, progress, task)
+                cluster, _ = spawn(
+                    cluster, Launch(inst.id, "printd", (printd, "run"), env, str(data), inst.url)
+                )
+            instances = tuple(p for p in cluster.processes if p.kind == "printd")
+            wait_ready(state_dir, instances, timeout, step)
             prefix = state_dir / "nginx"
             site = render_site(spec, source="printctl cluster up", access_log=str(prefix / "access.log"))
             conf = write_nginx_prefix(prefix, site)
-            front = spawn(
-                "nginx",
-                "nginx",
-                [nginx, "-p", str(prefix), "-c", str(conf)],
-                dict(os.environ),
-                prefix,
-                cluster.front_url,
+            argv = (nginx, "-p", str(prefix), "-c", str(conf))
+            cluster, front = spawn(
+                cluster, Launch("nginx", "nginx", argv, {}, str(prefix), cluster.front_url)
             )
             progress.update(task, description="starting nginx")
-            _wait((front,), timeout, progress, task)
-    except _StartFailed:
-        stop_processes(cluster.processes, timeout=10)
+            wait_ready(state_dir, (front,), timeout, step)
+    except StartFailed:
+        _stop_all(cluster.processes, timeout=10)
         cluster.forget()
         raise
     return cluster
+
+
+def _db_proxy_launch(state_dir: Path, database_url: str) -> tuple[Launch, str]:
+    """The database proxy on a free loopback port, and the DATABASE_URL that goes through it."""
+    port = free_port()
+    work = state_dir / "db-proxy"
+    work.mkdir(exist_ok=True)
+    host, upstream = proxied_database(database_url)
+    argv = [sys.executable, "-m", "printctl.faults.proxy", "--listen", f"127.0.0.1:{port}"]
+    argv += ["--upstream", f"[{host}]:{upstream}" if ":" in host else f"{host}:{upstream}"]
+    argv += ["--state-file", str(proxy_state_file(state_dir, "db-proxy"))]
+    launch = Launch("db-proxy", "db-proxy", tuple(argv), {}, str(work), f"tcp://127.0.0.1:{port}")
+    return launch, via_proxy(database_url, port)
+
+
+def _redis_launch(state_dir: Path, redis_server: str) -> Launch:
+    """A redis-server on a free loopback port without persistence: restarted, it is empty."""
+    port = free_port()
+    work = state_dir / "redis"
+    work.mkdir(exist_ok=True)
+    argv = (redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+    return Launch("redis", "redis", (*argv, "--dir", str(work)), {}, str(work), f"redis://127.0.0.1:{port}/0")
 
 
 def _secret(state_dir: Path) -> str:
@@ -390,21 +602,26 @@ def _secret(state_dir: Path) -> str:
         return value
 
 
-def _wait(processes: tuple[Process, ...], timeout: float, progress: Progress, task: Any) -> None:
+def wait_ready(
+    state_dir: Path, processes: tuple[Process, ...], timeout: float, advance: Callable[[], None] | None = None
+) -> None:
+    """Until each process answers (printd and nginx: health 200; redis: PING; the proxy: its
+    state file says up). StartFailed when one exits or the timeout passes."""
     pending = list(processes)
     deadline = time.monotonic() + timeout
     while pending:
         for proc in list(pending):
             if not proc.alive():
-                raise _StartFailed(
+                raise StartFailed(
                     f"{proc.name} exited at start; the end of {proc.log}:\n{_log_tail(proc.log)}"
                 )
-            if is_healthy(proc.url):
+            if ready(state_dir, proc):
                 pending.remove(proc)
-                progress.advance(task)
+                if advance is not None:
+                    advance()
         if pending and time.monotonic() > deadline:
             names = ", ".join(p.name for p in pending)
-            raise _StartFailed(f"{names} not healthy after {timeout:g} s; see {pending[0].log}")
+            raise StartFailed(f"{names} not healthy after {timeout:g} s; see {pending[0].log}")
         if pending:
             time.sleep(0.1)
 
@@ -462,7 +679,7 @@ def down(
         else:
             console.print(f"no local cluster in {state_dir}: nothing to stop", highlight=False)
         return
-    result = stop_processes(cluster.processes, timeout)
+    result = _stop_all(cluster.processes, timeout)
     left = [name for name, outcome in result.items() if outcome == "still running"]
     if not left:
         cluster.forget()
@@ -503,7 +720,12 @@ def ls(
     rows = []
     for proc in cluster.processes:
         running = proc.alive()
-        health = fetch_health(proc.url, timeout) if running else {"status": "exited"}
+        if not running:
+            health: dict[str, Any] = {"status": "exited"}
+        elif proc.kind in DEPENDENCIES:
+            health = {"status": dependency_status(cluster.state_dir, proc)}
+        else:
+            health = fetch_health(proc.url, timeout)
         rows.append({**asdict(proc), "running": running, "status": health.get("status"), "health": health})
     ok = bool(rows) and all(r["status"] == "ok" for r in rows)
     if json_out:

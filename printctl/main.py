@@ -16,6 +16,7 @@ from printctl import (
     cluster_admin,
     config_cmd,
     deploy,
+    failover,
     health,
     jobs,
     loadtest,
@@ -89,6 +90,7 @@ cluster.app.command("status")(cluster_admin.status)
 cluster.app.command("rebalance")(cluster_admin.rebalance)
 app.add_typer(cluster.app, name="cluster")
 app.command("loadtest", cls=loadtest.LoadtestCommand)(loadtest.loadtest)
+app.command("failover-test", cls=loadtest.LoadtestCommand)(failover.failover_test)
 
 
 def main() -> None:

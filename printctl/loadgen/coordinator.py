@@ -91,8 +91,12 @@ class Conductor:
         run_id: str,
         out_dir: Path,
         on_progress: Callable[[Live], None],
+        worker_module: str = "printctl.loadgen.worker",
     ) -> None:
+        """`worker_module` is run as each worker process (`python -m`): printctl.faults.worker
+        is the same fleet writing what the failover test measures."""
         self.plan = plan
+        self.worker_module = worker_module
         self.url = url
         self.secret = secret
         self.run_id = run_id
@@ -108,7 +112,7 @@ class Conductor:
 
     def run(self) -> Outcome:
         previous = signal.signal(signal.SIGINT, self._interrupt)
-        cmd = [sys.executable, "-m", "printctl.loadgen.worker"]
+        cmd = [sys.executable, "-m", self.worker_module]
         workers = Workers([cmd] * self.plan.workers)
         try:
             return self._run(workers)

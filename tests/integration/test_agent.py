@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from printctl.checker import read_print_log
+from printctl.faults.proxy import TcpProxy
 from tests.conftest import Printd
 from tests.integration.test_exactly_once import Agent, submit_until_accepted, wait_all_finished, wait_printers
-from tests.toxiproxy import TcpProxy
 
 PING_INTERVAL, PING_TIMEOUT = 1.0, 2.0
 #: ping after PING_INTERVAL of silence, give up PING_TIMEOUT later, reconnect within 0.5 s

@@ -11,9 +11,9 @@ import httpx
 import pytest
 import trio
 
+from printctl.faults.proxy import TcpProxy
 from tests.conftest import Printd, token
 from tests.scripted import SVC, ScriptedAgent, submit, wait_state
-from tests.toxiproxy import TcpProxy
 
 ADMIN = token("admin", "*", sub="ops-1")
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import trio
 
+from printctl.faults.proxy import TcpProxy
 from tests.conftest import Printd
 from tests.scripted import SVC
-from tests.toxiproxy import TcpProxy
 
 
 def log_lines(p: Printd) -> list[str]:

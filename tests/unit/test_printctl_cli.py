@@ -390,6 +390,7 @@ def _failures(tmp: Path) -> list[tuple[list[str], int]]:
         (["cluster", "status", "--url", UNREACHABLE, "--timeout", "2"], 1),
         (["cluster", "rebalance", "--url", UNREACHABLE, "--timeout", "2"], 1),
         (["loadtest", "--agents", "0"], 2),
+        (["failover-test", "--agents", "0", "--state-dir", str(tmp / "cl")], 2),
     ]
 
 

@@ -1,0 +1,113 @@
+"""`printctl failover-test` as an operator runs it: a local cluster of three printd behind nginx
+with its own Redis and a proxy in front of the real PostgreSQL (`cluster up --private-redis
+--db-proxy`), five rounds covering every server-side fault under a small load, the report read
+from its JSON file, and `cluster down` leaving nothing running."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.integration.test_local_cluster import CLEAN, gone, processes_in
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+FAULTS = ["kill", "drain", "pause", "redis", "db"]
+
+
+def printctl(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 90) -> Any:
+    base = {k: v for k, v in os.environ.items() if k not in CLEAN}
+    return subprocess.run(
+        [sys.executable, "-m", "printctl.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**base, "COLUMNS": "200", **(env or {})},
+        timeout=timeout,
+    )
+
+
+def pids(state: Path) -> dict[str, int]:
+    return {p["name"]: p["pid"] for p in json.loads((state / "cluster.json").read_text())["processes"]}
+
+
+def test_five_rounds_of_every_server_fault_lose_and_double_nothing(
+    tmp_path: Path, pg_database_url: str
+) -> None:
+    state, report_file = tmp_path / "cluster", tmp_path / "report.json"
+    every_pid: set[int] = set()
+    try:
+        up = printctl(
+            "cluster", "up", "--instances", "3", "--port", "0", "--private-redis", "--db-proxy",
+            "--state-dir", state, "--json", env={"DATABASE_URL": pg_database_url},
+        )  # fmt: skip
+        assert up.returncode == 0, up.stdout + up.stderr
+        processes = {p["name"]: p for p in json.loads(up.stdout)["processes"]}
+        assert {n: p["kind"] for n, p in processes.items()} == {
+            "db-proxy": "db-proxy",
+            "redis": "redis",
+            "printd-1": "printd",
+            "printd-2": "printd",
+            "printd-3": "printd",
+            "nginx": "nginx",
+        }
+        before = pids(state)
+        every_pid |= set(before.values())
+        # the instances use the cluster's own Redis, and PostgreSQL through its proxy
+        env = json.loads((state / "run" / "printd-2.launch.json").read_text())["env"]
+        assert env["REDIS_URL"] == processes["redis"]["url"]
+        database = urlsplit(env["DATABASE_URL"])
+        assert database.port == urlsplit(processes["db-proxy"]["url"]).port
+        assert (
+            database.path == urlsplit(pg_database_url).path
+            and database.query == urlsplit(pg_database_url).query
+        )
+
+        run = printctl(
+            "failover-test", "--state-dir", state, "--rounds", "5", "--faults", ",".join(FAULTS),
+            "--seed", "1", "--agents", "60", "--hold-min", "1", "--hold-max", "2",
+            "--json", report_file, "--output", tmp_path / "run", timeout=240,
+        )  # fmt: skip
+        every_pid |= set(pids(state).values())
+        assert report_file.exists(), run.stdout + run.stderr
+        report = json.loads(report_file.read_text())
+        assert run.returncode == 0, json.dumps(report["rounds"], indent=1) + run.stdout + run.stderr
+        assert "PASS printctl failover-test" in run.stdout
+
+        rounds = report["rounds"]
+        assert sorted(r["fault"] for r in rounds) == sorted(FAULTS)  # five rounds deal every fault once
+        for r in rounds:
+            assert r["applied"] and r["healed"] and r["settled"] and r["ok"], r
+            assert r["problems"] == [] and r["never_back"] == [], r
+            if r["fault"] != "db":
+                assert r["detect_s"] is not None, r  # membership showed it
+        for r in (r for r in rounds if r["fault"] in ("kill", "drain")):
+            assert r["orphans"] > 0 and r["reconnect"]["p99_s"] <= 10, r  # agents moved, in time
+        jobs = report["jobs"]
+        assert jobs["lost"] == {} and jobs["duplicated"] == {} and jobs["unexpected"] == []
+        assert jobs["still_pending"] == {}
+        assert jobs["accepted"] == jobs["printed"] > 100
+        assert report["summary"]["accepted_during_faults"] > 0
+        assert all(c["ok"] for c in report["checks"]), report["checks"]
+        assert report["error"] is None and report["exit_code"] == 0
+
+        # what was stopped came back as a new process: the killed and drained instance, Redis
+        after = pids(state)
+        for r in rounds:
+            if r["fault"] in ("kill", "drain", "redis"):
+                name = r["target"] if r["fault"] != "redis" else "redis"
+                assert after[name] != before[name], r
+        assert after["nginx"] == before["nginx"] and after["db-proxy"] == before["db-proxy"]
+    finally:
+        if (state / "cluster.json").exists():
+            every_pid |= set(pids(state).values())
+        down = printctl("cluster", "down", "--state-dir", state, "--json")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert set(json.loads(down.stdout)["stopped"].values()) == {"stopped"}
+    assert all(gone(pid) for pid in every_pid)
+    assert processes_in(state) == []
