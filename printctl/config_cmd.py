@@ -130,7 +130,9 @@ COMMENTS: dict[str, str] = {
         "sqlite:///path or postgresql://user:password@host/db; unset = SQLite in data_dir. Env DATABASE_URL."
     ),
     "store.pool_size": "PostgreSQL connections per instance.",
-    "store.statement_timeout_ms": "PostgreSQL statement timeout in milliseconds.",
+    "store.statement_timeout_ms": (
+        "PostgreSQL statement timeout in milliseconds; a call with no answer at all is given up 3 s after it."
+    ),
     "redis.url": (
         "redis[s]://[[user]:password@]host[:port][/db], unix:///path.sock[?db=N] or\n"
         "redis+sentinel://[:password@]host1:26379,host2:26379/mastername[/db]; unset = single instance.\n"

@@ -1,14 +1,21 @@
 """PostgreSQL backend: a sync psycopg pool driven from trio worker threads.
 
 psycopg's async API does not run under trio, so each call takes a pooled connection in a
-thread. Threads are not abandoned on cancellation (the task waits for its transaction to end);
-``statement_timeout`` bounds that wait. Transactions run at READ COMMITTED: a guarded
+thread. ``statement_timeout`` bounds a statement on a server that answers; a server (or a
+network path) that goes silent is bounded here: a call that has not ended within the statement
+timeout plus a margin has its connection's socket shut down, which ends the thread's wait (the
+pool then drops the connection), and fails with StoreUnavailable. Without it one silent
+connection held its call, its thread and a pool slot forever, and health said ok. Libpq TCP
+keepalives end idle connections to a host that vanished. Transactions run at READ COMMITTED: a guarded
 ``UPDATE ... WHERE state IN (...)`` re-checks the row after waiting on its lock, which is
 all the compare-and-set needs.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -16,6 +23,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
+import structlog
 import trio
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
@@ -24,10 +32,15 @@ from printd.store.base import StoreError, StoreUnavailable
 from printd.store.sql import Dialect, SqlStore, Tx
 
 T = TypeVar("T")
+log = structlog.get_logger("printd.store")
 
 CONNECT_TIMEOUT_S = 2  # libpq connect_timeout (whole seconds, min 2)
 GETCONN_TIMEOUT_S = 2.0  # wait for a pooled connection, so a dead server fails fast
 IDLE_CHECK_AFTER_S = 2.0  # a connection idle longer than this is probed before use
+CALL_MARGIN_S = GETCONN_TIMEOUT_S + 1.0  # beyond statement_timeout, before a call is given up
+# libpq TCP keepalives: a pooled connection to a host that vanished (no RST) errors within
+# about idle + interval * count seconds instead of at the next call's timeout
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3, "keepalives_count": 3}
 
 
 def _run_script(cursor: Any, script: str) -> None:
@@ -73,7 +86,9 @@ class PostgresStore(SqlStore):
             "connect_timeout": CONNECT_TIMEOUT_S,
             "options": options,
             "application_name": "printd",
+            **KEEPALIVES,
         }
+        self._call_timeout = statement_timeout_ms / 1000 + CALL_MARGIN_S
         self._pool_size = pool_size
         self._last_used: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
             weakref.WeakKeyDictionary()
@@ -97,7 +112,6 @@ class PostgresStore(SqlStore):
                 max_size=self._pool_size,
                 open=False,
                 timeout=GETCONN_TIMEOUT_S,
-                check=self._check_if_idle,  # drop connections a server restart broke
                 name="printd-store",
             )
             try:
@@ -139,26 +153,43 @@ class PostgresStore(SqlStore):
         pool = self._pool
         if pool is None:
             raise StoreError("store is not open")
-        # abandoned on cancellation (shutdown): a server that holds traffic without answering must
-        # not hold printd; the outcome of an abandoned call is unknown, like a dropped connection's,
-        # and every caller already treats it that way (a transition is retried or redelivered)
-        return await trio.to_thread.run_sync(
-            self._in_tx, pool, fn, limiter=self._limiter, abandon_on_cancel=True
-        )
+        call = _Call()
+        # abandoned on cancellation (shutdown, or the timeout below): the outcome of an abandoned
+        # call is unknown, like a dropped connection's, and every caller already treats it that
+        # way (a transition is retried or redelivered)
+        with trio.move_on_after(self._call_timeout):
+            return await trio.to_thread.run_sync(
+                self._in_tx, pool, fn, call, limiter=self._limiter, abandon_on_cancel=True
+            )
+        call.abort()
+        message = f"PostgreSQL unavailable at {self._target}: no answer within {self._call_timeout:g} s"
+        log.warning("store call given up; its connection is closed", error=message)
+        raise StoreUnavailable(message)
 
-    def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
-        """Probe a pooled connection before use only when it sat idle: one that just served a
-        call is alive, and probing every call would add a round trip to each of them."""
-        if time.monotonic() - self._last_used.get(conn, 0.0) > IDLE_CHECK_AFTER_S:
-            psycopg_pool.ConnectionPool.check_connection(conn)
-
-    def _in_tx(self, pool: psycopg_pool.ConnectionPool, fn: Callable[[Tx], T]) -> T:
+    def _in_tx(self, pool: psycopg_pool.ConnectionPool, fn: Callable[[Tx], T], call: _Call) -> T:
+        """Run `fn` in one transaction on a pooled connection. A connection that sat idle is
+        probed first (a server restart breaks them all) and, when broken, the next one is tried:
+        the pool drops a broken connection when it comes back."""
         try:
-            with pool.connection() as conn:
-                with conn.transaction(), conn.cursor() as cursor:
-                    result = fn(Tx(cursor, self.dialect))
-                self._last_used[conn] = time.monotonic()
-                return result
+            for _ in range(self._pool_size + 1):
+                with pool.connection() as conn:
+                    if not call.attach(conn):
+                        raise StoreUnavailable(f"PostgreSQL unavailable at {self._target}: call given up")
+                    try:
+                        if time.monotonic() - self._last_used.get(conn, 0.0) > IDLE_CHECK_AFTER_S:
+                            try:
+                                psycopg_pool.ConnectionPool.check_connection(conn)
+                            except psycopg.OperationalError:
+                                if call.aborted:
+                                    raise
+                                continue  # broken by a restart: the pool drops it, take another
+                        with conn.transaction(), conn.cursor() as cursor:
+                            result = fn(Tx(cursor, self.dialect))
+                        self._last_used[conn] = time.monotonic()
+                        return result
+                    finally:
+                        call.detach()
+            raise StoreUnavailable(f"PostgreSQL unavailable at {self._target}: no usable connection")
         except psycopg_pool.PoolClosed:
             raise StoreError("store is closed") from None
         except psycopg.Error as exc:
@@ -174,3 +205,37 @@ class PostgresStore(SqlStore):
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
             return StoreUnavailable(f"PostgreSQL unavailable at {self._target}: {message}")
         return StoreError(f"PostgreSQL error: {message}")
+
+
+class _Call:
+    """The connection one store call is using, so the trio side can end a call the server does
+    not answer: shutting the socket down wakes the worker thread's wait with an error (the
+    connection is then broken, and the pool drops it). The lock makes sure only a connection
+    still in this call's hands is shut, never one back in the pool or lent to another call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self.aborted = False
+
+    def attach(self, conn: psycopg.Connection[Any]) -> bool:
+        with self._lock:
+            if self.aborted:
+                return False
+            self._fd = conn.fileno()
+            return True
+
+    def detach(self) -> None:
+        with self._lock:
+            self._fd = None
+
+    def abort(self) -> None:
+        with self._lock:
+            self.aborted = True
+            if self._fd is None:
+                return
+            try:
+                with socket.socket(fileno=os.dup(self._fd)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed: the call is ending on its own

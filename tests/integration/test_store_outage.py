@@ -136,6 +136,38 @@ async def test_sigterm_is_bounded_while_postgresql_holds_traffic_without_answeri
 
 
 @pytest.mark.postgres
+async def test_a_call_on_a_postgresql_connection_gone_silent_ends_and_the_next_calls_are_served(
+    printd_factory: Any, pg_database_url: str
+) -> None:
+    """A network path that drops every byte without a reset: the calls on it fail with 503 soon
+    after the statement timeout (never hang), their connections are dropped, and the next calls
+    get fresh connections, with no pool slot or thread lost to the silent ones."""
+    proxy = TcpProxy(("127.0.0.1", 5432))
+    try:
+        url = pg_database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        p = printd_factory(
+            env={"DATABASE_URL": url}, config={"store": {"statement_timeout_ms": 1000, "pool_size": 2}}
+        )
+        assert p.get("/api/v1/jobs", SVC).status_code == 200
+        proxy.blackhole()  # the connections open now go silent; new ones work
+
+        def timed_get() -> tuple[int, float]:
+            started = time.monotonic()
+            status = httpx.get(p.url + "/api/v1/jobs", headers={"Authorization": f"Bearer {SVC}"}, timeout=30)
+            return status.status_code, time.monotonic() - started
+
+        status, took = await trio.to_thread.run_sync(timed_get)
+        assert status == 503 and took < 1.0 + 3.0 + 1.5, (status, took)  # statement timeout + margin
+        assert "no answer within" in p.log()
+        # more calls than pool slots: a slot still held by a silent call would make them wait
+        served = [await trio.to_thread.run_sync(timed_get) for _ in range(4)]
+        assert [s for s, _ in served][-2:] == [200, 200], served
+        assert p.get("/monitoring/health").json()["status"] in ("ok", "degraded")
+    finally:
+        proxy.close()
+
+
+@pytest.mark.postgres
 async def test_the_store_circuit_closes_as_soon_as_postgresql_answers_again(
     printd_factory: Any, pg_database_url: str
 ) -> None:
