@@ -1,7 +1,8 @@
-"""`printctl failover-test` as an operator runs it: a local cluster of three printd behind nginx
-with its own Redis and a proxy in front of the real PostgreSQL (`cluster up --private-redis
---db-proxy`), five rounds covering every server-side fault under a small load, the report read
-from its JSON file, and `cluster down` leaving nothing running."""
+"""README's "Before you go live" as an operator runs it: a local cluster of three printd behind
+nginx with its own Redis and a proxy in front of the real PostgreSQL (`cluster up
+--private-redis --db-proxy`), a 20 s `printctl loadtest` of 300 agents through the front, then
+`printctl failover-test`: five rounds covering every server-side fault under a small load. The
+reports are read from their JSON files, and `cluster down` leaves nothing running."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def pids(state: Path) -> dict[str, int]:
     return {p["name"]: p["pid"] for p in json.loads((state / "cluster.json").read_text())["processes"]}
 
 
-def test_five_rounds_of_every_server_fault_lose_and_double_nothing(
+def test_a_load_test_then_five_rounds_of_every_server_fault_lose_and_double_nothing(
     tmp_path: Path, pg_database_url: str
 ) -> None:
     state, report_file = tmp_path / "cluster", tmp_path / "report.json"
@@ -67,6 +68,23 @@ def test_five_rounds_of_every_server_fault_lose_and_double_nothing(
             database.path == urlsplit(pg_database_url).path
             and database.query == urlsplit(pg_database_url).query
         )
+
+        load_file = tmp_path / "load.json"
+        load = printctl(
+            "loadtest", "--url", json.loads(up.stdout)["front_url"], "--data-dir", state, "--agents", "300",
+            "--dashboards", "6", "--companies", "6", "--job-rate", "20", "--status-rate", "150",
+            "--duration", "20", "--ramp", "3", "--max-errors", "0", "--workers", "2",
+            "--json", load_file, "--output", tmp_path / "load", timeout=150,
+        )  # fmt: skip
+        assert load_file.exists(), load.stdout + load.stderr
+        load_report = json.loads(load_file.read_text())
+        assert load.returncode == 0, load.stdout + load.stderr
+        once = load_report["exactly_once"]
+        assert once["ok"] and once["lost"] == [] and once["duplicated"] == {}
+        assert once["accepted"] == once["printed"] >= 300
+        # the front spreads 306 connections over the three instances
+        spread = load_report["connections"]["open_by_instance"]
+        assert len(spread) == 3 and sum(spread.values()) == 306, spread
 
         run = printctl(
             "failover-test", "--state-dir", state, "--rounds", "5", "--faults", ",".join(FAULTS),
