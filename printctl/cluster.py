@@ -426,6 +426,9 @@ def up(
 
     Example: DATABASE_URL=postgresql://postgres@127.0.0.1/test printctl cluster up --instances 3
     Example: printctl cluster up --instances 3 --private-redis --db-proxy   # for printctl failover-test
+
+    On a cluster that is partly up (an instance drained, killed or crashed), `up` starts the
+    processes that are not running again, as they were started; then `cluster rebalance`.
     """
     try:
         spec = local_spec(config, instances, port)
@@ -441,11 +444,16 @@ def up(
             _report(existing, json_out, already=True)
             return
         if len(dead) < len(existing.processes):
-            names = ", ".join(f"{p.name} (pid {p.pid})" for p in dead)
-            fail(
-                f"the cluster in {state_dir} is partly up: {names} not running; "
-                "run `printctl cluster down` and then `up` again",
-            )
+            # partly up (an instance drained or killed): start what is missing, as it was started
+            try:
+                for proc in dead:
+                    restart(state_dir, proc.name, timeout)
+            except StartFailed as exc:
+                fail(exc.message, EXIT_CHECK_FAILED)
+            started = LocalCluster.load(state_dir)
+            assert started is not None
+            _report(started, json_out, already=True, restarted=[p.name for p in dead])
+            return
         existing.forget()  # all gone: a stale record of a cluster that died
 
     database_url = os.environ.get("DATABASE_URL") or spec.database_url
@@ -626,12 +634,13 @@ def wait_ready(
             time.sleep(0.1)
 
 
-def _report(cluster: LocalCluster, json_out: bool, *, already: bool) -> None:
+def _report(cluster: LocalCluster, json_out: bool, *, already: bool, restarted: list[str] | None = None) -> None:
     if json_out:
         emit_json(
             {
                 "ok": True,
                 "already_up": already,
+                "restarted": restarted or [],
                 "front_url": cluster.front_url,
                 "state_dir": str(cluster.state_dir),
                 "redis_prefix": cluster.redis_prefix,
@@ -640,6 +649,8 @@ def _report(cluster: LocalCluster, json_out: bool, *, already: bool) -> None:
         )
         return
     console.print(_process_table(cluster, rows=None))
+    if restarted:
+        console.print(f"[green]started again[/green]: {', '.join(restarted)}", highlight=False)
     if already:
         console.print(f"[yellow]already up[/yellow]: {cluster.front_url}", highlight=False)
     else:

@@ -211,15 +211,16 @@ def rebalance_plan(members: list[dict[str, Any]], *, tolerance: float = 0.1) -> 
     for m in live:
         held = agents[str(m["id"])]
         excess = held - target
-        if held and excess > max(1.0, tolerance * target):
+        moving = round(excess)
+        if held and moving >= 1 and excess > tolerance * target:
             plan.append(
                 {
                     "id": m["id"],
                     "url": m.get("url"),
                     "agents": held,
                     "target": round(target, 1),
-                    "share": round(excess / held, 3),
-                    "moving": int(excess),
+                    "share": round(moving / held, 4),
+                    "moving": moving,
                 }
             )
     return plan

@@ -310,7 +310,7 @@ class App:
         """Close a share of this instance's agents with 4012 (reconnect now), `per_second` at a
         time; the load balancer sends them to the least loaded instances."""
         links = [link for link in self.hub.agents.values() if not link.closing]
-        chosen = links[: int(len(links) * share)]
+        chosen = links[: round(len(links) * share)]
         for i, link in enumerate(chosen):
             if i and i % per_second == 0:
                 await trio.sleep(1.0)

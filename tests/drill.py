@@ -244,3 +244,12 @@ def wait_until(predicate: Any, timeout: float, what: str) -> float:
             raise AssertionError(f"not within {timeout} s: {what}")
         time.sleep(0.05)
     return time.monotonic() - started
+
+
+def routes_websocket_to(url: str, instance: str) -> bool:
+    """Does the front send a new WebSocket to `instance`? (A dashboard connection opened and
+    closed; nginx skips a server that failed for its fail_timeout, 10 s.)"""
+    from websockets.sync.client import connect
+
+    with connect(f"{url.replace('http', 'ws', 1)}/printing-ws?token={token('dashboard', sub='probe')}") as ws:
+        return bool(json.loads(ws.recv(timeout=5))["data"]["instance"] == instance)

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Printd, token
-from tests.drill import OPS, SVC, Agent, Front, Orders, assert_exactly_once, wait_until
+from tests.conftest import Printd
+from tests.drill import OPS, SVC, Agent, Front, Orders, assert_exactly_once, routes_websocket_to, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 PRINTERS = ("k1", "k2", "k3", "k4", "k5", "k6")
@@ -233,14 +233,6 @@ def test_a_sentinel_failover_is_followed_without_a_restart(
         sentinels.stop()
 
 
-def front_routes_a_websocket_to(front: Front, instance: str) -> bool:
-    """Open (and close) a dashboard connection through the front: where did it land?"""
-    from websockets.sync.client import connect
-
-    with connect(f"ws://127.0.0.1:{front.port}/printing-ws?token={token('dashboard', sub='probe')}") as ws:
-        return bool(json.loads(ws.recv(timeout=5))["data"]["instance"] == instance)
-
-
 def test_rebalance_evens_out_agents_after_an_instance_rejoins(cluster_factory: Any, tmp_path: Path) -> None:
     """Connections do not move back by themselves after an instance rejoins; `printctl cluster
     rebalance` asks the loaded instances to shed their excess (4012), and through nginx they land
@@ -269,7 +261,7 @@ def test_rebalance_evens_out_agents_after_an_instance_rejoins(cluster_factory: A
         wait_until(lambda: agents_by_member() == {"i1": 8, "i2": 0}, 15, "rejoined, counted")
         # nginx skips a server that failed for fail_timeout (10 s): the operator's check that the
         # front sends to the rejoined instance again
-        wait_until(lambda: front_routes_a_websocket_to(front, "i2"), 20, "the front routes to i2")
+        wait_until(lambda: routes_websocket_to(front.url, "i2"), 20, "the front routes to i2")
         orders.start(every=0.2)
         res = run("cluster", "rebalance", "--url", front.url, "--token", OPS, "--per-second", "4", "--json")
         assert res.exit_code == 0, res.output

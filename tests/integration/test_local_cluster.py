@@ -18,8 +18,8 @@ import httpx
 import psutil
 import pytest
 
-from printd.auth import mint_token
-from tests.conftest import Printd, free_port
+from tests.conftest import SECRET, Printd, free_port
+from tests.drill import OPS, Agent, Orders, assert_exactly_once, routes_websocket_to, wait_until
 
 T = TypeVar("T")
 
@@ -76,23 +76,36 @@ def state(tmp_path: Path) -> Iterator[Path]:
         printctl("cluster", "down", "--state-dir", path, "--timeout", "5")
 
 
-def connections(instances: list[dict[str, Any]]) -> dict[str, int]:
-    """Open WebSockets per healthy instance, asked of each one (a state query)."""
+def agents_on(instances: list[dict[str, Any]]) -> dict[str, int]:
+    """Agents connected now per instance that answers, as each one counts them."""
     out = {}
     for p in instances:
         try:
-            body = httpx.get(p["url"] + "/monitoring/health", timeout=2).json()
-        except httpx.HTTPError:
+            body = httpx.get(
+                p["url"] + "/monitoring/instance", headers={"Authorization": f"Bearer {OPS}"}, timeout=2
+            )
+            out[p["name"]] = int(body.json()["connections"]["agent"])
+        except (httpx.HTTPError, KeyError, ValueError):
             continue
-        if body.get("status") == "ok":
-            out[p["name"]] = body["connections"]
     return out
 
 
-def test_three_instances_behind_nginx_an_agent_moves_on_drain_and_down_leaves_nothing(
+def published(front: str) -> dict[str, int]:
+    """Agents per healthy member as the cluster view shows them (the member records, refreshed
+    at each heartbeat): what `cluster rebalance` plans from."""
+    members = httpx.get(front + "/monitoring/cluster", headers={"Authorization": f"Bearer {OPS}"}).json()[
+        "members"
+    ]
+    return {m["id"]: m["connections"]["agent"] for m in members if m["health"] == "ok"}
+
+
+def test_up_drain_up_again_rebalance_and_down_lose_no_job_and_leave_nothing(
     state: Path, tmp_path: Path, pg_database_url: str
 ) -> None:
-    env = {"DATABASE_URL": pg_database_url}
+    """The operator's day with a local cluster: up (3 instances and nginx), agents and orders
+    through nginx, one instance drained (its agents move, no job lost), `up` again starts it
+    again, `cluster rebalance` evens the agents out, `down` leaves no process behind."""
+    env = {"DATABASE_URL": pg_database_url, "JWT_SECRET": SECRET}
     up = printctl("cluster", "up", "--instances", "3", "--port", "0", "--state-dir", state, "--json", env=env)
     assert up.returncode == 0, up.stdout + up.stderr
     body = json.loads(up.stdout)
@@ -112,49 +125,61 @@ def test_three_instances_behind_nginx_an_agent_moves_on_drain_and_down_leaves_no
         "cluster", "up", "--instances", "3", "--port", "0", "--state-dir", state, "--json", env=env
     )
     assert again.returncode == 0
-    assert json.loads(again.stdout)["already_up"] is True
+    assert json.loads(again.stdout)["already_up"] is True and json.loads(again.stdout)["restarted"] == []
     assert {p["name"]: p["pid"] for p in json.loads(again.stdout)["processes"]} == pids
 
     assert printctl("cluster", "ls", "--state-dir", state).returncode == 0
     health = printctl("health", "--cluster", "--state-dir", state, "--json")
     assert health.returncode == 0 and json.loads(health.stdout)["healthy"] == 3
 
-    # An agent connects through nginx; draining the instance that holds it moves it to another.
-    secret = (state / "jwt_secret").read_text().strip()
-    agent_token = mint_token(secret, role="agent", company="acme", sub="agent-1", branch="b1", ttl=600)
-    agent_log = open(tmp_path / "agent.log", "ab")
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "printctl.main", "agent", "--url", front, "--token", agent_token]
-        + ["--printer", "k1", "--output", str(tmp_path / "prints"), "--max-backoff", "1"],
-        stdout=agent_log,
-        stderr=subprocess.STDOUT,
-    )
+    agents = [
+        Agent(front, tmp_path / f"agent-{k}", sub=f"agent-{k}", printers=(f"r{k}",)).start() for k in range(6)
+    ]
+    orders = Orders(front, tuple(f"r{k}" for k in range(6)))
     try:
-        holder = wait_for(
-            "the agent on one instance",
-            lambda: next((i for i, n in connections(instances).items() if n), None),
-        )
+        wait_until(lambda: sum(agents_on(instances).values()) == 6, 20, "six agents connected")
+        orders.start(every=0.2)
+        # draining the instance holding the most agents moves them to the two others
+        holder = max(agents_on(instances).items(), key=lambda kv: kv[1])[0]
         os.kill(pids[holder], signal.SIGTERM)
-        moved = wait_for(
-            "the agent on another instance",
-            lambda: next((i for i, n in connections(instances).items() if n and i != holder), None),
-        )
-        assert moved != holder
-        assert wait_for("the drained instance to exit", lambda: gone(pids[holder]) or None)
+        wait_until(lambda: gone(pids[holder]), 20, "the drained instance exited")
+        wait_until(lambda: sum(agents_on(instances).values()) == 6, 20, "its agents moved")
         report = printctl("health", "--cluster", "--state-dir", state, "--json")
         assert report.returncode == 1
         statuses = {r["instance"]: r["status"] for r in json.loads(report.stdout)["instances"]}
         assert statuses[holder] == "unreachable" and sum(s == "ok" for s in statuses.values()) == 2
         assert printctl("cluster", "ls", "--state-dir", state).returncode == 1
+
+        # `up` on the partly-up cluster starts the drained instance again, empty
+        restarted = printctl("cluster", "up", "--state-dir", state, "--json", env=env)
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert json.loads(restarted.stdout)["restarted"] == [holder]
+        new_pid = {p["name"]: p["pid"] for p in json.loads(restarted.stdout)["processes"]}[holder]
+        assert new_pid != pids[holder]
+        pids[holder] = new_pid
+        assert printctl("health", "--cluster", "--state-dir", state).returncode == 0
+        assert agents_on(instances)[holder] == 0
+
+        # nginx skips the instance for its fail_timeout after the failures of the drain
+        wait_until(lambda: routes_websocket_to(front, holder), 20, "the front routes to it again")
+        wait_until(
+            lambda: len(published(front)) == 3 and sum(published(front).values()) == 6, 10, "published"
+        )
+        rebalance = printctl("cluster", "rebalance", "--url", front, "--token", OPS, "--json")
+        assert rebalance.returncode == 0, rebalance.stdout + rebalance.stderr
+        assert json.loads(rebalance.stdout)["after"] == {"printd-1": 2, "printd-2": 2, "printd-3": 2}
+
+        orders.wait_for(30)
+        accepted = orders.stop()
+        assert_exactly_once(front, accepted, [a.out for a in agents])
     finally:
-        agent.terminate()
-        agent.wait(10)
+        orders.stop()
+        for agent in agents:
+            agent.stop()
 
     down = printctl("cluster", "down", "--state-dir", state, "--json")
     assert down.returncode == 0, down.stdout + down.stderr
-    stopped = json.loads(down.stdout)["stopped"]
-    assert stopped[holder] == "not running"
-    assert {name for name, outcome in stopped.items() if outcome == "stopped"} == set(pids) - {holder}
+    assert set(json.loads(down.stdout)["stopped"].values()) == {"stopped"}
     assert all(gone(pid) for pid in pids.values())
     assert not (state / "cluster.json").exists() and not list((state / "run").iterdir())
     assert processes_in(state) == []

@@ -13,8 +13,19 @@ def member(ident: str, agents: int, **kw: Any) -> dict[str, Any]:
 
 def test_a_rejoined_instance_gets_a_share_from_the_loaded_ones() -> None:
     plan = rebalance_plan([member("i1", 150), member("i2", 150), member("i3", 0)])
-    assert [(p["id"], p["moving"], p["share"]) for p in plan] == [("i1", 50, 0.333), ("i2", 50, 0.333)]
+    assert [(p["id"], p["moving"], p["share"]) for p in plan] == [("i1", 50, 0.3333), ("i2", 50, 0.3333)]
     assert all(p["target"] == 100 for p in plan)
+
+
+def test_small_clusters_even_out_to_the_agent() -> None:
+    """3/3/0 becomes 2/2/2, 4/3/0 becomes 2/2/3: an instance sheds round(excess) agents, and
+    the share it is sent gives that count back on its own agents (round(held * share))."""
+    plan = rebalance_plan([member("i1", 3), member("i2", 3), member("i3", 0)])
+    assert [(p["id"], p["moving"]) for p in plan] == [("i1", 1), ("i2", 1)]
+    assert all(round(p["agents"] * p["share"]) == p["moving"] for p in plan)
+    plan = rebalance_plan([member("i1", 4), member("i2", 3), member("i3", 0)])
+    assert [(p["id"], p["moving"]) for p in plan] == [("i1", 2), ("i2", 1)]
+    assert rebalance_plan([member("i1", 2), member("i2", 1)]) == []  # one agent apart: as even as it gets
 
 
 def test_balanced_or_lone_clusters_move_nobody() -> None:
