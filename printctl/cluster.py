@@ -634,7 +634,9 @@ def wait_ready(
             time.sleep(0.1)
 
 
-def _report(cluster: LocalCluster, json_out: bool, *, already: bool, restarted: list[str] | None = None) -> None:
+def _report(
+    cluster: LocalCluster, json_out: bool, *, already: bool, restarted: list[str] | None = None
+) -> None:
     if json_out:
         emit_json(
             {

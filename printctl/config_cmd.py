@@ -118,11 +118,11 @@ COMMENTS: dict[str, str] = {
     "ratelimit.branch_tests": "Printer tests allowed per branch per window.",
     "ratelimit.printer_tests": "Printer tests allowed per printer per window.",
     "ratelimit.window": "Rate-limit window in seconds.",
-    "health.memory_percent": "System memory use (%) at or above which the instance is degraded.",
-    "health.cpu_percent": "printd CPU use (%) at or above which the instance is degraded.",
+    "health.memory_percent": "System memory use (%) at or above which the instance is unhealthy (503).",
+    "health.cpu_percent": "printd CPU use (%) at or above which the instance is unhealthy (503).",
     "health.error_rate": (
-        "HTTP 5xx answers (printd's own faults) per second at or above which it is degraded;\n"
-        "refused requests, upgrades and frames do not count."
+        "HTTP 5xx answers but 503 (printd's own faults) per second at or above which it is unhealthy;\n"
+        "refused requests, upgrades and frames, and 503s (a dependency down) do not count."
     ),
     "health.check_interval": "Seconds between health samples.",
     "health.fleet_cache_ttl": "Seconds GET /api/v1/fleet/health answers from cache.",

@@ -332,10 +332,12 @@ class App:
         )
 
     def _request_counts(self) -> tuple[int, int]:
-        """(requests, server errors) for health: only the 5xx printd produced count. Refused
+        """(requests, errors) for health: only printd's own faults count (5xx but 503). Refused
         requests, upgrades and frames are the clients' doing; counting them let a few hundred
-        unauthenticated upgrades flip health to 503 and take the instance out of the pool."""
-        return self.listener.http_requests, self.listener.http_server_errors
+        unauthenticated upgrades flip health to 503 and take the instance out of the pool. A 503
+        is a dependency down (the database: every instance answers the same, health says
+        degraded with the reason) or a target unavailable."""
+        return self.listener.http_requests, self.listener.http_own_errors
 
     async def handle_http(self, request: HttpRequest) -> HttpResponse:
         """Route a request, answer CORS for allowed browser origins, and turn a dependency that

@@ -149,7 +149,7 @@ class RateLimitConfig:
 
 @dataclass(frozen=True, slots=True)
 class HealthConfig:
-    """/monitoring/health thresholds: above one, the instance reports degraded (503)."""
+    """/monitoring/health thresholds: above one, the instance reports unhealthy (503)."""
 
     memory_percent: float = 85.0
     cpu_percent: float = 90.0

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from printd.auth import AuthError, TokenVerifier, bearer_token
+from printd.auth import AuthError, Claims, TokenVerifier, bearer_token
 from printd.breakers.core import CircuitState
 from printd.breakers.shell import CircuitRegistry
 from printd.cluster.node import ClusterNode
@@ -188,7 +188,7 @@ class StatsCollector(Collector):
         (
             "http_server_errors",
             "http_server_errors",
-            "HTTP 5xx answers: printd's own faults or a dependency down (what health counts)",
+            "HTTP 5xx answers: printd's own faults (what health counts) and 503s (a dependency down)",
         ),
         (
             "http_write_timeouts",
@@ -423,7 +423,7 @@ class MonitoringApi:
     async def rebalance(self, req: HttpRequest) -> HttpResponse:
         """Ask a share of this instance's agents to reconnect now (4012), a few per second, so
         that after an instance rejoined the load evens out without a reconnect storm."""
-        self._all_companies(req)
+        who = self._fleet_admin(req)
         try:
             share = float(req.query.get("share", "0.2"))
             rate = int(req.query.get("per_second", "50"))
@@ -432,17 +432,25 @@ class MonitoringApi:
         if not 0 < share <= 1 or not 1 <= rate <= 10_000:
             raise HttpError(400, "'share' must be in (0, 1] and 'per_second' in 1-10000")
         moved = await self.parts.shed_agents(share, rate)
-        log.warning(
-            "rebalance", share=share, per_second=rate, agents=moved, sub=self._who(req), client=req.client
-        )
+        log.warning("rebalance", share=share, per_second=rate, agents=moved, sub=who.sub, client=req.client)
         return json_response(200, {"instance": self.parts.config.instance_id, "agents_moved": moved})
 
-    def _who(self, req: HttpRequest) -> str:
+    def _fleet_admin(self, req: HttpRequest) -> Claims:
+        """An action on the instance's connections needs an all-companies admin's token; the
+        metrics token only reads."""
         try:
-            token = bearer_token(req.headers.get("authorization"), None)
-            return self.parts.verifier.verify(token, roles=("admin",)).sub
-        except AuthError:
-            return "metrics-token"
+            claims = self.parts.verifier.verify(
+                bearer_token(req.headers.get("authorization"), None), roles=("admin",)
+            )
+        except AuthError as exc:
+            raise HttpError(
+                exc.status, f"{exc.message} (an admin token with company '*'; the metrics token only reads)"
+            ) from None
+        if claims.company != "*":
+            raise HttpError(
+                403, "this action covers every company: an admin token with company '*' is needed"
+            )
+        return claims
 
     async def metrics(self, req: HttpRequest) -> HttpResponse:
         self._all_companies(req)

@@ -83,7 +83,11 @@ class Listener:
         self.server_header = server_name.encode()
         self.http_requests = 0
         self.http_errors = 0  # every error answer, refusals of bad requests included
-        self.http_server_errors = 0  # 5xx: printd's own faults, what health counts
+        self.http_server_errors = 0  # 5xx
+        # 5xx but 503: printd's own faults, what health counts. A 503 says a dependency or the
+        # target is unavailable (the database, an agent, a draining instance): every instance
+        # would answer the same, so it must not take this one out of the load balancer's pool
+        self.http_own_errors = 0
         self.write_timeouts = 0  # connections dropped because the client did not read
         self.open_connections = 0
 
@@ -222,10 +226,15 @@ class Listener:
             log.exception("request failed", method=request.method, path=request.path)
             response = HttpError(500, "internal error; see the server log").response()
         if response.status >= 400:
-            self.http_errors += 1
-            if response.status >= 500:
-                self.http_server_errors += 1
+            self._count_error(response.status)
         return response
+
+    def _count_error(self, status: int) -> None:
+        self.http_errors += 1
+        if status >= 500:
+            self.http_server_errors += 1
+            if status != 503:
+                self.http_own_errors += 1
 
     async def _authorize_upgrade(
         self, stream: trio.SocketStream, conn: h11.Connection, target: str, headers: dict[str, str]
@@ -275,9 +284,7 @@ class Listener:
     async def _send_error(self, stream: trio.SocketStream, conn: h11.Connection, error: HttpError) -> None:
         """Answer a refused request and close. Refusals (4xx) are the client's fault: counted in
         `http_errors`, never in the server errors that health watches."""
-        self.http_errors += 1
-        if error.status >= 500:
-            self.http_server_errors += 1
+        self._count_error(error.status)
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         try:

@@ -322,6 +322,12 @@ async def test_monitoring_needs_a_token_except_health(printd_factory: Any) -> No
     r = p.post("/monitoring/circuits/dispatch:acme:b1/reset", acme_admin)
     assert r.status_code == 200
     assert "circuit admin action" in p.log() and "sub=ops-acme" in p.log()  # item 13: who did it
+    # moving connections is an action on every company's agents: neither the metrics token (it
+    # only reads) nor a company's admin may; the agents stay where they are
+    rebalance = "/monitoring/rebalance?share=1"
+    assert p.post(rebalance, METRICS_TOKEN).status_code == 401
+    assert p.post(rebalance, acme_admin).status_code == 403
+    assert p.get("/monitoring/instance", ADMIN_ALL).json()["connections"]["agent"] == 2
     for cmd in (["instance", "--json"], ["circuits", "list", "--json"]):
         env = {k: v for k, v in os.environ.items() if k not in ("PRINTD_TOKEN", "PRINTD_METRICS_TOKEN")}
         run = [sys.executable, "-m", "printctl.main", *cmd, "--url", p.url]
