@@ -25,7 +25,7 @@ _printctl_options() {
         "printctl cluster down") echo "--state-dir --timeout --json -h --help" ;;
         "printctl cluster ls") echo "--state-dir --timeout --json -h --help" ;;
         "printctl cluster rebalance") echo "--url --token --per-second --dry-run --settle --timeout --json -h --help" ;;
-        "printctl cluster status") echo "--url --token --redis --prefix --watch -w --timeout --json -h --help" ;;
+        "printctl cluster status") echo "--url --token --redis --prefix --watch -w --expect --timeout --json -h --help" ;;
         "printctl cluster up") echo "--config -c --instances -n --port --state-dir --timeout --private-redis --db-proxy --json -h --help" ;;
         "printctl config") echo "-h --help" ;;
         "printctl config check") echo "--production --json -h --help" ;;
@@ -89,6 +89,7 @@ _printctl_value() {
         "printctl cluster status|--prefix") echo "any" ;;
         "printctl cluster status|--watch") echo "any" ;;
         "printctl cluster status|-w") echo "any" ;;
+        "printctl cluster status|--expect") echo "any" ;;
         "printctl cluster status|--timeout") echo "any" ;;
         "printctl cluster up|--config") echo "file" ;;
         "printctl cluster up|-c") echo "file" ;;

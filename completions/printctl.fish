@@ -117,6 +117,7 @@ complete -c printctl -n '__printctl_at cluster status' -l token -x -d 'Admin tok
 complete -c printctl -n '__printctl_at cluster status' -l redis -x -d 'Read the cluster\'s Redis directly (works when no instance answers)'
 complete -c printctl -n '__printctl_at cluster status' -l prefix -x -d 'The cluster\'s Redis key prefix (with --redis)'
 complete -c printctl -n '__printctl_at cluster status' -l watch -s w -x -d 'Refresh every SECONDS until Ctrl-C'
+complete -c printctl -n '__printctl_at cluster status' -l expect -x -d 'Members there should be: fewer fails the check (an instance that died is no memb'
 complete -c printctl -n '__printctl_at cluster status' -l timeout -x -d 'Seconds to wait for printd'
 complete -c printctl -n '__printctl_at cluster status' -l json -d 'Machine-readable JSON on stdout'
 complete -c printctl -n '__printctl_at cluster status' -s h -l help -d 'Show the help and exit'

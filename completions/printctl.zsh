@@ -178,6 +178,7 @@ _printctl_cluster_status() {
         '--prefix[The clusters Redis key prefix (with --redis)]:prefix: ' \
         '(--watch -w)--watch[Refresh every SECONDS until Ctrl-C]:w: ' \
         '(--watch -w)-w[Refresh every SECONDS until Ctrl-C]:w: ' \
+        '--expect[Members there should be\: fewer fails the check (an instance that died is no memb]:expect: ' \
         '--timeout[Seconds to wait for printd]:timeout: ' \
         '--json[Machine-readable JSON on stdout]' \
         '(-h --help)-h[Show the help and exit]' \

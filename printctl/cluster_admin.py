@@ -56,12 +56,15 @@ WatchOpt = Annotated[
 ]
 
 
-def verdict(view: dict[str, Any]) -> tuple[bool, list[str]]:
-    """Healthy when the view is current, a leader exists and every member says ok; why not."""
+def verdict(view: dict[str, Any], expect: int | None = None) -> tuple[bool, list[str]]:
+    """Healthy when the view is current, a leader exists, every member says ok (and, with
+    `expect`, that many members are there: a dead instance is no member at all); why not."""
     problems = []
     members = view.get("members") or []
     if not members:
         problems.append("no members")
+    elif expect is not None and len(members) < expect:
+        problems.append(f"{len(members)} of {expect} expected members")
     if view.get("stale"):
         problems.append("the view is stale (the cluster backend is unreachable from the instance asked)")
     if not view.get("leader"):
@@ -72,8 +75,8 @@ def verdict(view: dict[str, Any]) -> tuple[bool, list[str]]:
     return not problems, problems
 
 
-def status_table(view: dict[str, Any], source: str) -> Table:
-    ok, problems = verdict(view)
+def status_table(view: dict[str, Any], source: str, expect: int | None = None) -> Table:
+    ok, problems = verdict(view, expect)
     colour = "green" if ok else "red"
     summary = "healthy" if ok else "; ".join(problems)
     table = Table(title=f"cluster via {source}: [{colour}]{summary}[/{colour}]", title_justify="left")
@@ -96,6 +99,16 @@ def status_table(view: dict[str, Any], source: str) -> Table:
             str(m.get("version") or "-"),
         )
     return table
+
+
+def redis_described(redis_url: str) -> str:
+    """The URL as shown to people: without its password."""
+    from printd.cluster.target import parse_redis_url
+
+    try:
+        return parse_redis_url(redis_url).describe()
+    except ValueError:
+        return "(invalid URL)"
 
 
 def read_from_redis(redis_url: str, prefix: str, timeout: float) -> dict[str, Any]:
@@ -123,6 +136,8 @@ def read_from_redis(redis_url: str, prefix: str, timeout: float) -> dict[str, An
                 await backend.link.wait_up()
             try:
                 view = await backend.get_cluster()
+            except ClusterUnavailable as exc:  # here, not around trio.run: the nursery wraps it
+                return {"error": str(exc)}
             finally:
                 nursery.cancel_scope.cancel()
         now = time.time()
@@ -145,10 +160,10 @@ def read_from_redis(redis_url: str, prefix: str, timeout: float) -> dict[str, An
             ],
         }
 
-    try:
-        return trio.run(read)
-    except ClusterUnavailable as exc:
-        fail(f"cannot read the cluster from Redis at {target.describe()}: {exc}")
+    view = trio.run(read)
+    if "error" in view:
+        fail(f"cannot read the cluster from Redis at {target.describe()}: {view['error']}")
+    return view
 
 
 def status(
@@ -157,16 +172,26 @@ def status(
     redis: RedisOpt = None,
     prefix: PrefixOpt = "printd",
     watch: WatchOpt = None,
+    expect: Annotated[
+        int | None,
+        typer.Option(
+            "--expect",
+            min=1,
+            help="Members there should be: fewer fails the check (an instance that died is no member).",
+            show_default=False,
+        ),
+    ] = None,
     timeout: TimeoutOpt = 5.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Members, leader and health of the cluster. Exit 0 when a leader exists and every member
-    is ok, 1 otherwise (a member degraded, unhealthy or draining, no leader, a stale view).
+    is ok, 1 otherwise (a member degraded, unhealthy or draining, no leader, a stale view, fewer
+    members than --expect).
 
-    Example: printctl cluster status --url http://127.0.0.1:8080 --token "$ADMIN"
+    Example: printctl cluster status --url http://127.0.0.1:8080 --token "$ADMIN" --expect 3
     Example: printctl cluster status --redis redis://10.0.0.5:6379/0 --watch 2
     """
-    source = f"redis {redis}" if redis else default_url(url)
+    source = f"redis {redis_described(redis)}" if redis else default_url(url)
 
     def read() -> dict[str, Any]:
         if redis:
@@ -178,21 +203,21 @@ def status(
         fail("--watch is for people; scripts poll with --json", EXIT_USAGE)
     if watch is None:
         view = read()
-        ok, problems = verdict(view)
+        ok, problems = verdict(view, expect)
         if json_out:
             emit_json({"ok": ok, "problems": problems, "source": source, **view})
         else:
-            console.print(status_table(view, source))
+            console.print(status_table(view, source, expect))
         raise typer.Exit(EXIT_OK if ok else EXIT_CHECK_FAILED)
     view = read()
-    ok, _ = verdict(view)
+    ok, _ = verdict(view, expect)
     try:
-        with Live(status_table(view, source), console=console, auto_refresh=False) as live:
+        with Live(status_table(view, source, expect), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(watch)
                 view = read()
-                ok, _ = verdict(view)
-                live.update(status_table(view, source), refresh=True)
+                ok, _ = verdict(view, expect)
+                live.update(status_table(view, source, expect), refresh=True)
     except KeyboardInterrupt:
         pass
     raise typer.Exit(EXIT_OK if ok else EXIT_CHECK_FAILED)

@@ -127,9 +127,10 @@ def instance_environment(
         "PRINTD_MODE": spec.mode,
         "PRINTD_CONFIG": config_path,
         "PRINTD_DATA_DIR": data_dir,
-        "REDIS_URL": redis_url,
-        "REDIS_PREFIX": redis_prefix,
     }
+    if len(spec.instances) > 1 or (database_url or "").startswith(("postgresql:", "postgres:")):
+        # one instance on its own SQLite is no cluster (printd refuses Redis without PostgreSQL)
+        env |= {"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix}
     if database_url:
         env["DATABASE_URL"] = database_url
     if "trusted_proxies" not in spec.settings.get("server", {}):

@@ -105,6 +105,8 @@ def health_table(body: dict[str, Any]) -> RenderableType:
     summary.add_column("key", style="bold")
     summary.add_column("value")
     summary.add_row("instance", str(body.get("instance", "-")))
+    for reason in body.get("reasons") or []:  # why it is not ok, in printd's words
+        summary.add_row("why", f"[{colour}]{reason}[/{colour}]")
     summary.add_row("uptime", _duration(body.get("uptime")))
     summary.add_row("connections", str(body.get("connections", "-")))
     open_circuits = body.get("circuits_open") or []

@@ -31,7 +31,6 @@ from printd.cluster.node import ClusterNode, NodeSettings
 from printd.cluster.redis import RedisCluster, new_incarnation
 from printd.cluster.redis_client import LinkSettings
 from printd.cluster.routing import AgentRouter
-from printd.cluster.target import parse_redis_url, with_sentinels
 from printd.config import Config, ConfigError, config_changes, redact_url, reloaded
 from printd.gateway.connection import GatewayStats
 from printd.gateway.hub import Hub
@@ -117,7 +116,7 @@ class App:
                 orphan_after=config.cluster.orphan_after,
             ),
             instance_id=config.instance_id,
-            clustered=config.redis.url is not None,
+            clustered=config.redis.clustered,
             describe=self._member_info,
         )
         self.node.chores = partial(self.jobs.leader_chores, orphan_after=config.cluster.orphan_after)
@@ -506,11 +505,9 @@ class App:
 def make_backend(config: Config, incarnation: str, on_message: Any) -> ClusterBackend:
     """Redis when REDIS_URL is set (a cluster), otherwise the in-memory backend (alone)."""
     r = config.redis
-    if r.url is None:
+    target = r.target()
+    if target is None:
         return LocalCluster(incarnation, on_message)
-    target = parse_redis_url(r.url)
-    if r.sentinels:
-        target = with_sentinels(target, r.sentinels, r.master_name or "")
     settings = LinkSettings(
         connect_timeout=r.connect_timeout,
         command_timeout=r.command_timeout,

@@ -18,7 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from urllib.parse import quote
 
 from printd.breakers.core import BreakerConfig
-from printd.cluster.target import parse_redis_url, with_sentinels
+from printd.cluster.target import RedisTarget, parse_redis_url, with_sentinels
 
 Mode = Literal["development", "production"]
 #: Secrets that ship in examples and must never run in production.
@@ -103,8 +103,9 @@ class AuthConfig:
     jwt_secret: str | None = None
     cors_origins: tuple[str, ...] = ()
     leeway: float = 30.0
-    #: Bearer token for /monitoring/{instance,metrics,circuits} (Prometheus' bearer_token), so a
-    #: scraper needs no JWT; an all-companies admin token works as well.
+    #: Bearer token that reads /monitoring/{instance,metrics,circuits,cluster} (Prometheus'
+    #: bearer_token), so a scraper needs no JWT; it changes nothing (circuit actions and the
+    #: rebalance need an admin token). An all-companies admin token reads as well.
     metrics_token: str | None = None
 
 
@@ -179,6 +180,18 @@ class RedisConfig:
     command_timeout: float = 2.0
     backoff_initial: float = 0.1
     backoff_max: float = 3.0
+
+    @property
+    def clustered(self) -> bool:
+        """A Redis server or Sentinels given: this instance is one of a cluster."""
+        return self.url is not None or bool(self.sentinels)
+
+    def target(self) -> RedisTarget | None:
+        """Where the cluster's Redis is (Sentinels ask for the master), None when alone."""
+        if not self.clustered:
+            return None
+        target = parse_redis_url(self.url or "redis://localhost")
+        return with_sentinels(target, self.sentinels, self.master_name or "") if self.sentinels else target
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,14 +388,15 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any] | Any]:
                 f"STATUS_BATCH_DELAY: expected milliseconds, got {env['STATUS_BATCH_DELAY']!r}"
             ) from None
     _check_redis_parts(env)
-    if not env.get("REDIS_URL") and env.get("REDIS_HOST"):
+    if not env.get("REDIS_URL") and (env.get("REDIS_HOST") or env.get("REDIS_SENTINELS")):
+        # with Sentinels the host is theirs to say; REDIS_PASSWORD and REDIS_DB are the master's
         put("redis", "url", _redis_url_from_parts(env))
     return out
 
 
 def _redis_url_from_parts(env: Mapping[str, str]) -> str:
     """REDIS_HOST/PORT/DB/PASSWORD as one URL (the parts were checked by _check_redis_parts)."""
-    host = env["REDIS_HOST"]
+    host = env.get("REDIS_HOST") or "localhost"
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 address
     password = env.get("REDIS_PASSWORD")
@@ -511,7 +525,7 @@ def validate(config: Config) -> None:
     r = config.redis
     if r.sentinels:
         try:
-            with_sentinels(parse_redis_url(r.url or "redis://localhost"), r.sentinels, r.master_name or "")
+            r.target()
         except ValueError as exc:
             raise ConfigError(f"redis.sentinels (REDIS_SENTINELS): {exc}") from None
     if not r.prefix or any(ch in r.prefix for ch in " {}"):
@@ -525,6 +539,14 @@ def validate(config: Config) -> None:
         problem = redis_url_problem(config.redis.url)
         if problem:
             raise ConfigError(f"redis.url (REDIS_URL): {problem}")
+    if config.redis.clustered and not (config.store.database_url or "").startswith(
+        ("postgresql://", "postgres://")
+    ):
+        raise ConfigError(
+            "a cluster (REDIS_URL or REDIS_SENTINELS set) needs one PostgreSQL database shared by its "
+            "instances: set DATABASE_URL=postgresql://... (on SQLite each instance would keep jobs "
+            "the others never see)"
+        )
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: {config.log_level!r} is not one of debug, info, warning, error")
     if config.production:

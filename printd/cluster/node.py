@@ -122,7 +122,11 @@ class ClusterNode:
                 if trio.current_time() >= deadline:
                     raise InstanceConflict(str(exc)) from None
                 if not waited:
-                    log.warning("waiting for a previous process of this instance to expire", reason=str(exc))
+                    log.warning(
+                        "another live instance is registered; "
+                        "waiting one heartbeat TTL in case it just stopped",
+                        reason=str(exc),
+                    )
                     waited = True
                 await trio.sleep(self.settings.heartbeat_interval / 2)
         self.backend.subscribe(instance_topic(self.instance_id))
@@ -227,7 +231,11 @@ class ClusterNode:
     async def _on_reconnect(self) -> None:
         """The backend is back (possibly empty): membership, then what `resync` re-registers."""
         if not self.draining:
-            await self.backend.touch_member(self._describe(), self.settings.member_ttl)
+            try:
+                await self.backend.touch_member(self._describe(), self.settings.member_ttl)
+            except MemberIdInUse as exc:  # said at every round too; no traceback for a config error
+                log.error("instance id clash in the cluster", error=str(exc))
+                return
         if self.resync is not None:
             await self.resync()
 

@@ -456,7 +456,8 @@ class RedisLink:
                             handler(reply[1], reply[2])  # type: ignore[arg-type]
                         except Exception:
                             log.exception("redis message handler failed", channel=reply[1])
-                    elif isinstance(reply, list) and reply and reply[0] == b"pong":
+                    elif reply == b"PONG" or (isinstance(reply, list) and reply and reply[0] == b"pong"):
+                        # +PONG while nothing is subscribed yet, ["pong", ""] once something is
                         session.last_pong = trio.current_time()
                     elif isinstance(reply, ReplyError):
                         session.break_(f"pub/sub error: {reply}")

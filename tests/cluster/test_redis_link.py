@@ -66,7 +66,7 @@ async def test_calls_fail_fast_while_redis_is_down_and_the_outage_is_logged_once
                 await link.execute("GET", "k")
             slowest = max(slowest, time.monotonic() - t)
             await trio.sleep(0.02)  # spans several reconnect attempts
-        assert slowest < 0.1
+        assert slowest < 0.3  # not the 0.5 s connect timeout: no call waits for a reconnect
         redis.start()
         await wait_until(lambda: link.up)
         assert await link.execute("GET", "k") is None  # came back empty
@@ -74,6 +74,24 @@ async def test_calls_fail_fast_while_redis_is_down_and_the_outage_is_logged_once
     assert events.count("redis unavailable; serving from this instance only until it is back") == 1
     assert events.count("redis available again") == 1
     assert link.state.outages == 1
+
+
+async def test_a_pubsub_connection_with_no_subscription_takes_pong_for_an_answer(
+    redis: RedisServer, nursery: trio.Nursery
+) -> None:
+    """Redis answers PING with +PONG (not the ["pong", ""] of a subscribed connection) before the
+    first SUBSCRIBE: that is an answer too, or the link drops and reconnects every few seconds."""
+    settings = LinkSettings(connect_timeout=0.5, command_timeout=0.3, ping_interval=0.2)
+    link = RedisLink(parse_redis_url(redis.url), on_message=Received(), settings=settings)
+    await nursery.start(link.run)
+    with trio.fail_after(5):
+        await link.wait_up()
+    session = link._session
+    assert session is not None
+    connected = session.last_pong
+    await wait_until(lambda: session.last_pong > connected, 2.0)  # a pong after the first ping
+    await wait_until(lambda: session.last_pong > connected + 1.0, 3.0)  # and still, past 2 deadlines
+    assert link._session is session and link.state.outages == 0
 
 
 async def test_subscriptions_and_on_up_callbacks_survive_an_empty_restart(

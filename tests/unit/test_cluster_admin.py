@@ -52,3 +52,34 @@ def test_status_verdicts() -> None:
     assert verdict({**ok, "leader": None})[1] == ["no leader"]
     assert verdict({**ok, "stale": True})[0] is False
     assert verdict({**ok, "members": [member("i1", 1, health="degraded")]})[1] == ["i1 is degraded"]
+    assert verdict(ok, expect=2) == (True, [])
+    assert verdict(ok, expect=3) == (False, ["2 of 3 expected members"])  # one died: no member at all
+
+
+def test_status_from_an_unreachable_redis_is_an_error_without_its_password() -> None:
+    from tests.cli import run
+
+    for args in ((), ("--json",)):
+        res = run(
+            "cluster", "status", "--redis", "redis://:hunter2secret@127.0.0.1:1/0", "--timeout", "1", *args
+        )
+        assert res.exit_code == 1, res.output
+        assert "cannot read the cluster from Redis at redis://127.0.0.1:1/0" in res.output
+        assert "hunter2secret" not in res.output and "Traceback" not in res.output
+
+
+def test_health_shows_why_an_instance_is_not_ok() -> None:
+    from rich.console import Console
+
+    from printctl.health import health_table
+
+    body = {
+        "status": "degraded",
+        "instance": "i1",
+        "reasons": ["database unavailable (store circuit open): new jobs are refused, agents stay served"],
+        "checks": {},
+    }
+    out = Console(width=200, record=True)
+    out.print(health_table(body))
+    text = out.export_text()
+    assert "why" in text and "database unavailable (store circuit open)" in text

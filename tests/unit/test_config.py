@@ -183,6 +183,8 @@ def test_default_search_paths_are_the_documented_ones() -> None:
 
 # ------------------------------------------------------------------ redis
 
+SHARED_DB = {"DATABASE_URL": "postgresql://printd@db.internal/printd"}
+
 
 @pytest.mark.parametrize(
     "url",
@@ -199,7 +201,7 @@ def test_default_search_paths_are_the_documented_ones() -> None:
     ],
 )
 def test_redis_urls_accepted(url: str) -> None:
-    assert load_config(env={"REDIS_URL": url}).redis.url == url
+    assert load_config(env={"REDIS_URL": url, **SHARED_DB}).redis.url == url
 
 
 @pytest.mark.parametrize(
@@ -248,9 +250,39 @@ def test_bad_redis_parts_are_refused_naming_the_variable(env: dict[str, str], na
 
 
 def test_redis_url_from_parts_encodes_the_password_and_brackets_ipv6() -> None:
-    c = load_config(env={"REDIS_HOST": "cache", "REDIS_PASSWORD": "p@ss:w/rd", "REDIS_DB": "2"})
+    c = load_config(env={"REDIS_HOST": "cache", "REDIS_PASSWORD": "p@ss:w/rd", "REDIS_DB": "2", **SHARED_DB})
     assert c.redis.url == "redis://:p%40ss%3Aw%2Frd@cache:6379/2"
-    assert load_config(env={"REDIS_HOST": "::1"}).redis.url == "redis://[::1]:6379/0"
+    assert load_config(env={"REDIS_HOST": "::1", **SHARED_DB}).redis.url == "redis://[::1]:6379/0"
+
+
+def test_sentinels_alone_make_a_cluster_with_the_masters_password() -> None:
+    env = {
+        "REDIS_SENTINELS": "s1:26379,s2",
+        "REDIS_MASTER_NAME": "printd",
+        "REDIS_PASSWORD": "pw",
+        **SHARED_DB,
+    }
+    redis = load_config(env=env).redis
+    assert redis.clustered
+    target = redis.target()
+    assert target is not None and target.sentinels == (("s1", 26379), ("s2", 26379))
+    assert target.master_name == "printd" and target.password == "pw"
+    assert load_config(env=SHARED_DB).redis.target() is None  # alone
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"REDIS_URL": "redis://cache:6379/0"},
+        {"REDIS_HOST": "cache"},
+        {"REDIS_SENTINELS": "s1:26379", "REDIS_MASTER_NAME": "printd"},
+        {"REDIS_URL": "redis://cache:6379/0", "DATABASE_URL": "sqlite:///var/printd.db"},
+    ],
+)
+def test_a_cluster_on_sqlite_is_refused(env: dict[str, str]) -> None:
+    """Each instance would keep the jobs in a file of its own, which the others never see."""
+    with pytest.raises(ConfigError, match="a cluster .* needs one PostgreSQL database"):
+        load_config(env=env)
 
 
 # ------------------------------------------------------------------ where the JWT secret comes from

@@ -172,6 +172,13 @@ def test_each_instance_gets_an_env_file_without_secrets() -> None:
     }
 
 
+def test_a_lone_instance_on_sqlite_gets_no_redis() -> None:
+    """printd refuses a cluster without PostgreSQL; one instance on its own SQLite is no cluster."""
+    spec = spec_from(database={}, instances=[{"id": "solo", "port": 3011}])
+    env = render(spec, source="cluster.toml", printd_bin=PRINTD).envs["solo"].content
+    assert "REDIS_URL" not in env and "DATABASE_URL" not in env
+
+
 def test_the_site_balances_by_connection_count_and_retries_a_draining_instance() -> None:
     site = render(spec_from(), source="cluster.toml", printd_bin=PRINTD).site.content
     assert "least_conn;" in site and "ip_hash;" not in site

@@ -389,6 +389,7 @@ def _failures(tmp: Path) -> list[tuple[list[str], int]]:
         (["cluster", "ls", "--state-dir", str(tmp / "cl")], 1),
         (["cluster", "status", "--url", UNREACHABLE, "--timeout", "2"], 1),
         (["cluster", "rebalance", "--url", UNREACHABLE, "--timeout", "2"], 1),
+        (["cluster", "status", "--redis", "redis://:pw@127.0.0.1:1/0", "--timeout", "1"], 1),
         (["loadtest", "--agents", "0"], 2),
         (["failover-test", "--agents", "0", "--state-dir", str(tmp / "cl")], 2),
     ]
