@@ -48,6 +48,11 @@ class ScriptedAgent:
             assert (await cls._next(client, backlog, "ack", 5))["id"] == i  # registered in the store
         return cls(client, backlog)
 
+    async def sentinel(self) -> list[dict[str, Any]]:
+        """Everything printd sent this agent before it read a ping sent now (see `sentinel`)."""
+        seen, self.backlog[:] = list(self.backlog), []
+        return seen + await sentinel(self.client)
+
     async def dispatch(self, timeout: float = 10) -> dict[str, Any]:
         msg = await self._next(self.client, self.backlog, "job.dispatch", timeout)
         data: dict[str, Any] = msg["data"]
@@ -70,6 +75,26 @@ class ScriptedAgent:
         await self.client.close()
 
 
+SENTINEL_ID = 7_000_001
+
+
+async def sentinel(client: WsClient, timeout: float = 5) -> list[dict[str, Any]]:
+    """Ping with an id and read up to its ack; returns the messages that came before it.
+
+    printd answers a ping in the read loop, after whatever it queued for this connection
+    earlier, so a message caused by something that completed before the ping cannot arrive
+    after the ack: asserting on what came before it lets no late event pass unnoticed (unlike
+    waiting a fixed window for "nothing else")."""
+    await client.send("ping", id=SENTINEL_ID)
+    seen: list[dict[str, Any]] = []
+    with trio.fail_after(timeout):
+        while True:
+            msg = await client.recv()
+            if msg["event"] == "ack" and msg.get("id") == SENTINEL_ID:
+                return seen
+            seen.append(msg)
+
+
 def submit(
     p: Printd,
     printer: str = "p1",
@@ -81,6 +106,19 @@ def submit(
     return p.post(
         "/api/v1/jobs", tok, {"printer_id": printer, "payload": payload or {"text": "2x burger"}}, headers
     )
+
+
+async def wait_offline(p: Printd, printer: str = "p1", timeout: float = 10) -> None:
+    """Until printd counts the printer's agent as gone (its disconnect was handled)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = p.get("/api/v1/printers", SVC).json()["printers"]
+        found = next(x for x in listed if x["printer_id"] == printer)
+        if found["agent_online"] is False:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"printer {printer}'s agent is still online: {found}")
+        await trio.sleep(0.05)
 
 
 async def wait_state(p: Printd, job_id: str, state: str, timeout: float = 10) -> dict[str, Any]:
