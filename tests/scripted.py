@@ -4,7 +4,7 @@ and the back office's submit."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -12,6 +12,13 @@ from printctl.wsclient import WsClient, ws_url
 from tests.conftest import Printd, token
 
 SVC = token("service", "acme", sub="pos-1")
+
+
+class Served(Protocol):
+    """A printd to talk to: a subprocess (`Printd`) or one in-process (tests/app)."""
+
+    @property
+    def url(self) -> str: ...
 
 
 class ScriptedAgent:
@@ -38,7 +45,7 @@ class ScriptedAgent:
 
     @classmethod
     async def connect(
-        cls, p: Printd, printers: tuple[str, ...] = ("p1",), *, company: str = "acme", sub: str = "agent-1"
+        cls, p: Served, printers: tuple[str, ...] = ("p1",), *, company: str = "acme", sub: str = "agent-1"
     ) -> ScriptedAgent:
         client = await WsClient.connect(ws_url(p.url), token=token("agent", company, sub=sub))
         assert (await client.recv(5))["event"] == "hello"
