@@ -131,9 +131,9 @@ async def test_operator_moves_a_printer_with_printctl_and_it_is_audited(
     await old.close()
     job_id = submit(p)  # queued for agent-y
     move = ("printers", "move", "p1", "--branch", "branch-x", "--agent", "agent-x", "--url", p.url)
-    # a service token may not move printers: exit 1 with the server's reason
+    # a service token may not move printers: exit 2 (fix the token) with the server's reason
     res = await trio.to_thread.run_sync(printctl, *move, "--company", "acme", "--token", SVC)
-    assert res.exit_code == 1 and "admin" in res.stderr
+    assert res.exit_code == 2 and "admin" in res.stderr
     assert owner(p, "p1") == ("branch-y", "agent-y")
     res = await trio.to_thread.run_sync(printctl, *move, "--company", "acme", "--token", ADMIN, "--json")
     assert res.exit_code == 0, res.output
