@@ -302,9 +302,9 @@ async def test_handshake_stall_is_cut_after_the_timeout(printd_factory: Any) -> 
 
 async def test_silent_peer_is_closed_after_ping_timeout(printd_factory: Any) -> None:
     p = printd_factory(config={"server": {"ping_interval": 0.5, "ping_timeout": 1.5}})
+    start = time.monotonic()  # before printd hears from it for the last time
     silent, _ = await raw_upgrade(p.port, token("agent"))  # never reads, never answers pings
     alive = await connect(p, sub="agent-2")  # its engine answers pings while it reads
-    start = time.monotonic()
     async with trio.open_nursery() as nursery:
 
         async def keep_reading() -> None:
