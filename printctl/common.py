@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import sys
 from contextvars import ContextVar
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 from urllib.parse import quote
 
-import httpx
 import orjson
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    import httpx  # imported by `request`: commands that never call printd start without it
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -104,6 +106,8 @@ def request(
 ) -> httpx.Response:
     """One HTTP call to printd. Unreachable printd (or a proxy's error page) exits 1; an answer
     that is not printd's JSON exits 2 in one line: --url points somewhere else."""
+    import httpx
+
     h = dict(headers or {})
     if token:
         h["Authorization"] = f"Bearer {token}"

@@ -28,6 +28,7 @@ from printctl.common import (
     request,
 )
 from printctl.loadtest import STDOUT, _check_writable
+from printctl.loadtest import LoadtestCommand as LoadtestCommand  # the command class main.py builds it with
 
 if TYPE_CHECKING:
     from printctl.checker import PrintReport

@@ -2,35 +2,123 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
+import typer.main
 from typer.core import TyperGroup
 
-from printctl import (
-    agent,
-    circuits,
-    cluster,
-    cluster_admin,
-    config_cmd,
-    deploy,
-    failover,
-    health,
-    jobs,
-    loadtest,
-    printers,
-    token,
-    verify,
-)
 from printctl.common import JSON_MODE, emit_json, error_object
 from printd import package_version
 
 
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """Where a command lives: `module.attr` is a command function or a Typer group."""
+
+    module: str
+    attr: str
+    #: the click command class to build a function command with (None: Typer's default)
+    cls: str | None = None
+    #: (name, module, attr): command functions added to the group from other modules
+    extra: tuple[tuple[str, str, str], ...] = ()
+
+
+#: Every command, in the order `printctl --help` lists them. A command's module is imported when
+#: that command is looked up (run, or listed by a help or completion), never before: `printctl
+#: token` loads what minting a token needs, not the agent's or the cluster tooling's imports.
+COMMANDS: dict[str, CommandSpec] = {
+    "token": CommandSpec("printctl.token", "token"),
+    "health": CommandSpec("printctl.health", "health"),
+    "instance": CommandSpec("printctl.health", "instance"),
+    "agent": CommandSpec("printctl.agent", "agent"),
+    "verify-prints": CommandSpec("printctl.verify", "verify_prints"),
+    "deploy": CommandSpec("printctl.deploy", "deploy"),
+    "loadtest": CommandSpec("printctl.loadtest", "loadtest", cls="LoadtestCommand"),
+    "failover-test": CommandSpec("printctl.failover", "failover_test", cls="LoadtestCommand"),
+    "config": CommandSpec("printctl.config_cmd", "app"),
+    "circuits": CommandSpec("printctl.circuits", "app"),
+    "jobs": CommandSpec("printctl.jobs", "app"),
+    "printers": CommandSpec("printctl.printers", "app"),
+    "cluster": CommandSpec(
+        "printctl.cluster",
+        "app",
+        extra=(
+            ("status", "printctl.cluster_admin", "status"),
+            ("rebalance", "printctl.cluster_admin", "rebalance"),
+        ),
+    ),
+}
+
+
+def build_command(name: str, spec: CommandSpec) -> Any:
+    """The click command for `spec`, built the way Typer builds a registered one (through a
+    group of its own, with nothing but the public API), so help and options are the same."""
+    module = importlib.import_module(spec.module)
+    target = getattr(module, spec.attr)
+    shadow = typer.Typer(add_completion=False)
+    shadow.callback()(_no_options)
+    if isinstance(target, typer.Typer):
+        shadow.add_typer(target, name=name)
+    else:
+        cls = getattr(module, spec.cls) if spec.cls is not None else None
+        shadow.command(name, cls=cls)(target)
+    command = typer.main.get_command(shadow).commands[name]  # type: ignore[attr-defined]
+    for sub, sub_module, sub_attr in spec.extra:
+        command.add_command(build_command(sub, CommandSpec(sub_module, sub_attr)), sub)
+    return command
+
+
+def _no_options() -> None:
+    """A callback only makes the shadow Typer a group."""
+
+
+class LazyCommands(MutableMapping[str, Any]):
+    """The root group's commands: names known up front, each command built on first lookup.
+
+    Looking up one name (what running a command does) loads that command's module only;
+    iterating the values (help, completion, the command tree) loads them all."""
+
+    def __init__(self, specs: dict[str, CommandSpec]) -> None:
+        self._specs = specs
+        self._built: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._built:
+            self._built[name] = build_command(name, self._specs[name])
+        return self._built[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("printctl's commands are fixed")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys([*self._specs, *self._built]))
+
+    def __len__(self) -> int:
+        return len(dict.fromkeys([*self._specs, *self._built]))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs or name in self._built
+
+
 class PrintctlGroup(TyperGroup):
     """The root command: notes --json for `fail`, and turns what the option parser itself refuses
-    (an unknown option, a bad choice) into the JSON error object too, like every other failure."""
+    (an unknown option, a bad choice) into the JSON error object too, like every other failure.
+    Its commands are `COMMANDS`, each loaded when looked up."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = LazyCommands(COMMANDS)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)  # the names alone: nothing is imported to list them
 
     def main(self, args: Sequence[str] | None = None, *rest: Any, **extra: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
@@ -74,23 +162,6 @@ def _root(
     ] = False,
 ) -> None:
     """printctl: operate printd gateways (tokens, health, circuits, jobs, the reference agent)."""
-
-
-app.command("token")(token.token)
-app.command("health")(health.health)
-app.command("instance")(health.instance)
-app.command("agent")(agent.agent)
-app.command("verify-prints")(verify.verify_prints)
-app.add_typer(config_cmd.app, name="config")
-app.add_typer(circuits.app, name="circuits")
-app.add_typer(jobs.app, name="jobs")
-app.add_typer(printers.app, name="printers")
-app.command("deploy")(deploy.deploy)
-cluster.app.command("status")(cluster_admin.status)
-cluster.app.command("rebalance")(cluster_admin.rebalance)
-app.add_typer(cluster.app, name="cluster")
-app.command("loadtest", cls=loadtest.LoadtestCommand)(loadtest.loadtest)
-app.command("failover-test", cls=loadtest.LoadtestCommand)(failover.failover_test)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import structlog
 import tomli_w
 from psycopg import sql
 
@@ -28,6 +29,18 @@ from printd.auth import mint_token
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "integration-test-secret-0123456789abcdef"
 PG_URL = os.environ.get("PRINTD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+#: `make coverage` measures every Python process it starts (see pyproject's [tool.coverage])
+UNDER_COVERAGE = bool(os.environ.get("COVERAGE_PROCESS_START"))
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    """A command run in-process (CliRunner) may configure structlog to print to its captured
+    stderr, which is closed afterwards: the next test's log lines would fail. Each test starts
+    from structlog's defaults."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 def free_port() -> int:
@@ -117,6 +130,16 @@ class Printd:
             self.proc.kill()
             self.proc.wait()
 
+    def finish(self) -> None:
+        """End it after the test: SIGKILL, or under `make coverage` SIGTERM first (a killed
+        process cannot write its coverage data; printd drains and exits on SIGTERM)."""
+        if UNDER_COVERAGE and self.proc is not None:
+            try:
+                self.stop(signal.SIGTERM, timeout=10)
+            except subprocess.TimeoutExpired:
+                pass  # stop() killed it
+        self.kill()
+
     def get(self, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.get(self.url + path, headers=headers, timeout=20, **kw)
@@ -152,7 +175,7 @@ def printd_factory(tmp_path: Path) -> Iterator[Any]:
 
     yield make
     for p in started:
-        p.kill()
+        p.finish()
     for schema in schemas:
         _drop_schema(schema)
 

@@ -57,7 +57,7 @@ class PrinterEvents(Protocol):
 class JobEvents(Protocol):
     """What the job pipeline does with agents coming, going and reporting."""
 
-    async def agent_connected(self, conn: AgentLink) -> None: ...
+    def agent_connected(self, conn: AgentLink) -> None: ...
 
     async def agent_disconnected(self, conn: AgentLink) -> None: ...
 
@@ -219,7 +219,7 @@ class Gateway:
                 await conn.drain()
         await conn.flush()
         if conn.role == "agent":
-            await self.jobs.agent_connected(conn)
+            self.jobs.agent_connected(conn)
         await self._read_loop(conn)
 
     async def _read_loop(self, conn: WsConnection) -> None:
@@ -405,7 +405,7 @@ class Gateway:
         if isinstance(claim, P.FrameError):
             return P.FrameError(claim.code, claim.message, env.id)
         if claim is Claim.TAKEOVER:
-            await self.jobs.agent_connected(conn)  # the printer's queued jobs came along: send them
+            self.jobs.agent_connected(conn)  # the printer's queued jobs came along: send them
         return self._publish_status(conn, env, update.printer_id, item)
 
     @staticmethod

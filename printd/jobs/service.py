@@ -211,7 +211,7 @@ class JobService:
 
     # ---------------------------------------------------------------- agents come and go
 
-    async def agent_connected(self, link: AgentLink) -> None:
+    def agent_connected(self, link: AgentLink) -> None:
         """Record the connection as the agent's current session, then deliver everything it
         has unfinished. Agents arriving together (a restart brings thousands) are recorded in
         one transaction."""

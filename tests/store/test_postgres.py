@@ -39,8 +39,13 @@ async def test_sessions_get_statement_timeout_and_keep_url_options(pg_url: str) 
 
 
 async def test_postgres_scheme_alias(pg_url: str) -> None:
-    async with open_store(pg_url.replace("postgresql://", "postgres://", 1)) as store:
-        await store.ping()
+    """`postgres://` (Heroku's and many tools' spelling) opens the same database, options and all."""
+    store = open_store(pg_url.replace("postgresql://", "postgres://", 1))
+    assert isinstance(store, PostgresStore)
+    async with store:
+        assert await store.migrate() == [1, 2]
+        row = await store._run(lambda tx: tx.one("SELECT current_schema()"), write=False)
+    assert row is not None and row[0] == pg_url.rsplit("%3D", 1)[1]  # the URL's search_path
 
 
 async def test_dropped_connection_is_unavailable_then_recovers(pg_url: str) -> None:

@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from printctl import agent as A
+from printctl import agent_runtime
 from printctl.checker import read_print_log
 from printd.auth import mint_token
 
@@ -365,7 +366,7 @@ async def test_job_for_a_printer_not_attached_fails_at_once(tmp_path: Path) -> N
 
 
 async def test_full_queue_leaves_the_job_unacked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(A, "QUEUE_SIZE", 1)
+    monkeypatch.setattr(agent_runtime, "QUEUE_SIZE", 1)
     agent = make_agent(tmp_path)
     client = FakeClient()
     await agent.on_dispatch(client, dispatch_data(job("j1")))  # type: ignore[arg-type]

@@ -1,0 +1,109 @@
+"""JobService in-process: a real SQLite store, the in-memory cluster backend, and agent links
+that are small real objects (what the gateway's connection offers the job pipeline)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import trio
+
+from printd.breakers.shell import CircuitRegistry
+from printd.cluster.local import LocalCluster
+from printd.cluster.routing import AgentRouter
+from printd.config import JobsConfig
+from printd.jobs.pending import PendingWaiters
+from printd.jobs.service import JobService
+from printd.store import Store, open_store
+
+
+@dataclass(eq=False)
+class Link:
+    """An agent connection as the job pipeline sees it; what it was sent, decoded."""
+
+    company: str = "acme"
+    agent_id: str = "agent-1"
+    branch: str = "b1"
+    session: int = 0
+    closing: bool = False
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    arrived: trio.Event = field(default_factory=trio.Event)
+
+    def send(self, payload: bytes) -> bool:
+        self.sent.append(orjson.loads(payload))
+        self.arrived.set()
+        self.arrived = trio.Event()
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        self.closing = True
+
+    async def next_message(self, timeout: float = 5.0) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            while not self.sent:
+                await self.arrived.wait()
+        return self.sent.pop(0)
+
+
+@dataclass
+class Harness:
+    store: Store
+    jobs: JobService
+    links: dict[tuple[str, str], Link]
+    announced: list[tuple[str, dict[str, Any]]]
+
+    def connect(self, link: Link) -> None:
+        self.links[(link.company, link.agent_id)] = link
+        self.jobs.agent_connected(link)
+
+    async def printer(self, printer_id: str = "p1", link: Link | None = None) -> None:
+        link = link or Link()
+        await self.store.upsert_printer(
+            company=link.company,
+            branch=link.branch,
+            agent_id=link.agent_id,
+            printer_id=printer_id,
+            status="online",
+            details={},
+            now=time.time(),
+        )
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    store = open_store(f"sqlite:///{tmp_path / 'printd.db'}")
+    links: dict[tuple[str, str], Link] = {}
+    announced: list[tuple[str, dict[str, Any]]] = []
+
+    async def announce(company: str, payload: bytes) -> None:
+        announced.append((company, orjson.loads(payload)))
+
+    backend = LocalCluster("inc-1", lambda topic, payload: None)
+    agents = AgentRouter(backend, lambda c, a: links.get((c, a)), instance_id="i1")
+    jobs = JobService(
+        store, agents, JobsConfig(), PendingWaiters(), announce, CircuitRegistry(), incarnation="inc-1"
+    )
+    async with store, trio.open_nursery() as nursery:
+        await store.migrate()
+        await nursery.start(jobs.run)
+        yield Harness(store, jobs, links, announced)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_connect_is_a_plain_call_that_records_the_session_and_delivers(harness: Harness) -> None:
+    await harness.printer()
+    job, _ = await harness.jobs.submit(
+        company="acme", printer_id="p1", kind="print", payload={"text": "x"}, idempotency_key=None
+    )
+    link = Link()
+    harness.connect(link)  # from the gateway's read loop, without a task switch
+    dispatch = await link.next_message()
+    assert dispatch["event"] == "job.dispatch" and dispatch["data"]["job_id"] == job.job_id
+    assert link.session > 0  # recorded in the store before the dispatch went out
+    stored = await harness.store.get_job(job.job_id)
+    assert stored is not None and stored.state.value == "dispatched" and stored.attempts == 1
