@@ -22,12 +22,11 @@ from printctl.common import (
     EXIT_USAGE,
     console,
     default_url,
-    emit_json,
     err_console,
     fail,
     request,
 )
-from printctl.loadtest import STDOUT, _check_writable
+from printctl.loadtest import STDOUT, LiveView, check_writable, emit_report
 from printctl.loadtest import LoadtestCommand as LoadtestCommand  # the command class main.py builds it with
 
 if TYPE_CHECKING:
@@ -217,7 +216,7 @@ def failover_test(
     if problems:
         fail("; ".join(problems), EXIT_USAGE)
     if json_out not in (None, STDOUT):
-        _check_writable(Path(json_out))
+        check_writable(Path(json_out))
 
     # ---- which cluster
     local = stop_cmd is None
@@ -362,7 +361,7 @@ def failover_test(
         shutil.rmtree(out_dir, ignore_errors=True)
     else:
         report["output_dir"] = str(out_dir)
-    _emit(report, json_out)
+    emit_report(report, json_out, _render)
     raise typer.Exit(report["exit_code"])
 
 
@@ -457,23 +456,11 @@ def _jobs_outcome(
 # ---------------------------------------------------------------- live progress
 
 
-class RoundView:
-    """The run as it goes, on stderr: each round's steps as lines, and on a terminal a live line
-    with the load under them (connections, jobs, errors)."""
+class RoundView(LiveView):
+    """Each round's steps as lines, and on a terminal a live line with the load under them
+    (connections, jobs, errors)."""
 
     EVERY = 10.0
-
-    def __init__(self) -> None:
-        from rich.live import Live as RichLive
-
-        self.rich = (
-            RichLive(console=err_console, refresh_per_second=4, transient=True)
-            if err_console.is_terminal
-            else None
-        )
-        if self.rich is not None:
-            self.rich.start()
-        self.last_line = 0.0
 
     def say(self, text: str) -> None:
         """A round's step (called from the rounds' thread)."""
@@ -482,37 +469,15 @@ class RoundView:
         err_console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}", highlight=False, soft_wrap=True)
 
     def __call__(self, live: Live) -> None:
-        import time
-
         line = (
             f"load {live.phase}: {live.open('agent')} agents, {live.open('dashboard')} dashboards connected; "
             f"jobs {live.total('accepted')} accepted, {live.total('printed')} printed, "
             f"{live.total('pending')} waiting; {live.total('errors')} client errors"
         )
-        if self.rich is not None:
-            self.rich.update(line)
-        elif time.time() - self.last_line >= self.EVERY:
-            self.last_line = time.time()
-            err_console.print(line, highlight=False, soft_wrap=True)
-
-    def stop(self) -> None:
-        if self.rich is not None:
-            self.rich.stop()
+        self.show(line, line)
 
 
 # ---------------------------------------------------------------- the report
-
-
-def _emit(report: dict[str, Any], json_out: str | None) -> None:
-    if json_out == STDOUT:
-        emit_json(report)
-        return
-    _render(report)
-    if json_out is not None:
-        import orjson
-
-        Path(json_out).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
-        console.print(f"report written to {json_out}", highlight=False)
 
 
 def _s(value: Any) -> str:

@@ -8,6 +8,7 @@ and the report's rendering are imported when the command runs, so `printctl --he
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -191,7 +192,7 @@ def loadtest(
             EXIT_USAGE,
         )
     if json_out not in (None, STDOUT):
-        _check_writable(Path(json_out))
+        check_writable(Path(json_out))
     if output is not None:
         try:
             output.mkdir(parents=True, exist_ok=True)
@@ -226,11 +227,11 @@ def loadtest(
         shutil.rmtree(out_dir, ignore_errors=True)
     else:
         report["output_dir"] = str(out_dir)
-    _emit(report, json_out)
+    emit_report(report, json_out, _render)
     raise typer.Exit(report["exit_code"])
 
 
-def _check_writable(path: Path) -> None:
+def check_writable(path: Path) -> None:
     try:
         with open(path, "a"):
             pass
@@ -241,9 +242,9 @@ def _check_writable(path: Path) -> None:
 # ---------------------------------------------------------------- live progress
 
 
-class ProgressView:
-    """The run as it goes, on stderr (stdout stays for the report): a Rich live table on a
-    terminal, a plain line every few seconds otherwise (CI logs)."""
+class LiveView:
+    """A run as it goes, on stderr (stdout stays for the report): a Rich live display on a
+    terminal, a plain line every `EVERY` seconds otherwise (CI logs)."""
 
     EVERY = 5.0
 
@@ -258,6 +259,24 @@ class ProgressView:
         if self.rich is not None:
             self.rich.start()
         self.last_line = 0.0
+
+    def show(self, renderable: Any, line: str) -> None:
+        """`renderable` on a terminal; `line` in a log, at most every EVERY seconds."""
+        import time
+
+        if self.rich is not None:
+            self.rich.update(renderable)
+        elif time.time() - self.last_line >= self.EVERY:
+            self.last_line = time.time()
+            err_console.print(line, highlight=False, soft_wrap=True)
+
+    def stop(self) -> None:
+        if self.rich is not None:
+            self.rich.stop()
+
+
+class ProgressView(LiveView):
+    """The load test's figures as they go."""
 
     def __call__(self, live: Live) -> None:
         import time
@@ -275,30 +294,23 @@ class ProgressView:
             "errors": str(live.total("errors")),
             "generator CPU": cpu,
         }
-        if self.rich is not None:
-            table = Table(show_header=False, box=None, title="printctl loadtest", title_justify="left")
-            for name, value in cells.items():
-                table.add_row(f"[bold]{name}[/]", value)
-            self.rich.update(table)
-        elif time.time() - self.last_line >= self.EVERY:
-            self.last_line = time.time()
-            err_console.print(
-                " | ".join(f"{k} {v}" for k, v in cells.items()), highlight=False, soft_wrap=True
-            )
-
-    def stop(self) -> None:
-        if self.rich is not None:
-            self.rich.stop()
+        table = Table(show_header=False, box=None, title="printctl loadtest", title_justify="left")
+        for name, value in cells.items():
+            table.add_row(f"[bold]{name}[/]", value)
+        self.show(table, " | ".join(f"{k} {v}" for k, v in cells.items()))
 
 
 # ---------------------------------------------------------------- the report
 
 
-def _emit(report: dict[str, Any], json_out: str | None) -> None:
+def emit_report(
+    report: dict[str, Any], json_out: str | None, render: Callable[[dict[str, Any]], None]
+) -> None:
+    """The report for people (`render`), and as JSON on stdout (`--json`) or into a file."""
     if json_out == STDOUT:
         emit_json(report)
         return
-    _render(report)
+    render(report)
     if json_out is not None:
         import orjson
 

@@ -11,17 +11,14 @@ never sees half of it.
 
 from __future__ import annotations
 
-import signal
-import sys
 import time
 from pathlib import Path
 
-import orjson
-
 from printctl.faults.board import Event, event_line
 from printctl.loadgen.client import Conn
-from printctl.loadgen.fleet import Fleet, read_plan_line
+from printctl.loadgen.fleet import Fleet
 from printctl.loadgen.plan import LoadPlan
+from printctl.loadgen.worker import serve
 
 
 class ObservedFleet(Fleet):
@@ -55,21 +52,7 @@ class ObservedFleet(Fleet):
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the conductor decides how its workers stop
-    fd = sys.stdin.fileno()
-    line, rest = read_plan_line(fd)
-    spec = orjson.loads(line)
-    fleet = ObservedFleet(
-        LoadPlan.from_json(spec["plan"]),
-        int(spec["worker"]),
-        str(spec["url"]),
-        str(spec["secret"]),
-        str(spec["run_id"]),
-        Path(spec["out_dir"]),
-        fd,
-    )
-    fleet.client.control_lines.extend(x.decode() for x in rest.split(b"\n") if x)
-    fleet.run()
+    serve(ObservedFleet)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,14 @@ from printctl.loadgen.fleet import Fleet, read_plan_line
 from printctl.loadgen.plan import LoadPlan
 
 
-def main() -> None:
+def serve(fleet_class: type[Fleet] = Fleet) -> None:
+    """A worker process's life: its share of the plan on stdin (then the conductor's control
+    lines), its fleet run until the conductor says stop. SIGINT is the conductor's to handle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     fd = sys.stdin.fileno()
     line, rest = read_plan_line(fd)
     spec = orjson.loads(line)
-    fleet = Fleet(
+    fleet = fleet_class(
         LoadPlan.from_json(spec["plan"]),
         int(spec["worker"]),
         str(spec["url"]),
@@ -33,6 +35,10 @@ def main() -> None:
     )
     fleet.client.control_lines.extend(x.decode() for x in rest.split(b"\n") if x)
     fleet.run()
+
+
+def main() -> None:
+    serve(Fleet)
 
 
 if __name__ == "__main__":

@@ -167,6 +167,12 @@ def test_a_paused_instance_cannot_act_on_stale_beliefs_when_it_resumes(drill: Dr
     ).start()
     drill.agents.append(quiet)
     wait_until(lambda: quiet.instance() == victim_id, 15, "the quiet agent on the victim")
+
+    def q1_registered() -> bool:
+        printers = httpx.get(victim.url + "/api/v1/printers", headers={"Authorization": f"Bearer {SVC}"})
+        return any(p["printer_id"] == "q1" for p in printers.json()["printers"])
+
+    wait_until(q1_registered, 15, "its printer registered")  # else the job below is a 404
     assert victim.proc is not None
     victim.proc.send_signal(signal.SIGSTOP)
     survivor = next(p for p in drill.nodes if p is not victim)

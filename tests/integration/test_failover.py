@@ -7,30 +7,15 @@ reports are read from their JSON files, and `cluster down` leaves nothing runnin
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.integration.test_local_cluster import CLEAN, gone, processes_in
+from tests.integration.test_local_cluster import gone, printctl, processes_in
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 FAULTS = ["kill", "drain", "pause", "redis", "db"]
-
-
-def printctl(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 90) -> Any:
-    base = {k: v for k, v in os.environ.items() if k not in CLEAN}
-    return subprocess.run(
-        [sys.executable, "-m", "printctl.main", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**base, "COLUMNS": "200", **(env or {})},
-        timeout=timeout,
-    )
 
 
 def pids(state: Path) -> dict[str, int]:

@@ -27,7 +27,10 @@ T = TypeVar("T")
 CLEAN = ("JWT_SECRET", "DATABASE_URL", "REDIS_URL", "PRINTD_CONFIG", "PRINTD_URL", "PORT", "INSTANCE_ID")
 
 
-def printctl(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> Any:
+def printctl(
+    *args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 90
+) -> Any:
+    """printctl as the operator runs it: a process of its own, without this machine's settings."""
     base = {k: v for k, v in os.environ.items() if k not in CLEAN}
     return subprocess.run(
         [sys.executable, "-m", "printctl.main", *map(str, args)],
@@ -35,7 +38,7 @@ def printctl(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | N
         text=True,
         env={**base, "COLUMNS": "200", **(env or {})},
         cwd=cwd,
-        timeout=90,
+        timeout=timeout,
     )
 
 
