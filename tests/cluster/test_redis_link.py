@@ -190,3 +190,25 @@ async def test_sentinel_failover_is_followed_without_a_restart(tmp_path: Path, n
         await received.wait_for(b"on-new-master")
     finally:
         sentinels.stop()
+
+
+async def test_status_keys_renew_their_ttl_sparingly_and_at_once_after_an_empty_restart(
+    redis: RedisServer, nursery: trio.Nursery
+) -> None:
+    from printd.cluster.redis import RedisCluster, new_incarnation
+
+    backend = RedisCluster(
+        new_incarnation(), lambda topic, payload: None, parse_redis_url(redis.url), prefix="t", settings=FAST
+    )
+    await nursery.start(backend.run)
+    with trio.fail_after(5):
+        await backend.link.wait_up()
+    for tick in range(5):  # five fan-out ticks
+        await backend.save_status([("acme", {"p1": str(tick).encode()})], 3600)
+    assert 3_500_000 < await backend.link.execute("PTTL", "t:status:acme") <= 3_600_000
+    assert "cmdstat_pexpire:calls=1," in redis.cli("INFO", "commandstats")  # once, not per tick
+    connected = backend.link.state.since
+    redis.restart()  # empty
+    await wait_until(lambda: backend.link.up and backend.link.state.since != connected)
+    await backend.save_status([("acme", {"p1": b"after"})], 3600)
+    assert await backend.link.execute("PTTL", "t:status:acme") > 3_500_000  # not a key without a TTL
