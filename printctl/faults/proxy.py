@@ -113,6 +113,8 @@ class TcpProxy:
         if src in self._black:
             return
         with self._lock:
+            if pair not in self._pairs:
+                return  # cut: `_drop` resets both sockets, and a shutdown here would send a FIN first
             self._pairs.discard(pair)
         for s in (src, dst):
             with contextlib.suppress(OSError):
