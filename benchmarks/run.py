@@ -17,6 +17,10 @@ Experiments:
            100 ms batching, then neither; bytes on the wire each way and the share saved
   all      all of the above in that order
 
+Every measurement runs --runs times (default 3; the impls alternate within a run) and the tables
+give each figure as median (min–max) over the runs, with the background beside each row: the load
+average and the busy % of each core that was neither ours nor softirq (benchstats.Background).
+
     .venv/bin/python benchmarks/run.py rtt --impls printd,asyncio,triows,sio --conns 100,1000
 """
 
@@ -787,8 +791,8 @@ def md_connect(recs: list[dict[str, Any]]) -> str:
             [
                 impl,
                 runs(rs),
-                cell(good, "conns", 0),
-                cell(good, "concurrency", 0),
+                fmt(good[0].get("conns")) if good else "–",  # settings, the same in every run
+                fmt(good[0].get("concurrency")) if good else "–",
                 cell(good, "open_s", 2),
                 cell(good, "conn_per_s", 0),
                 cell(good, "server_busy_pct"),
