@@ -730,7 +730,9 @@ def client_cell(recs: list[dict[str, Any]]) -> str:
     good = ok(recs)
     if not any(r.get("client_cpu_pct") is not None for r in good):
         return "–"
-    text = f"{cell(good, 'client_cpu_pct', 0)} % (core {cell(good, 'cpu1_busy_pct', 0)} %)"
+    text = f"{cell(good, 'client_cpu_pct', 0)} %"
+    if any(r.get("cpu1_busy_pct") is not None for r in good):
+        text += f" (core {cell(good, 'cpu1_busy_pct', 0)} %)"
     full = both = 0
     for r in good:
         pct, core = r.get("client_cpu_pct") or 0, r.get("cpu1_busy_pct") or 0
