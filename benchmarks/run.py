@@ -986,7 +986,11 @@ def ensure_node_deps(args: argparse.Namespace) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiments", nargs="+", choices=[*EXPERIMENTS, "all"])
+    ap.add_argument(
+        "experiments",
+        nargs="+",
+        help=f"{', '.join([*EXPERIMENTS, 'all'])}; several: 'rtt connect' or 'rtt,connect'",
+    )
     ap.add_argument("--impls", default=",".join(IMPLS), help="comma list of " + ",".join(IMPLS))
     ap.add_argument(
         "--runs", type=int, default=3, help="repeat every measurement; tables give median (min–max)"
@@ -1034,7 +1038,10 @@ def main() -> int:
         ap.error(f"unknown impls {bad}; choose from {','.join(IMPLS)}")
     if (args.duration or 0) + max(args.warmup, args.load_warmup) > 300:
         ap.error("keep runs bounded: warm-up + duration <= 300 s")
-    experiments = list(EXPERIMENTS) if "all" in args.experiments else args.experiments
+    asked = [e for word in args.experiments for e in word.split(",") if e]
+    if any(e not in (*EXPERIMENTS, "all") for e in asked):
+        ap.error(f"experiments: choose from {', '.join([*EXPERIMENTS, 'all'])}")
+    experiments = list(EXPERIMENTS) if "all" in asked else list(dict.fromkeys(asked))
     args.secret = secrets.token_hex(32)
     args.run_id = time.strftime("%Y%m%d-%H%M%S")
     if can_pin():
