@@ -72,24 +72,49 @@ def free_port() -> int:
 
 
 class HttpConn:
-    """A minimal keep-alive HTTP/1.1 client (the load tool must not be the bottleneck)."""
+    """A minimal keep-alive HTTP/1.1 client (the load tool must not be the bottleneck). A connection
+    the server closed (printd closes one that sends no request within its handshake timeout) is
+    opened again and the request sent once more; a POST carries an Idempotency-Key, so the job is
+    created once either way. `reopened` counts those."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    reopened = 0
+
+    def __init__(self, port: int, stream: trio.SocketStream) -> None:
+        self.port = port
         self.stream = stream
         self.buf = b""
 
     @classmethod
     async def open(cls, port: int) -> HttpConn:
-        return cls(await trio.open_tcp_stream("127.0.0.1", port))
+        return cls(port, await trio.open_tcp_stream("127.0.0.1", port))
+
+    async def _recv(self) -> bytes:
+        data = await self.stream.receive_some(65536)
+        if not data:
+            raise EOFError("the server closed the connection")
+        return data
 
     async def request(self, method: str, path: str, token: str, body: bytes = b"") -> tuple[int, bytes]:
+        key = f"Idempotency-Key: {uuid.uuid4().hex}\r\n" if method == "POST" else ""
         head = (
-            f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n{key}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode()
-        await self.stream.send_all(head + body)
+        for attempt in (1, 2):
+            try:
+                return await self._exchange(head + body)
+            except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
+                if attempt == 2:
+                    raise
+                await self.stream.aclose()
+                self.stream, self.buf = await trio.open_tcp_stream("127.0.0.1", self.port), b""
+                HttpConn.reopened += 1
+        raise AssertionError("unreachable")
+
+    async def _exchange(self, request: bytes) -> tuple[int, bytes]:
+        await self.stream.send_all(request)
         while b"\r\n\r\n" not in self.buf:
-            self.buf += await self.stream.receive_some(65536)
+            self.buf += await self._recv()
         header, _, rest = self.buf.partition(b"\r\n\r\n")
         status = int(header.split(b" ", 2)[1])
         length = 0
@@ -98,7 +123,7 @@ class HttpConn:
             if k.strip().lower() == b"content-length":
                 length = int(v)
         while len(rest) < length:
-            rest += await self.stream.receive_some(65536)
+            rest += await self._recv()
         self.buf = rest[length:]
         return status, rest[:length]
 
@@ -257,7 +282,7 @@ async def bench(args: argparse.Namespace, port: int, printd: subprocess.Popen[by
             async def fire(due: float, printer: str, counted: bool) -> None:
                 body = orjson.dumps({"printer_id": printer, "payload": {"text": "2x burger", "table": 4}})
                 async with free:
-                    conn = pool.pop()
+                    conn = pool.pop(0)  # round robin: every connection stays in use
                     try:
                         status, resp = await conn.request("POST", "/api/v1/jobs", svc, body)
                     finally:
@@ -312,6 +337,7 @@ async def bench(args: argparse.Namespace, port: int, printd: subprocess.Popen[by
                     "round_trip": percentiles(histogram(rtts)),
                     "accept": percentiles(histogram(accept)),
                     "connect_s": round(connect_s, 2),
+                    "http_reopened": HttpConn.reopened,
                     **meas,
                 }
             )
@@ -572,6 +598,7 @@ def main() -> None:
     if args.duration + args.warmup > 120 or rate > 5000 or args.agents > 5000:
         ap.error("keep runs bounded: warm-up + duration <= 120 s, at most 5000 jobs/s and 5000 agents")
     os.sched_setaffinity(0, {1})
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop printd and drop the schema on the way out
     RESULTS.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     run_id = time.strftime("%Y%m%d-%H%M%S")
