@@ -34,7 +34,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import secrets
 import signal
 import socket
@@ -281,14 +280,11 @@ class Stack:
         prefix = self.dir / "nginx"
         site = render_site(spec, source="benchmarks/cluster_bench.py", access_log=str(prefix / "access.log"))
         conf = write_nginx_prefix(prefix, site)
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         text = conf.read_text()
-        procs, conns = "worker_processes 1;\n", "worker_connections 1024;"
-        if procs not in text or conns not in text:
-            raise RuntimeError(f"printctl.deploy.write_nginx_prefix changed; cannot size {conf}")
-        patched = text.replace(
-            procs, f"worker_processes {self.args.nginx_workers};\nworker_rlimit_nofile {hard};\n"
-        ).replace(conns, f"worker_connections {hard - 100};")
+        procs = "worker_processes auto;\n"  # deploy sizes worker_connections to the fd limit itself
+        if procs not in text:
+            raise RuntimeError(f"printctl.deploy.write_nginx_prefix changed; cannot set workers: {conf}")
+        patched = text.replace(procs, f"worker_processes {self.args.nginx_workers};\n")
         conf.write_text(patched)
         nginx = self.args.nginx
         log = bench.LOGS / f"nginx-{self.front_port}.log"
