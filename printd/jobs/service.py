@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import structlog
 import trio
 
@@ -363,6 +364,24 @@ class JobService:
         if job is None:  # finished meanwhile: nothing to send
             self.core.give_back(admission, now)
             return True
+        try:
+            frame = P.encode_event(
+                DISPATCH_EVENT,
+                {
+                    "job_id": job.job_id,
+                    "correlation_id": job.correlation_id,
+                    "printer_id": job.printer_id,
+                    "kind": job.kind,
+                    "payload": job.payload,
+                    "attempt": job.attempts,
+                },
+            )
+        except orjson.JSONEncodeError as exc:
+            # Stored before the API refused such payloads: it can never be sent, so it ends
+            # here (expired, announced) instead of failing every dispatch on every instance.
+            self.core.give_back(admission, now)
+            await self._unsendable(link, job, str(exc))
+            return True
         self.core.sent(
             key,
             link.session,
@@ -377,20 +396,19 @@ class JobService:
         )
         self._wakeup.set()
         self.dispatched += 1
-        link.send(
-            P.encode_event(
-                DISPATCH_EVENT,
-                {
-                    "job_id": job.job_id,
-                    "correlation_id": job.correlation_id,
-                    "printer_id": job.printer_id,
-                    "kind": job.kind,
-                    "payload": job.payload,
-                    "attempt": job.attempts,
-                },
-            )
-        )
+        link.send(frame)
         return True
+
+    async def _unsendable(self, link: AgentLink, job: Job, why: str) -> None:
+        log.error("job payload cannot be encoded; expiring it", job_id=job.job_id, error=why)
+        try:
+            expired = await self.store.expire_job(
+                job.job_id, reason=f"payload cannot be sent: {why}", now=time.time(), fence=_fence(link)
+            )
+        except (StoreError, StaleSession, UnknownJob):
+            return  # the next pass meets it again
+        if expired is not None:
+            await self._announce(expired)
 
     # ---------------------------------------------------------------- reports from agents
 
