@@ -89,7 +89,7 @@ class JobsApi:
         kind = body.get("kind", "print")
         payload = body.get("payload", {})
         printer_id = _id("printer_id", printer_id)
-        if kind not in JOB_KINDS:
+        if not isinstance(kind, str) or kind not in JOB_KINDS:
             raise HttpError(400, f"'kind' must be one of {', '.join(sorted(JOB_KINDS))}")
         _payload(payload, self.config.max_payload_bytes)
         key = req.headers.get("idempotency-key")
