@@ -343,7 +343,10 @@ class JobService:
                 if job.state is not JobState.QUEUED:
                     self.redelivered += 1
                 if not await self._dispatch(link, job.job_id, decision.admission):
-                    self.core.pass_failed(key, session, want)
+                    # The store did not answer; it may still have recorded the dispatch (a reply
+                    # lost after COMMIT), making the job `dispatched` under this session, which a
+                    # queued-only pass would never find again: the retry is a full pass.
+                    self.core.pass_failed(key, session, Want.ALL)
                     await trio.sleep(STORE_RETRY_DELAY)
                     break
 
@@ -358,11 +361,18 @@ class JobService:
             self.core.give_back(admission, now)
             self._stale(link)
             return True
+        except UnknownJob:
+            # not this agent's job (a report for someone else's during an outage put it here):
+            # nothing to send, nothing to retry
+            self.core.give_back(admission, now)
+            self.core.forget(key, link.session, job_id, now)
+            return True
         except StoreError:
             self.core.give_back(admission, now)
             return False
-        if job is None:  # finished meanwhile: nothing to send
+        if job is None:  # finished meanwhile: nothing to send, nothing to wait for
             self.core.give_back(admission, now)
+            self.core.forget(key, link.session, job_id, now)
             return True
         try:
             frame = P.encode_event(

@@ -356,10 +356,13 @@ class SqlStore(Store):
             )
             if row is None:
                 return None
+            # Only jobs never sent to anyone follow the printer. One sent before (requeued when
+            # its agent's instance died: queued again, attempts > 0) stays with the agent it went
+            # to: only that agent knows whether it printed, and its journal answers a redelivery.
             moved = tx.all(
                 "UPDATE jobs SET branch = ?, agent_id = ?, updated_at = ?"
                 " WHERE company = ? AND printer_id = ? AND branch = ? AND agent_id = ? AND state = ?"
-                " RETURNING job_id",
+                " AND attempts = 0 RETURNING job_id",
                 (branch, agent_id, now, company, printer_id, *expected, JobState.QUEUED),
             )
             return printer_from_row(tx, row), len(moved)
