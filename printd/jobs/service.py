@@ -45,7 +45,7 @@ log = structlog.get_logger("printd.jobs")
 DISPATCH_EVENT = "job.dispatch"
 COMPLETED_EVENT = "job.completed"
 #: Unfinished jobs sent to an agent in one pass: all of them in practice, bounded anyway.
-MAX_PASS = 20_000
+PASS_PAGE = 50  # jobs read per store call of a pass: at most 50 payloads (12.5 MiB at 256 KiB) held
 #: Seconds agents connecting together wait so that one transaction records all their sessions.
 ARRIVAL_BATCH_DELAY = 0.005
 #: Seconds between retries of store work that failed (claims, releases, passes).
@@ -318,15 +318,28 @@ class JobService:
             want = self.core.next_pass(key, session)
             if want is Want.NONE:
                 return
+            await self._pass(link, session, want)
+
+    async def _pass(self, link: AgentLink, session: int, want: Want) -> None:
+        """One pass over the agent's jobs, a page at a time (a backlog of thousands of large
+        payloads is never in memory at once). Returns early when the store fails or the
+        branch's circuit holds; the core then has the pass due again."""
+        key = (link.company, link.agent_id)
+        after = 0
+        while not link.closing:
             try:
                 jobs = await self.store.deliverable_jobs(
-                    link.company, link.agent_id, limit=MAX_PASS, queued_only=want is Want.QUEUED
+                    link.company,
+                    link.agent_id,
+                    limit=PASS_PAGE,
+                    queued_only=want is Want.QUEUED,
+                    after_seq=after,
                 )
             except StoreError as exc:
                 log.warning("delivery postponed: store unavailable", agent=link.agent_id, error=str(exc))
                 self.core.pass_failed(key, session, want)
                 await trio.sleep(STORE_RETRY_DELAY)
-                continue
+                return
             for job in jobs:
                 if link.closing:
                     return
@@ -338,7 +351,7 @@ class JobService:
                 if isinstance(decision, Hold):  # the branch's circuit is open: the jobs wait
                     self.core.pass_failed(key, session, want)
                     await trio.sleep(decision.retry_after)
-                    break
+                    return
                 assert isinstance(decision, Go)
                 if job.state is not JobState.QUEUED:
                     self.redelivered += 1
@@ -348,7 +361,10 @@ class JobService:
                     # queued-only pass would never find again: the retry is a full pass.
                     self.core.pass_failed(key, session, Want.ALL)
                     await trio.sleep(STORE_RETRY_DELAY)
-                    break
+                    return
+            if len(jobs) < PASS_PAGE:
+                return
+            after = jobs[-1].seq
 
     async def _dispatch(self, link: AgentLink, job_id: str, admission: Any) -> bool:
         """Record one dispatch under the agent's session, then send it. False when the store
@@ -452,7 +468,10 @@ class JobService:
         except StoreError:
             # not recorded: the job goes out again once the store is back, and the agent
             # answers the redelivery from its de-duplication journal
-            self.core.report_failed(key, link.session, report.job_id, kind="print", now=trio.current_time())
+            if not self.core.report_failed(
+                key, link.session, report.job_id, kind="print", now=trio.current_time()
+            ):
+                self._wake(key, Want.ALL)  # not tracked (cap): the full pass finds it once the store is back
             self._wakeup.set()
             return P.FrameError(P.ERR_UNAVAILABLE, "store unavailable; the job will be redelivered")
         self.core.finished(key, link.session, report.job_id, trio.current_time())

@@ -258,9 +258,10 @@ class Store(ABC):
 
     @abstractmethod
     async def deliverable_jobs(
-        self, company: str, agent_id: str, limit: int = 500, *, queued_only: bool = False
+        self, company: str, agent_id: str, limit: int = 500, *, queued_only: bool = False, after_seq: int = 0
     ) -> list[Job]:
-        """Live jobs for an agent in seq order: what it must get on (re)connect."""
+        """Live jobs for an agent in seq order: what it must get on (re)connect. One page of
+        `limit` jobs after `after_seq`, so a pass over a big backlog holds one page of payloads."""
 
     # -- agent sessions ----------------------------------------------------------------------
 

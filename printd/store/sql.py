@@ -533,13 +533,14 @@ class SqlStore(Store):
         return await self._run(run, write=True)
 
     async def deliverable_jobs(
-        self, company: str, agent_id: str, limit: int = 500, *, queued_only: bool = False
+        self, company: str, agent_id: str, limit: int = 500, *, queued_only: bool = False, after_seq: int = 0
     ) -> list[Job]:
         params: tuple[Any, ...]
         if queued_only:
             where, params = "company = ? AND agent_id = ? AND state = ?", (company, agent_id, JobState.QUEUED)
         else:
             where, params = f"company = ? AND agent_id = ? AND state IN {LIVE_SQL}", (company, agent_id)
+        where, params = f"{where} AND seq > ?", (*params, after_seq)
         return await self._run(lambda tx: _jobs(tx, where, params, "seq", limit), write=False)
 
     # -- agent sessions ----------------------------------------------------------------------

@@ -18,7 +18,7 @@ from printd.cluster.local import LocalCluster
 from printd.cluster.routing import AgentRouter
 from printd.config import JobsConfig
 from printd.jobs.pending import PendingWaiters
-from printd.jobs.service import JobService
+from printd.jobs.service import PASS_PAGE, JobService
 from printd.store import Store, open_store
 
 
@@ -107,3 +107,20 @@ async def test_a_connect_is_a_plain_call_that_records_the_session_and_delivers(h
     assert link.session > 0  # recorded in the store before the dispatch went out
     stored = await harness.store.get_job(job.job_id)
     assert stored is not None and stored.state.value == "dispatched" and stored.attempts == 1
+
+
+async def test_a_backlog_longer_than_a_page_goes_out_whole_and_in_order(harness: Harness) -> None:
+    """A pass reads the agent's jobs a page at a time (a backlog of 20,000 payloads of 256 KiB
+    was read in one piece, found by review); every page is sent, in acceptance order."""
+    await harness.printer()
+    backlog = PASS_PAGE * 2 + 7
+    ids = []
+    for n in range(backlog):
+        job, _ = await harness.jobs.submit(
+            company="acme", printer_id="p1", kind="print", payload={"n": n}, idempotency_key=None
+        )
+        ids.append(job.job_id)
+    link = Link()
+    harness.connect(link)
+    sent = [(await link.next_message())["data"]["job_id"] for _ in range(backlog)]
+    assert sent == ids

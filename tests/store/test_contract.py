@@ -507,10 +507,12 @@ async def test_deliverable_jobs_in_seq_order_for_one_agent(store: Store) -> None
     ]
     assert [j.state for j in jobs] == [JobState.QUEUED, JobState.QUEUED, JobState.DISPATCHED, JobState.ACKED]
     assert all(j.history == () for j in jobs)  # lists skip history
-    assert [j.job_id for j in await store.deliverable_jobs("acme", "agent-1", limit=2)] == [
-        queued.job_id,
-        mine_other_printer.job_id,
-    ]
+    first = await store.deliverable_jobs("acme", "agent-1", limit=2)
+    assert [j.job_id for j in first] == [queued.job_id, mine_other_printer.job_id]
+    # the next page starts after the last one's seq: a pass reads a backlog a page at a time
+    rest = await store.deliverable_jobs("acme", "agent-1", limit=2, after_seq=first[-1].seq)
+    assert [j.job_id for j in rest] == [dispatched.job_id, acked.job_id]
+    assert await store.deliverable_jobs("acme", "agent-1", limit=2, after_seq=rest[-1].seq) == []
     assert [j.job_id for j in await store.deliverable_jobs("acme", "agent-2")] == [other_agent.job_id]
     waiting = await store.deliverable_jobs("acme", "agent-1", queued_only=True)
     assert [j.job_id for j in waiting] == [queued.job_id, mine_other_printer.job_id]
