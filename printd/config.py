@@ -135,6 +135,7 @@ class JobsConfig:
     pending_sweep_interval: float = 30.0
     pending_stale_after: float = 60.0
     max_payload_bytes: int = 262_144
+    max_backlog_per_printer: int = 10_000
     result_timeout: float = 60.0
     sweep_interval: float = 3.0
 
@@ -515,6 +516,8 @@ def validate(config: Config) -> None:
     j = config.jobs
     if j.pending_capacity < 1:
         raise ConfigError("jobs.pending_capacity: must be >= 1")
+    if j.max_backlog_per_printer < 1:
+        raise ConfigError("jobs.max_backlog_per_printer: must be >= 1")
     if j.retry_initial <= 0 or j.retry_max < j.retry_initial:
         raise ConfigError("jobs.retry_max: must be >= jobs.retry_initial > 0")
     if config.store.pool_size < 1:
@@ -621,6 +624,7 @@ RELOADABLE_KEYS = frozenset(
         "jobs.test_timeout",
         "jobs.result_timeout",
         "jobs.max_payload_bytes",
+        "jobs.max_backlog_per_printer",
     }
 )
 #: Keys whose values never appear in a log line, even when they changed.

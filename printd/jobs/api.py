@@ -25,6 +25,7 @@ from printd.model import JOB_KINDS, JobState
 from printd.printers import MoveConflict, PrinterRegistry
 from printd.ratelimit import PrinterTestLimits
 from printd.store import Store, StoreUnavailable
+from printd.store.base import BacklogFull
 
 log = structlog.get_logger("printd.api")
 API_ROLES = ("service", "admin")
@@ -101,6 +102,8 @@ class JobsApi:
             )
         except LookupError:
             raise HttpError(404, f"unknown printer {printer_id!r} in company {company!r}") from None
+        except BacklogFull as exc:
+            raise _backlog_full(exc) from None
         if not created and (job.printer_id != printer_id or job.kind != kind or job.payload != payload):
             raise HttpError(
                 409,
@@ -187,7 +190,10 @@ class JobsApi:
                 headers=[("Retry-After", str(retry))],
             )
         payload = _payload(body.get("payload", {"text": "printd test page"}), self.config.max_payload_bytes)
-        outcome = await self.jobs.test_printer(company, printer_id, payload)
+        try:
+            outcome = await self.jobs.test_printer(company, printer_id, payload)
+        except BacklogFull as exc:
+            raise _backlog_full(exc) from None
         job = outcome.job
         common = {"job_id": job.job_id, "correlation_id": job.correlation_id, "printer_id": printer_id}
         if outcome.error is not None:
@@ -272,6 +278,16 @@ def _id(name: str, value: Any) -> str:
         raise HttpError(400, f"{name!r} must be {ID_RULE}")
     assert isinstance(value, str)
     return value
+
+
+def _backlog_full(exc: BacklogFull) -> HttpError:
+    """429: nothing was stored; the printer's agent must work off its backlog first."""
+    return HttpError(
+        429,
+        f"printer {exc.printer_id!r} already has {exc.limit} unfinished jobs; nothing was stored."
+        " Its agent is probably offline: check it, or retry later",
+        headers=[("Retry-After", "30")],
+    )
 
 
 def _payload(value: Any, max_bytes: int) -> dict[str, Any]:

@@ -141,6 +141,7 @@ class JobService:
             idempotency_key=key,
             now=time.time(),
             origin=self.instance_id,
+            max_backlog=self.config.max_backlog_per_printer,
         )
 
     async def _route(self, job: Job) -> None:

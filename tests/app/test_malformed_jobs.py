@@ -10,6 +10,7 @@ import trio
 
 from tests.app.conftest import StartApp
 from tests.conftest import token
+from tests.scripted import ScriptedAgent
 
 DEEP = {"a": 1}
 for _ in range(300):
@@ -35,3 +36,30 @@ async def test_malformed_jobs_are_400_and_do_not_make_the_instance_unhealthy(sta
         f"answers to malformed jobs: {sorted(set(codes))}; then /monitoring/health: {health.status_code}"
         f" {health.text[:300]}"
     )
+
+
+async def test_a_printers_backlog_is_capped_with_a_429_that_says_why(start_app: StartApp) -> None:
+    """One service token queueing for a printer whose agent is away cannot fill the database:
+    beyond `jobs.max_backlog_per_printer` unfinished jobs it gets 429 (nothing stored), a replay
+    of an accepted key still gets 202, and test pages are refused the same way."""
+    running = await start_app(jobs={"max_backlog_per_printer": 2})
+    agent = await ScriptedAgent.connect(running)  # registers p1 ...
+    await agent.close()  # ... and goes away: its jobs wait
+    svc = token("service")
+    accepted = []
+    for n in range(2):
+        body = {"printer_id": "p1", "payload": {"n": n}}
+        answer = await running.post("/api/v1/jobs", svc, json=body, headers={"Idempotency-Key": f"k{n}"})
+        assert answer.status_code == 202, answer.text
+        accepted.append(answer.json()["job_id"])
+    refused = await running.post("/api/v1/jobs", svc, json={"printer_id": "p1", "payload": {"n": 2}})
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "30", refused.text
+    assert "already has 2 unfinished jobs; nothing was stored" in refused.json()["message"]
+    replay = await running.post(
+        "/api/v1/jobs", svc, json={"printer_id": "p1", "payload": {"n": 0}}, headers={"Idempotency-Key": "k0"}
+    )
+    assert replay.status_code == 202 and replay.json()["job_id"] == accepted[0]
+    test_page = await running.post("/api/v1/printers/p1/test", svc, json={})
+    assert test_page.status_code == 429, test_page.text
+    listed = (await running.get("/api/v1/jobs?printer_id=p1", svc)).json()
+    assert sorted(j["job_id"] for j in listed["jobs"]) == sorted(accepted)
