@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import tomllib
 import types
@@ -590,14 +591,23 @@ def secret_weakness(secret: str | None) -> str | None:
     return None
 
 
+_SECRET_PARAM = re.compile(r"(?i)(^|[?&])([^=&]*(?:password|passwd|pwd|secret|token)[^=&]*)=[^&#]*")
+
+
 def redact_url(url: str) -> str:
-    """A URL with its password replaced, for logs and error messages."""
-    if "@" not in url or "://" not in url:
+    """A URL with its passwords replaced, for logs and error messages: the one in the userinfo
+    and any query parameter that carries one (libpq's `?password=`, `sentinel_password=`)."""
+    if "://" not in url:
         return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
+    base, mark, query = url.partition("?")
+    if query:
+        query = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}=***", query)
+    scheme, rest = base.split("://", 1)
+    if "@" in rest:
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        rest = f"{user}:***@{host}" if ":" in creds else f"{user}@{host}"
+    return f"{scheme}://{rest}{mark}{query}"
 
 
 #: What a reload (SIGHUP) applies to the running instance. Every other change needs a restart
