@@ -296,9 +296,13 @@ class JobService:
             assert self._nursery is not None, "JobService.run() is not running"
             self._nursery.start_soon(self._pump, link)
 
-    def _stale(self, link: AgentLink) -> None:
-        """The store says the agent connected again since: this connection is not its current
-        one. Close it; the agent's newer connection (or its next one) gets everything."""
+    def _stale(self, link: AgentLink, session: int) -> bool:
+        """The store refused `session`: the agent connected again since. Close this connection,
+        unless it holds a newer session itself by now (a takeover re-claims the live connection:
+        a call made under its old session fails, the connection is not stale, and its new
+        session's full pass sends everything again). True when it was closed."""
+        if link.session != session:
+            return False
         self.stale_refused += 1
         log.warning(
             "stale agent connection refused by the store; closing it",
@@ -307,6 +311,7 @@ class JobService:
             session=link.session,
         )
         link.close(P.CLOSE_REPLACED, "replaced by a newer connection of the same agent")
+        return True
 
     # ---------------------------------------------------------------- delivery
 
@@ -372,11 +377,12 @@ class JobService:
         could not record it (nothing was sent; the caller retries)."""
         key = (link.company, link.agent_id)
         now = trio.current_time()
+        fence = _fence(link)
         try:
-            job = await self.store.record_dispatch(job_id, time.time(), _fence(link))
+            job = await self.store.record_dispatch(job_id, time.time(), fence)
         except StaleSession:
             self.core.give_back(admission, now)
-            self._stale(link)
+            self._stale(link, fence.session)
             return True
         except UnknownJob:
             # not this agent's job (a report for someone else's during an outage put it here):
@@ -464,8 +470,10 @@ class JobService:
         except UnknownJob:
             return P.FrameError(P.ERR_FORBIDDEN, f"job {report.job_id!r} is not dispatched to this agent")
         except StaleSession:
-            self._stale(link)
-            return P.FrameError(P.ERR_FORBIDDEN, "this connection was replaced by a newer one")
+            if self._stale(link, fence.session):
+                return P.FrameError(P.ERR_FORBIDDEN, "this connection was replaced by a newer one")
+            # recorded under this connection's new session by the redelivery its full pass makes
+            return P.FrameError(P.ERR_UNAVAILABLE, "not recorded; the job will be redelivered")
         except StoreError:
             # not recorded: the job goes out again once the store is back, and the agent
             # answers the redelivery from its de-duplication journal
@@ -520,12 +528,13 @@ class JobService:
                     self.core.send_failed(key, link.session, action.job_id, trio.current_time())
                 continue
             assert isinstance(action, Expire)
+            fence = _fence(link)
             try:
                 expired = await self.store.expire_job(
-                    action.job_id, reason=action.reason, now=time.time(), fence=_fence(link)
+                    action.job_id, reason=action.reason, now=time.time(), fence=fence
                 )
             except StaleSession:
-                self._stale(link)
+                self._stale(link, fence.session)
                 continue
             except StoreError:
                 self.core.send_failed(key, link.session, action.job_id, trio.current_time())
@@ -548,12 +557,13 @@ class JobService:
         gone: the agents it still holds may have reconnected elsewhere, or been released. Close
         every connection whose session is no longer the agent's current one; the agent comes
         back with a fresh one and gets everything unfinished. Returns how many were closed."""
-        links = [link for link in self._held_links() if link.session]
-        current = await self.store.current_sessions([(x.company, x.agent_id) for x in links])
-        stale = [x for x in links if current.get((x.company, x.agent_id)) != x.session]
-        for link in stale:
-            self._stale(link)
-        return len(stale)
+        held = [(link, link.session) for link in self._held_links() if link.session]
+        current = await self.store.current_sessions([(x.company, x.agent_id) for x, _ in held])
+        closed = 0
+        for link, session in held:
+            if current.get((link.company, link.agent_id)) != session and self._stale(link, session):
+                closed += 1
+        return closed
 
     def _held_links(self) -> list[AgentLink]:
         out = []
