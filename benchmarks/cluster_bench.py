@@ -37,7 +37,6 @@ import os
 import secrets
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,6 +56,7 @@ sys.path.insert(0, str(HERE.parent))
 
 # benchmarks/run.py: pinning, child tracking, CPU accounting, the load client runner
 import run as bench  # noqa: E402
+from benchstats import Background, background_cell, floor_ms, pg_backends, spread  # noqa: E402
 
 from printctl.clusterspec import parse_cluster  # noqa: E402
 from printctl.deploy import instance_environment, render_site, write_nginx_prefix  # noqa: E402
@@ -323,27 +323,7 @@ class Stack:
     def db_backends(self) -> set[int]:
         """The PostgreSQL backends serving our printd instances (their CPU is the design's, not
         the machine's background): matched by the instances' client ports."""
-        ports = set()
-        for inst in self.instances:
-            for p in inst.tree():
-                try:
-                    ports |= {
-                        c.laddr.port for c in p.net_connections("tcp") if c.raddr and c.raddr.port == PG_PORT
-                    }
-                except psutil.Error:
-                    pass
-        if not ports:
-            return set()
-        out = set()
-        for p in psutil.process_iter(["name"]):
-            if p.info["name"] not in ("postgres", "postmaster"):
-                continue
-            try:
-                if any(c.raddr and c.raddr.port in ports for c in p.net_connections("tcp")):
-                    out.add(p.pid)
-            except psutil.Error:
-                pass
-        return out
+        return pg_backends([p for inst in self.instances for p in inst.tree()], PG_PORT)
 
     def close(self) -> None:
         for p in [*([self.nginx] if self.nginx else []), *self.instances]:
@@ -370,17 +350,6 @@ class Stack:
 # ------------------------------------------------------------------------------------ measuring
 
 
-class ForeignCPU(bench.ForeignCPU):
-    """run.py's: CPU of processes not ours over a span, our PostgreSQL backends counted as ours."""
-
-    def __init__(self, extra: set[int]) -> None:
-        self.extra = extra
-        super().__init__()
-
-    def _own(self) -> set[int]:
-        return super()._own() | self.extra
-
-
 def own_cpu_s(extra: set[int]) -> float:
     """CPU time of this process, every process under it (reaped ones too) and `extra`."""
     me = psutil.Process()
@@ -405,11 +374,12 @@ class Window:
         self.stack = stack
         self.db = stack.db_backends()
         self.own0 = own_cpu_s(self.db)
-        self.t0, self.load0, self.j0 = time.time(), os.getloadavg(), bench.cpu_jiffies()
+        # load average, /proc/stat and the CPU of processes not ours (our PostgreSQL backends are ours)
+        self.bg = Background(extra=self.db)
+        self.t0 = self.bg.t0
         self.cpu0 = stack.server_cpu()
         self.redis0 = stack.redis.snapshot()
         self.db0 = self._db_cpu()
-        self.foreign = ForeignCPU(self.db)
 
     def _db_cpu(self) -> float:
         total = 0.0
@@ -422,7 +392,7 @@ class Window:
         return total
 
     def end(self) -> dict[str, Any]:
-        t1, j1 = time.time(), bench.cpu_jiffies()
+        t1 = time.time()
         dt = max(1e-6, t1 - self.t0)
         cpu1 = self.stack.server_cpu()
         redis1 = self.stack.redis.snapshot()
@@ -433,9 +403,6 @@ class Window:
         }
         per = {k: round(100 * (cpu1[k] - self.cpu0.get(k, 0.0)) / dt, 1) for k in cpu1}
         own = 100 * (own_cpu_s(self.db) - self.own0) / dt
-        cores = (bench.SERVER_CPU, bench.CLIENT_CPU)
-        busy = sum(bench.cpu_busy(self.j0, j1, c) for c in cores)
-        softirq = sum(bench.cpu_softirq(self.j0, j1, c) for c in cores)
         return {
             "window_s": round(dt, 2),
             "server_cpu_pct": round(sum(per.values()), 1),
@@ -446,20 +413,11 @@ class Window:
             "redis_in_KBps": round((redis1["net_in"] - self.redis0["net_in"]) / dt / 1000, 1),
             "redis_out_KBps": round((redis1["net_out"] - self.redis0["net_out"]) / dt / 1000, 1),
             "db_cpu_pct": round(100 * (self._db_cpu() - self.db0) / dt, 1),
-            "background": {
-                "loadavg_start": [round(x, 2) for x in self.load0],
-                "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-                # busy time of both cores (of 200) that is neither ours nor softirq: bounded, and
-                # it sees processes too short-lived to be listed
-                "other_busy_pct": round(max(0.0, busy - own - softirq), 1),
-                # run.py's per-process count; it includes children other processes reaped over
-                # the window, whole, so a finishing test run can push it past 200
-                "foreign_cpu_pct": self.foreign.pct(),
-                "softirq_pct": round(softirq, 1),
-                "cpu0_busy_pct": bench.cpu_busy(self.j0, j1, bench.SERVER_CPU),
-                "cpu1_busy_pct": bench.cpu_busy(self.j0, j1, bench.CLIENT_CPU),
-                "steal_pct": bench.cpu_steal(self.j0, j1),
-            },
+            # the load average; the busy time of both cores (of 200) that is neither ours nor
+            # softirq (bounded, it sees processes too short-lived to be listed); run.py's
+            # per-process foreign CPU (children other processes reaped over the window count
+            # whole, so a finishing test run can push it past 200); softirq, per core, steal
+            "background": self.bg.end(own_pct=own),
         }
 
 
@@ -520,27 +478,6 @@ class AgentsRun:
 def pct(seconds: list[float]) -> dict[str, Any]:
     """n, p50/p90/p99/p99.9, max and mean in milliseconds."""
     return stats.summarize(stats.histogram(seconds))
-
-
-def floor_ms(batch_sizes: dict[str, int], period_s: float, q: float) -> float | None:
-    """The q-quantile of the newest-item latency that batching alone causes: with n updates
-    falling uniformly in a window of `period_s`, the newest is min(U1..Un) * period before the
-    tick, P(X > x) = (1 - x/period)^n; mixed over the batches seen."""
-    total = sum(batch_sizes.values())
-    if not total:
-        return None
-
-    def above(x: float) -> float:
-        return sum(c * (1 - x / period_s) ** int(n) for n, c in batch_sizes.items()) / total
-
-    lo, hi = 0.0, period_s
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        if above(mid) > 1 - q:
-            lo = mid
-        else:
-            hi = mid
-    return round(1000 * lo, 1)
 
 
 # ------------------------------------------------------------------------------------ experiments
@@ -948,22 +885,6 @@ def get(rec: dict[str, Any], path: str) -> Any:
     return node
 
 
-def spread(values: list[Any]) -> str:
-    nums = [v for v in values if isinstance(v, int | float)]
-    if not nums:
-        return "–"
-    med = statistics.median(nums)
-    if len(nums) == 1:
-        return f"{med:g}"
-    return f"{med:g} [{min(nums):g}–{max(nums):g}]"
-
-
-def background(recs: list[dict[str, Any]]) -> str:
-    loads = [r["background"]["loadavg_start"][0] for r in recs if "loadavg_start" in r.get("background", {})]
-    other = [r["background"].get("other_busy_pct") for r in recs if "background" in r]
-    return f"load {spread(loads)}; other busy % {spread(other)}"
-
-
 def markdown() -> str:
     parts = []
     for exp, figures in FIGURES.items():
@@ -986,7 +907,8 @@ def markdown() -> str:
             ok = [r for r in rs if not r.get("error")]
             cells = [spread([get(r, p) for r in ok]) for _, p in figures]
             errs = "; ".join(sorted({str(r.get("error")) for r in rs if r.get("error")}))[:120]
-            rows.append([variant, design, f"{len(ok)}/{len(rs)}", *cells, background(ok), errs])
+            bg = background_cell([r.get("background") or {} for r in ok])
+            rows.append([variant, design, f"{len(ok)}/{len(rs)}", *cells, bg, errs])
         parts.append(f"### {exp}\n\n" + bench.table(head, rows))
         if exp == "capacity":
             parts.append(capacity_levels(recs))

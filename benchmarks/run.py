@@ -17,6 +17,10 @@ Experiments:
            100 ms batching, then neither; bytes on the wire each way and the share saved
   all      all of the above in that order
 
+Every measurement runs --runs times (default 3; the impls alternate within a run) and the tables
+give each figure as median (min–max) over the runs, with the background beside each row: the load
+average and the busy % of each core that was neither ours nor softirq (benchstats.Background).
+
     .venv/bin/python benchmarks/run.py rtt --impls printd,asyncio,triows,sio --conns 100,1000
 """
 
@@ -43,6 +47,20 @@ from typing import Any
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the background load, median and spread, the fan-out floor: shared with cluster_bench and jobs_bench
+from benchstats import (  # noqa: E402
+    Background,
+    background_cell,
+    cpu_busy,
+    cpu_jiffies,
+    cpu_softirq,
+    cpu_steal,
+    floor_ms,
+    spread,
+    wait_quiet,
+)
+
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
 RESULTS = HERE / "results"
@@ -54,6 +72,7 @@ SERVER_CPU, CLIENT_CPU = 0, 1
 CLIENT_BUSY_WARN = 80.0  # client CPU % above which a figure may be client-bound
 CLIENT_CORE_WARN = 90.0  # the same for the client's core as a whole (CPU1 busy %)
 CONNS_PER_CLIENT_PROC = 8000  # stay far below the per-process fd limit
+BATCH_S = 0.1  # every server's status batch period (printd's default, the peers' --batch-ms 100)
 
 # settings a shell may carry that would point printd elsewhere than its temporary data dir
 PRINTD_ENV_STRIP = frozenset(
@@ -133,90 +152,27 @@ def stop_all() -> None:
             print(f"warning: could not stop pid {p.pid}: {e}", file=sys.stderr)
 
 
+def tree_cpu_s(p: subprocess.Popen[Any]) -> float:
+    """CPU time of a process and everything under it, the children it reaped included."""
+    try:
+        root = psutil.Process(p.pid)
+        t = root.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for c in root.children(recursive=True):
+            try:
+                tc = c.cpu_times()
+                total += tc.user + tc.system
+            except psutil.Error:
+                pass
+        return total
+    except psutil.Error:
+        return 0.0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def cpu_jiffies() -> dict[int, list[int]]:
-    out = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("cpu") and line[3].isdigit():
-                parts = line.split()
-                out[int(parts[0][3:])] = [int(x) for x in parts[1:9]]
-    return out
-
-
-def cpu_steal(t0: dict[int, list[int]], t1: dict[int, list[int]]) -> float:
-    """Share of time the hypervisor took from this VM's CPUs (invisible as a process)."""
-    steal = sum(t1[c][7] - t0[c][7] for c in t0)
-    total = sum(sum(t1[c]) - sum(t0[c]) for c in t0)
-    return round(100 * steal / (total or 1), 1)
-
-
-def cpu_softirq(t0: dict[int, list[int]], t1: dict[int, list[int]], cpu: int) -> float:
-    d = [b - a for a, b in zip(t0[cpu], t1[cpu], strict=True)]
-    return round(100 * d[6] / (sum(d) or 1), 1)
-
-
-def cpu_busy(t0: dict[int, list[int]], t1: dict[int, list[int]], cpu: int) -> float:
-    """Busy share of one CPU between two /proc/stat samples (user+nice+system+irq+softirq)."""
-    d = [b - a for a, b in zip(t0[cpu], t1[cpu], strict=True)]
-    total = sum(d) or 1
-    return round(100 * (d[0] + d[1] + d[2] + d[5] + d[6]) / total, 1)
-
-
-def wait_quiet(args: argparse.Namespace) -> dict[str, Any]:
-    """Wait (up to --quiet-wait s) for a second in which both CPUs are nearly idle: other work on the
-    machine would otherwise be measured too. Returns the last sample, recorded with the figure."""
-    end = time.time() + args.quiet_wait
-    while True:
-        j0 = cpu_jiffies()
-        time.sleep(1.0)
-        j1 = cpu_jiffies()
-        busy = {f"cpu{c}": cpu_busy(j0, j1, c) for c in (SERVER_CPU, CLIENT_CPU)}
-        if max(busy.values()) <= args.quiet_busy or time.time() >= end:
-            return {"background_busy_pct": busy, "quiet": max(busy.values()) <= args.quiet_busy}
-        print(f"waiting for a quiet machine: {busy}", file=sys.stderr, flush=True)
-
-
-class ForeignCPU:
-    """CPU used by processes that are not ours (the server, the client, this script) over a span:
-    another workload on the machine invalidates a figure, so such runs are repeated."""
-
-    def __init__(self, *own: subprocess.Popen[Any]) -> None:
-        self.own_roots = [p.pid for p in own] + [os.getpid()]
-        self.t0 = time.time()
-        self.snap0 = self._snapshot()
-
-    def _own(self) -> set[int]:
-        pids = set(self.own_roots)
-        for pid in self.own_roots:
-            try:
-                pids.update(c.pid for c in psutil.Process(pid).children(recursive=True))
-            except psutil.Error:
-                pass
-        return pids
-
-    def _snapshot(self) -> dict[int, float]:
-        own = self._own()
-        out = {}
-        for p in psutil.process_iter():
-            if p.pid in own:
-                continue
-            try:
-                t = p.cpu_times()  # with reaped children: short-lived processes show up there
-                out[p.pid] = t.user + t.system + t.children_user + t.children_system
-            except psutil.Error:
-                pass
-        return out
-
-    def pct(self) -> float:
-        snap1 = self._snapshot()
-        used = sum(max(0.0, c - self.snap0.get(pid, 0.0)) for pid, c in snap1.items())
-        return round(100 * used / max(1e-6, time.time() - self.t0), 1)
 
 
 def unexplained_pct(res: dict[str, Any]) -> float:
@@ -262,6 +218,7 @@ class Server:
         batching: bool = True,
         compression: bool = False,
         expose_gc: bool = False,
+        stamp: bool = False,
     ) -> None:
         self.impl = impl
         self.port = free_port()
@@ -306,6 +263,8 @@ class Server:
                 "--compression",
                 comp,
             ] + (["--gc-signal"] if expose_gc else [])
+            if stamp:  # `sent_at` at the batch tick, as printd sends it: the server-added latency
+                cmd.append("--batch-stamp")
         else:
             raise ValueError(f"unknown impl {impl}")
         with open(self.out_path, "w") as out, open(self.err_path, "w") as errf:
@@ -444,14 +403,20 @@ def windowed(server: Server, client: ClientRun, timeout: float) -> dict[str, Any
         return {"error": win["error"]}
     time.sleep(max(0.0, win["m0"] - time.time()))
     c0, j0, w0 = server.cpu_s(), cpu_jiffies(), time.time()
-    foreign = ForeignCPU(server.proc, client.proc)
+    bg = Background(server.proc, client.proc)
     time.sleep(max(0.0, win["m1"] - time.time()))
     c1, j1, w1 = server.cpu_s(), cpu_jiffies(), time.time()
-    foreign_pct = foreign.pct()
+    server_pct = round(100 * (c1 - c0) / (w1 - w0), 1)
+    self_pct = bg.self_pct()
     res = client.line("result", timeout)
     client.finish()
     res.pop("phase", None)
-    server_pct = round(100 * (c1 - c0) / (w1 - w0), 1)
+    # ours: the server alone on CPU0; the client (its own figure over the same window) and this
+    # script on CPU1
+    background = bg.end(
+        own_by_core={SERVER_CPU: server_pct, CLIENT_CPU: (res.get("client_cpu_pct") or 0) + self_pct}
+    )
+    foreign_pct = background["foreign_cpu_pct"]
     cpu0, cpu1 = cpu_busy(j0, j1, SERVER_CPU), cpu_busy(j0, j1, CLIENT_CPU)
     # "other": what ran on each core besides the server (CPU0) or the client (CPU1): softirq work of
     # the loopback traffic, and any other process on the machine
@@ -466,6 +431,7 @@ def windowed(server: Server, client: ClientRun, timeout: float) -> dict[str, Any
             "cpu1_other_pct": round(cpu1 - (res.get("client_cpu_pct") or 0), 1),
             "softirq_pct": round(cpu_softirq(j0, j1, SERVER_CPU) + cpu_softirq(j0, j1, CLIENT_CPU), 1),
             "server_rss_MB": round(server.rss_kb() / 1024, 1),
+            "background": background,
         }
     )
     return res
@@ -534,6 +500,9 @@ def exp_mem(args: argparse.Namespace, impl: str, run: int) -> None:
                     3000,
                 )
                 holders.append(h)
+                # the background over the step: ours are the server (CPU0), the holders and this script (CPU1)
+                bg = Background(srv.proc, *[x.proc for x in holders])
+                s0, c0 = srv.cpu_s(), sum(tree_cpu_s(x.proc) for x in holders)
                 ready = h.line("ready", 120 + delta / 50)
                 if ready.get("error") or ready.get("fail"):
                     error = ready.get("error") or "connections failed"
@@ -547,6 +516,10 @@ def exp_mem(args: argparse.Namespace, impl: str, run: int) -> None:
                 have = level
                 time.sleep(args.settle)
                 rss = srv.rss_kb()
+                dt = max(1e-6, time.time() - bg.t0)
+                clients = 100 * (sum(tree_cpu_s(x.proc) for x in holders) - c0) / dt + bg.self_pct()
+                server = 100 * (srv.cpu_s() - s0) / dt
+                background = bg.end(own_by_core={SERVER_CPU: server, CLIENT_CPU: clients})
                 rec = {
                     "run": run,
                     "conns": level,
@@ -556,6 +529,7 @@ def exp_mem(args: argparse.Namespace, impl: str, run: int) -> None:
                     "settle_s": args.settle,
                     "step_open_s": ready.get("open_s"),
                     "errors": ready.get("errors"),
+                    "background": background,
                 }
                 if impl == "sio":  # V8 keeps handshake garbage until a major GC: report both
                     srv.proc.send_signal(signal.SIGUSR2)
@@ -595,10 +569,17 @@ def exp_connect(args: argparse.Namespace, impl: str, run: int) -> None:
                 "--procs",
                 procs,
             )
-            foreign = ForeignCPU(srv.proc, client.proc)
+            bg = Background(srv.proc, client.proc)
             res = client.line("result", 180 + args.handshakes / 50)
             c1 = srv.cpu_s()
-            res["foreign_cpu_pct"] = foreign.pct()
+            dt = max(1e-6, time.time() - bg.t0)
+            # ours: the server on CPU0; the client (its processes, reaped ones too) and this script on CPU1
+            ours = {
+                SERVER_CPU: 100 * (c1 - c0) / dt,
+                CLIENT_CPU: 100 * tree_cpu_s(client.proc) / dt + bg.self_pct(),
+            }
+            res["background"] = bg.end(own_by_core=ours)
+            res["foreign_cpu_pct"] = res["background"]["foreign_cpu_pct"]
             client.finish()
             res.pop("phase", None)
             if res.get("open_s"):
@@ -657,9 +638,14 @@ def load_opts(args: argparse.Namespace, agents: int, dashboards: int, duration: 
 
 def exp_fanout(args: argparse.Namespace, impl: str, run: int) -> None:
     def measure() -> dict[str, Any]:
-        with Server(impl, args) as srv:
+        with Server(impl, args, stamp=True) as srv:
             opts = load_opts(args, args.agents, args.dashboards, args.duration or 20)
-            return windowed(srv, ClientRun("load", srv, args, *opts), 240 + args.agents / 50)
+            res = windowed(srv, ClientRun("load", srv, args, *opts), 240 + args.agents / 50)
+        # the newest-item latency batching alone causes, from the items per batch seen
+        sizes = res.get("batch_sizes") or {}
+        res["floor_newest"] = {q: floor_ms(sizes, BATCH_S, x) for q, x in (("p50_ms", 0.5), ("p99_ms", 0.99))}
+        res["items_per_batch"] = round((res.get("items_rx") or 0) / max(1, res.get("batches_rx") or 1), 2)
+        return res
 
     record("fanout", impl, {"run": run, **repeat_if_disturbed(args, measure)}, args)
 
@@ -682,6 +668,11 @@ EXPERIMENTS = {"mem": exp_mem, "connect": exp_connect, "rtt": exp_rtt, "fanout":
 
 
 # ------------------------------------------------------------------------------------------ tables
+#
+# One row per implementation (and level/variant); every figure cell is `median (min–max)` over the
+# runs that did not fail (`runs` says how many of how many), and the last columns give the
+# background over the same windows: the 1-min load average at the start and the busy % of each
+# core that was neither ours nor softirq work (CPU0 / CPU1).
 
 
 def fmt(v: Any, nd: int = 1) -> str:
@@ -694,26 +685,68 @@ def fmt(v: Any, nd: int = 1) -> str:
     return str(v)
 
 
-def client_note(rec: dict[str, Any]) -> str:
+def fig(rec: dict[str, Any], path: str) -> Any:
+    """A figure of a record by dotted path (`rtt.p99_ms`); None if absent."""
+    node: Any = rec
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def cell(recs: list[dict[str, Any]], path: str, nd: int = 1) -> str:
+    return spread([fig(r, path) for r in recs], nd, "()")
+
+
+def grouped(recs: list[dict[str, Any]], *keys: str) -> list[tuple[tuple[Any, ...], list[dict[str, Any]]]]:
+    """Records grouped by `impl` and `keys`, in the order they were measured."""
+    out: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in recs:
+        out.setdefault((r["impl"], *[r.get(k) for k in keys]), []).append(r)
+    return list(out.items())
+
+
+def ok(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in recs if not r.get("error")]
+
+
+def runs(recs: list[dict[str, Any]]) -> str:
+    return f"{len(ok(recs))}/{len(recs)}"
+
+
+def bg(recs: list[dict[str, Any]]) -> str:
+    return background_cell([r.get("background") or {} for r in ok(recs)], "()")
+
+
+def errors(recs: list[dict[str, Any]]) -> str:
+    e = "; ".join(sorted({str(r["error"]) for r in recs if r.get("error")}))
+    return (e[:80] + "…") if len(e) > 80 else e
+
+
+def client_cell(recs: list[dict[str, Any]]) -> str:
     """The client's CPU share and its core's total busy share (which includes loopback softirq
     work the kernel did not charge to the client). A client core near full while the server's
-    is not means the figure may be client-bound; both near full, that both cores were saturated."""
-    pct = rec.get("client_cpu_pct")
-    if pct is None:
+    is not means the figure may be client-bound; both near full, that both cores were saturated;
+    the note counts the runs it applies to."""
+    good = ok(recs)
+    if not any(r.get("client_cpu_pct") is not None for r in good):
         return "–"
-    core = rec.get("cpu1_busy_pct")
-    text = f"{pct:.0f} %" + (f" (core {core:.0f} %)" if core is not None else "")
-    if pct >= CLIENT_BUSY_WARN or (core or 0) >= CLIENT_CORE_WARN:
-        server = rec.get("server_cpu_pct", rec.get("server_busy_pct")) or 0
-        text += " both cores full" if server >= CLIENT_CORE_WARN else " client-bound?"
+    text = f"{cell(good, 'client_cpu_pct', 0)} %"
+    if any(r.get("cpu1_busy_pct") is not None for r in good):
+        text += f" (core {cell(good, 'cpu1_busy_pct', 0)} %)"
+    full = both = 0
+    for r in good:
+        pct, core = r.get("client_cpu_pct") or 0, r.get("cpu1_busy_pct") or 0
+        if pct >= CLIENT_BUSY_WARN or core >= CLIENT_CORE_WARN:
+            server = r.get("server_cpu_pct", r.get("server_busy_pct")) or 0
+            if server >= CLIENT_CORE_WARN:
+                both += 1
+            else:
+                full += 1
+    if both:
+        text += f" both cores full in {both}/{len(good)}"
+    if full:
+        text += f" client-bound? in {full}/{len(good)}"
     return text
-
-
-def other(rec: dict[str, Any]) -> str:
-    """CPU time on the two cores not spent by server/client (softirq, other processes)."""
-    if rec.get("cpu0_other_pct") is None:
-        return "–"
-    return f"{rec['cpu0_other_pct']:.0f} / {rec['cpu1_other_pct']:.0f}"
 
 
 def table(head: list[str], rows: list[list[str]]) -> str:
@@ -722,46 +755,58 @@ def table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def err(rec: dict[str, Any]) -> str:
-    e = rec.get("error") or ""
-    return (e[:80] + "…") if len(e) > 80 else e
-
-
 def md_mem(recs: list[dict[str, Any]], impls: list[str]) -> str:
     levels = sorted({r["conns"] for r in recs if "conns" in r})
     rows = []
     for impl in impls:
-        for run in sorted({r["run"] for r in recs if r["impl"] == impl and "run" in r}):
-            at = {r["conns"]: r for r in recs if r["impl"] == impl and r.get("run") == run}
-            cells = []
-            for lv in levels:
-                r = at.get(lv, {})
-                c = fmt(r.get("KB_per_conn"), 1) if "KB_per_conn" in r else (err(r) or "–")
-                if "KB_per_conn_after_gc" in r:
-                    c += f" ({fmt(r['KB_per_conn_after_gc'], 1)} after GC)"
-                cells.append(c)
-            top = at.get(levels[-1], {}) if levels else {}
-            rows.append([impl, *cells, fmt(top.get("rss_MB")), fmt(top.get("base_MB"))])
-    head = ["impl", *[f"{lv:,} conns" for lv in levels], "RSS at max (MB)", "RSS idle (MB)"]
+        mine = [r for r in recs if r["impl"] == impl]
+        if not mine:
+            continue
+        cells = []
+        for lv in levels:
+            at = [r for r in mine if r.get("conns") == lv]
+            c = cell(ok(at), "KB_per_conn") if ok(at) else (errors(at) or "–")
+            if any("KB_per_conn_after_gc" in r for r in at):
+                c += f"; after GC {cell(ok(at), 'KB_per_conn_after_gc')}"
+            cells.append(c)
+        top = [r for r in ok(mine) if levels and r.get("conns") == levels[-1]]
+        runs_done = len({r.get("run") for r in mine})
+        rows.append(
+            [impl, f"{len(top)}/{runs_done}", *cells, cell(top, "rss_MB"), cell(top, "base_MB"), bg(mine)]
+        )
+    head = [
+        "impl",
+        "runs",
+        *[f"{lv:,} conns" for lv in levels],
+        "RSS at max (MB)",
+        "RSS idle (MB)",
+        "background",
+    ]
     return "### RSS per idle authenticated connection (KB)\n\n" + table(head, rows)
 
 
 def md_connect(recs: list[dict[str, Any]]) -> str:
-    rows = [
-        [
-            r["impl"],
-            fmt(r.get("conns")),
-            fmt(r.get("concurrency")),
-            fmt(r.get("open_s"), 2),
-            fmt(r.get("conn_per_s"), 0),
-            fmt(r.get("server_busy_pct")),
-            client_note(r),
-            fmt(r.get("fail")) + (f" {err(r)}" if r.get("error") else ""),
-        ]
-        for r in recs
-    ]
+    rows = []
+    for (impl,), rs in grouped(recs):
+        good = ok(rs)
+        rows.append(
+            [
+                impl,
+                runs(rs),
+                fmt(good[0].get("conns")) if good else "–",  # settings, the same in every run
+                fmt(good[0].get("concurrency")) if good else "–",
+                cell(good, "open_s", 2),
+                cell(good, "conn_per_s", 0),
+                cell(good, "server_busy_pct"),
+                client_cell(rs),
+                cell(good, "fail", 0),
+                bg(rs),
+                errors(rs),
+            ]
+        )
     head = [
         "impl",
+        "runs",
         "handshakes",
         "in flight",
         "time to all open (s)",
@@ -769,119 +814,147 @@ def md_connect(recs: list[dict[str, Any]]) -> str:
         "server busy %",
         "client CPU",
         "failed",
+        "background",
+        "errors",
     ]
     return "### Handshakes (JWT checked)\n\n" + table(head, rows)
 
 
 def md_rtt(recs: list[dict[str, Any]]) -> str:
     rows = []
-    for r in recs:
-        rtt = r.get("rtt") or {}
+    for (impl, conns), rs in grouped(recs, "conns"):
+        good = ok(rs)
         rows.append(
             [
-                r["impl"],
-                fmt(r.get("conns")),
-                fmt(r.get("round_trips_per_s"), 0),
-                fmt(rtt.get("p50_ms"), 2),
-                fmt(rtt.get("p99_ms"), 2),
-                fmt(r.get("server_cpu_pct")),
-                client_note(r),
-                other(r),
-                err(r),
+                impl,
+                fmt(conns),
+                runs(rs),
+                cell(good, "round_trips_per_s", 0),
+                cell(good, "rtt.p50_ms", 2),
+                cell(good, "rtt.p99_ms", 2),
+                cell(good, "server_cpu_pct"),
+                client_cell(rs),
+                bg(rs),
+                errors(rs),
             ]
         )
     head = [
         "impl",
         "conns",
+        "runs",
         "round trips/s",
         "p50 ms",
         "p99 ms",
         "server CPU %",
         "client CPU",
-        "other % CPU0/CPU1",
-        "error",
+        "background",
+        "errors",
     ]
     return "### Ping round trips (closed loop, one in flight per connection)\n\n" + table(head, rows)
 
 
 def md_fanout(recs: list[dict[str, Any]]) -> str:
     rows = []
-    for r in recs:
-        lat = r.get("latency_newest") or {}
+    for (impl, agents), rs in grouped(recs, "agents"):
+        good = ok(rs)
         rows.append(
             [
-                r["impl"],
-                fmt(r.get("agents")),
-                fmt(r.get("dashboards")),
-                fmt(r.get("status_per_s"), 0),
-                fmt(r.get("server_cpu_pct")),
-                fmt(lat.get("p50_ms"), 1),
-                fmt(lat.get("p99_ms"), 1),
-                fmt(lat.get("max_ms"), 0),
-                f"{fmt(r.get('items_rx'))} / {fmt(r.get('items_expected'))}",
-                client_note(r),
-                other(r),
-                err(r),
+                impl,
+                fmt(agents),
+                runs(rs),
+                cell(good, "server_cpu_pct"),
+                cell(good, "latency_newest.p50_ms"),
+                cell(good, "latency_newest.p99_ms"),
+                cell(good, "floor_newest.p50_ms"),
+                cell(good, "floor_newest.p99_ms"),
+                cell(good, "latency_server_added.p50_ms", 2),
+                cell(good, "latency_server_added.p99_ms", 2),
+                cell(good, "items_per_batch"),
+                f"{cell(good, 'items_rx', 0)} / {cell(good, 'items_expected', 0)}",
+                client_cell(rs),
+                bg(rs),
+                errors(rs),
             ]
         )
     head = [
         "impl",
         "agents",
-        "dashboards",
-        "status/s",
+        "runs",
         "server CPU %",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
+        "newest p50 ms",
+        "newest p99 ms",
+        "floor p50 ms",
+        "floor p99 ms",
+        "server-added p50 ms",
+        "server-added p99 ms",
+        "items/batch",
         "items rx / expected",
         "client CPU",
-        "other % CPU0/CPU1",
-        "error",
+        "background",
+        "errors",
     ]
-    return "### Status fan-out (newest item of each batch: agent send -> dashboard receipt)\n\n" + table(
-        head, rows
+    title = (
+        "### Status fan-out (newest: agent send -> dashboard receipt of a batch's newest item; floor: what "
+        "the 100 ms batching alone causes; server-added: batch tick -> dashboard receipt)"
     )
+    return title + "\n\n" + table(head, rows)
+
+
+def saved_pct(rec: dict[str, Any], base: dict[str, Any] | None, *keys: str) -> float | None:
+    """The share of bytes `rec` saved against `base` (the same impl and run with neither)."""
+    if base is None or rec is base or any(rec.get(k) is None for k in keys):
+        return None
+    before = sum(base.get(k) or 0 for k in keys)
+    return round(100 * (1 - sum(rec[k] for k in keys) / before), 1) if before else None
 
 
 def md_wire(recs: list[dict[str, Any]]) -> str:
-    plain = {(r["impl"], r.get("run")): r for r in recs if r.get("variant") == "neither"}
-
-    def saved(r: dict[str, Any], key: str) -> str:
-        base = plain.get((r["impl"], r.get("run")))
-        if not base or r is base or not base.get(key) or r.get(key) is None:
-            return "–"
-        return f"{100 * (1 - r[key] / base[key]):.0f} %"
-
+    plain = {(r["impl"], r.get("run")): r for r in ok(recs) if r.get("variant") == "neither"}
     rows = []
-    for r in recs:
-        accepted = f"{r.get('deflate_accepted', 0)}/{r.get('ok', 0)}" if r.get("deflate") else "not offered"
+    for (impl, variant), rs in grouped(recs, "variant"):
+        good = ok(rs)
+        for r in good:  # against the same impl's run without either lever
+            base = plain.get((r["impl"], r.get("run")))
+            r["saved_tx_pct"] = saved_pct(r, base, "wire_tx_KBps")
+            r["saved_rx_pct"] = saved_pct(r, base, "wire_rx_KBps")
+            r["saved_total_pct"] = saved_pct(r, base, "wire_tx_KBps", "wire_rx_KBps")
+        offered = [r for r in good if r.get("deflate")]
+        accepted = (
+            ", ".join(sorted({f"{r.get('deflate_accepted', 0)}/{r.get('ok', 0)}" for r in offered}))
+            if offered
+            else "not offered"
+        )
         rows.append(
             [
-                r["impl"],
-                r.get("variant", "?"),
+                impl,
+                str(variant),
+                runs(rs),
                 accepted,
-                fmt(r.get("wire_tx_KBps")),
-                saved(r, "wire_tx_KBps"),
-                fmt(r.get("wire_rx_KBps")),
-                saved(r, "wire_rx_KBps"),
-                fmt(r.get("server_cpu_pct")),
-                client_note(r),
-                other(r),
-                err(r),
+                cell(good, "wire_tx_KBps"),
+                cell(good, "saved_tx_pct", 0),
+                cell(good, "wire_rx_KBps"),
+                cell(good, "saved_rx_pct", 0),
+                cell(good, "saved_total_pct"),
+                cell(good, "server_cpu_pct"),
+                client_cell(rs),
+                bg(rs),
+                errors(rs),
             ]
         )
     head = [
         "impl",
         "variant",
+        "runs",
         "deflate accepted",
         "client->server KB/s",
-        "saved",
+        "saved %",
         "server->client KB/s",
-        "saved",
+        "saved %",
+        "saved in total %",
         "server CPU %",
         "client CPU",
-        "other % CPU0/CPU1",
-        "error",
+        "background",
+        "errors",
     ]
     return "### Bytes on the wire (client->server: agents' updates; server->client: batches)\n\n" + table(
         head, rows
@@ -913,9 +986,15 @@ def ensure_node_deps(args: argparse.Namespace) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiments", nargs="+", choices=[*EXPERIMENTS, "all"])
+    ap.add_argument(
+        "experiments",
+        nargs="+",
+        help=f"{', '.join([*EXPERIMENTS, 'all'])}; several: 'rtt connect' or 'rtt,connect'",
+    )
     ap.add_argument("--impls", default=",".join(IMPLS), help="comma list of " + ",".join(IMPLS))
-    ap.add_argument("--runs", type=int, default=1, help="repeat every measurement")
+    ap.add_argument(
+        "--runs", type=int, default=3, help="repeat every measurement; tables give median (min–max)"
+    )
     ap.add_argument("--levels", default="1000,5000,10000,19000", help="mem: connection counts")
     ap.add_argument("--settle", type=float, default=5.0, help="mem: seconds between a level and its sample")
     ap.add_argument("--handshakes", type=int, default=5000, help="connect: handshakes")
@@ -959,7 +1038,10 @@ def main() -> int:
         ap.error(f"unknown impls {bad}; choose from {','.join(IMPLS)}")
     if (args.duration or 0) + max(args.warmup, args.load_warmup) > 300:
         ap.error("keep runs bounded: warm-up + duration <= 300 s")
-    experiments = list(EXPERIMENTS) if "all" in args.experiments else args.experiments
+    asked = [e for word in args.experiments for e in word.split(",") if e]
+    if any(e not in (*EXPERIMENTS, "all") for e in asked):
+        ap.error(f"experiments: choose from {', '.join([*EXPERIMENTS, 'all'])}")
+    experiments = list(EXPERIMENTS) if "all" in asked else list(dict.fromkeys(asked))
     args.secret = secrets.token_hex(32)
     args.run_id = time.strftime("%Y%m%d-%H%M%S")
     if can_pin():
