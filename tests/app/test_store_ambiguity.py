@@ -92,14 +92,23 @@ async def env(tmp_path: Path) -> AsyncIterator[tuple[LostReplyStore, JobService,
         nursery.cancel_scope.cancel()
 
 
-async def test_a_dispatch_committed_whose_reply_was_lost_still_reaches_the_connected_agent(
-    env: tuple[LostReplyStore, JobService, dict[Any, Link]],
-) -> None:
+Env = tuple[LostReplyStore, JobService, dict[Any, Link]]
+
+
+async def connected(env: Env) -> tuple[LostReplyStore, JobService, Link]:
+    """The store, the service and an agent connected to it (its session recorded)."""
     store, jobs, links = env
     link = Link()
     links[(link.company, link.agent_id)] = link
     jobs.agent_connected(link)
-    await until(lambda: link.session > 0)  # connected, nothing to deliver yet
+    await until(lambda: link.session > 0)
+    return store, jobs, link
+
+
+async def test_a_dispatch_committed_whose_reply_was_lost_still_reaches_the_connected_agent(
+    env: tuple[LostReplyStore, JobService, dict[Any, Link]],
+) -> None:
+    store, jobs, link = await connected(env)  # connected, nothing to deliver yet
 
     store.lose_dispatch_replies = 1  # the next dispatch record commits, its reply is lost
     job, _ = await jobs.submit(
@@ -125,11 +134,7 @@ async def test_a_dispatch_committed_whose_reply_was_lost_still_reaches_the_conne
 async def test_reports_for_unknown_jobs_during_an_outage_do_not_stay_in_flight(
     env: tuple[LostReplyStore, JobService, dict[Any, Link]],
 ) -> None:
-    store, jobs, links = env
-    link = Link()
-    links[(link.company, link.agent_id)] = link
-    jobs.agent_connected(link)
-    await until(lambda: link.session > 0)
+    store, jobs, link = await connected(env)
 
     store.down = True  # the database is unreachable (or its circuit is open)
     for i in range(50):  # a hostile agent: results for jobs that are not its own (or do not exist)
