@@ -143,6 +143,18 @@ def pg_backends(procs: Iterable[psutil.Process], pg_port: int) -> set[int]:
     return out
 
 
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU seconds of these processes so far (a process gone counts nothing)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def self_cpu_s() -> float:
     """CPU time of this process alone (not its children)."""
     t = os.times()

@@ -34,7 +34,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import secrets
 import signal
 import socket
@@ -57,7 +56,7 @@ sys.path.insert(0, str(HERE.parent))
 
 # benchmarks/run.py: pinning, child tracking, CPU accounting, the load client runner
 import run as bench  # noqa: E402
-from benchstats import Background, background_cell, floor_ms, pg_backends, spread  # noqa: E402
+from benchstats import Background, background_cell, cpu_seconds, floor_ms, pg_backends, spread  # noqa: E402
 
 from printctl.clusterspec import parse_cluster  # noqa: E402
 from printctl.deploy import instance_environment, render_site, write_nginx_prefix  # noqa: E402
@@ -281,14 +280,11 @@ class Stack:
         prefix = self.dir / "nginx"
         site = render_site(spec, source="benchmarks/cluster_bench.py", access_log=str(prefix / "access.log"))
         conf = write_nginx_prefix(prefix, site)
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         text = conf.read_text()
-        procs, conns = "worker_processes 1;\n", "worker_connections 1024;"
-        if procs not in text or conns not in text:
-            raise RuntimeError(f"printctl.deploy.write_nginx_prefix changed; cannot size {conf}")
-        patched = text.replace(
-            procs, f"worker_processes {self.args.nginx_workers};\nworker_rlimit_nofile {hard};\n"
-        ).replace(conns, f"worker_connections {hard - 100};")
+        procs = "worker_processes auto;\n"  # deploy sizes worker_connections to the fd limit itself
+        if procs not in text:
+            raise RuntimeError(f"printctl.deploy.write_nginx_prefix changed; cannot set workers: {conf}")
+        patched = text.replace(procs, f"worker_processes {self.args.nginx_workers};\n")
         conf.write_text(patched)
         nginx = self.args.nginx
         log = bench.LOGS / f"nginx-{self.front_port}.log"
@@ -383,17 +379,7 @@ class Window:
         self.t0 = self.bg.t0
         self.cpu0 = stack.server_cpu()
         self.redis0 = stack.redis.snapshot()
-        self.db0 = self._db_cpu()
-
-    def _db_cpu(self) -> float:
-        total = 0.0
-        for pid in self.db:
-            try:
-                t = psutil.Process(pid).cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-        return total
+        self.db0 = cpu_seconds(self.db)
 
     def end(self) -> dict[str, Any]:
         t1 = time.time()
@@ -416,7 +402,7 @@ class Window:
             "redis_cmds": dict(sorted(calls.items(), key=lambda kv: -kv[1])),
             "redis_in_KBps": round((redis1["net_in"] - self.redis0["net_in"]) / dt / 1000, 1),
             "redis_out_KBps": round((redis1["net_out"] - self.redis0["net_out"]) / dt / 1000, 1),
-            "db_cpu_pct": round(100 * (self._db_cpu() - self.db0) / dt, 1),
+            "db_cpu_pct": round(100 * (cpu_seconds(self.db) - self.db0) / dt, 1),
             # the load average; the busy time of both cores (of 200) that is neither ours nor
             # softirq (bounded, it sees processes too short-lived to be listed); run.py's
             # per-process foreign CPU (children other processes reaped over the window count

@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from benchstats import Background, background_cell, pg_backends, spread, wait_quiet  # noqa: E402
+from benchstats import Background, background_cell, cpu_seconds, pg_backends, spread, wait_quiet  # noqa: E402
 
 from printctl.wsclient import WsClient, ws_url  # noqa: E402
 from printd.auth import mint_token  # noqa: E402
@@ -175,29 +175,19 @@ class Meter:
     def __init__(self, printd: subprocess.Popen[bytes]) -> None:
         self.printd = psutil.Process(printd.pid)
 
-    def _cpu(self, pids: set[int]) -> float:
-        total = 0.0
-        for pid in pids:
-            try:
-                t = psutil.Process(pid).cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-        return total
-
     def _start(self) -> None:
         self.db = pg_backends([self.printd], PG_PORT)
         self.bg = Background(self.printd.pid, extra=self.db)
-        self.cpu0, self.db0 = self._cpu({self.printd.pid}), self._cpu(self.db)
+        self.cpu0, self.db0 = cpu_seconds({self.printd.pid}), cpu_seconds(self.db)
 
     def _end(self) -> dict[str, Any]:
         dt = max(1e-6, time.time() - self.bg.t0)
-        server = 100 * (self._cpu({self.printd.pid}) - self.cpu0) / dt
+        server = 100 * (cpu_seconds({self.printd.pid}) - self.cpu0) / dt
         # printd's pool may open connections during the window: their backends are ours too (all
         # of a new backend's CPU falls in the window), not other work
         new = pg_backends([self.printd], PG_PORT) - self.db
         self.bg.foreign.extra |= new
-        db = 100 * (self._cpu(self.db) - self.db0 + self._cpu(new)) / dt
+        db = 100 * (cpu_seconds(self.db) - self.db0 + cpu_seconds(new)) / dt
         client = self.bg.self_pct()
         return {
             "window_s": round(dt, 2),

@@ -115,6 +115,10 @@ COMMENTS: dict[str, str] = {
     "jobs.pending_sweep_interval": "Seconds between sweeps of abandoned waiting requests.",
     "jobs.pending_stale_after": "Seconds after which a waiting request is considered abandoned.",
     "jobs.max_payload_bytes": "Largest job payload accepted, in bytes of JSON (then 413).",
+    "jobs.max_backlog_per_printer": (
+        "Unfinished jobs one printer may have; a new one beyond is refused with 429 (its agent\n"
+        "is likely offline). Bounds what one client can make the database hold."
+    ),
     "ratelimit.branch_tests": "Printer tests allowed per branch per window.",
     "ratelimit.printer_tests": "Printer tests allowed per printer per window.",
     "ratelimit.window": "Rate-limit window in seconds.",

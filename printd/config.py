@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import tomllib
 import types
@@ -135,6 +136,7 @@ class JobsConfig:
     pending_sweep_interval: float = 30.0
     pending_stale_after: float = 60.0
     max_payload_bytes: int = 262_144
+    max_backlog_per_printer: int = 10_000
     result_timeout: float = 60.0
     sweep_interval: float = 3.0
 
@@ -515,6 +517,8 @@ def validate(config: Config) -> None:
     j = config.jobs
     if j.pending_capacity < 1:
         raise ConfigError("jobs.pending_capacity: must be >= 1")
+    if j.max_backlog_per_printer < 1:
+        raise ConfigError("jobs.max_backlog_per_printer: must be >= 1")
     if j.retry_initial <= 0 or j.retry_max < j.retry_initial:
         raise ConfigError("jobs.retry_max: must be >= jobs.retry_initial > 0")
     if config.store.pool_size < 1:
@@ -587,14 +591,23 @@ def secret_weakness(secret: str | None) -> str | None:
     return None
 
 
+_SECRET_PARAM = re.compile(r"(?i)(^|[?&])([^=&]*(?:password|passwd|pwd|secret|token)[^=&]*)=[^&#]*")
+
+
 def redact_url(url: str) -> str:
-    """A URL with its password replaced, for logs and error messages."""
-    if "@" not in url or "://" not in url:
+    """A URL with its passwords replaced, for logs and error messages: the one in the userinfo
+    and any query parameter that carries one (libpq's `?password=`, `sentinel_password=`)."""
+    if "://" not in url:
         return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
+    base, mark, query = url.partition("?")
+    if query:
+        query = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}=***", query)
+    scheme, rest = base.split("://", 1)
+    if "@" in rest:
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        rest = f"{user}:***@{host}" if ":" in creds else f"{user}@{host}"
+    return f"{scheme}://{rest}{mark}{query}"
 
 
 #: What a reload (SIGHUP) applies to the running instance. Every other change needs a restart
@@ -621,6 +634,7 @@ RELOADABLE_KEYS = frozenset(
         "jobs.test_timeout",
         "jobs.result_timeout",
         "jobs.max_payload_bytes",
+        "jobs.max_backlog_per_printer",
     }
 )
 #: Keys whose values never appear in a log line, even when they changed.

@@ -48,6 +48,28 @@ def has_nul(value: Any) -> bool:
     return False
 
 
+#: How deep JSON that printd stores and writes back (job payloads, agents' status details and
+#: results) may nest. orjson reads 1024 levels but writes at most 254, and the value sits a few
+#: levels down in the frame that carries it; real tickets and statuses nest a handful.
+MAX_JSON_DEPTH = 64
+
+
+def nesting(value: Any) -> int:
+    """How many objects and arrays deep a JSON value nests (a scalar is 0). Iterative, as
+    `has_nul` is."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
 def dispatch_circuit_name(company: str, branch: str) -> str:
     """The name of a branch's dispatch circuit; unambiguous because ids hold no `:`."""
     return f"dispatch:{company}:{branch}"

@@ -181,7 +181,7 @@ class Fleet:
                 role="agent",
                 company=company_id(c),
                 sub=agent_id(a),
-                branch=branch_id(plan, a),
+                branch=branch_id(a),
                 ttl=ttl,
             )
             peer = Peer("agent", a, c, self.client.request_for(token), sim)

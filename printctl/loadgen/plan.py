@@ -4,7 +4,7 @@ Pure functions of the plan: the coordinator, every worker and the tests compute 
 schedules and shares from the same numbers, so no worker needs to ask another anything.
 
 Names are predictable, so a second run reuses the first run's printers instead of piling up new
-ones: company c is `loadtest-c`, agent a (company a % C) is `lt-agent-a` in branch `b<(a // C) % 4>`
+ones: company c is `loadtest-c`, agent a (company a % C) is `lt-agent-a` in branch `b<(a // 10) % 4>`
 with printers `lt-a-p0..`, dashboard d watches company d % C, and the back office of company c
 submits as `lt-pos-c`.
 
@@ -112,8 +112,12 @@ def dashboard_company(plan: LoadPlan, d: int) -> int:
     return d % plan.companies
 
 
-def branch_id(plan: LoadPlan, a: int) -> str:
-    return f"b{(a // plan.companies) % BRANCHES_PER_COMPANY}"
+def branch_id(a: int) -> str:
+    """Agent a's branch, from a alone: a run of another shape (say --companies 30 after 10) finds
+    each printer in the branch that registered it, where a branch that followed C would see
+    another branch's printer and be refused (`forbidden`). Agents of a company still spread over
+    the branches (with C = 10, branch k holds every 4th agent of each company)."""
+    return f"b{(a // 10) % BRANCHES_PER_COMPANY}"
 
 
 def agent_id(a: int) -> str:

@@ -44,12 +44,15 @@ class AgentRouter:
         return AgentLocation(self.instance_id, self.backend.incarnation, link.session)
 
     async def register(self, links: Sequence[AgentLink]) -> None:
-        claims = [((x.company, x.agent_id), self._location(x)) for x in links if x.session]
+        # A link whose session the store has not recorded yet claims nothing now (its own
+        # connect claims it); the rest are paired with their claims and replies one to one.
+        claimed = [x for x in links if x.session]
+        claims = [((x.company, x.agent_id), self._location(x)) for x in claimed]
         if not claims:
             return
         previous = await self.backend.claim_agents(claims)
         kicks: list[tuple[str, bytes]] = []
-        for link, ((company, agent_id), mine), before in zip(links, claims, previous, strict=False):
+        for link, ((company, agent_id), mine), before in zip(claimed, claims, previous, strict=True):
             if before is None or before == mine:
                 continue
             if before.session > mine.session:  # a newer connection exists elsewhere: ours is stale

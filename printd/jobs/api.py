@@ -19,12 +19,13 @@ from printd.auth import AuthError, Claims, TokenVerifier, bearer_token
 from printd.cache import TTLCache
 from printd.config import JobsConfig
 from printd.http.router import HttpError, HttpRequest, HttpResponse, Router, json_response
-from printd.inputs import ID_RULE, has_nul, is_id
+from printd.inputs import ID_RULE, MAX_JSON_DEPTH, has_nul, is_id, nesting
 from printd.jobs.service import JobService
 from printd.model import JOB_KINDS, JobState
 from printd.printers import MoveConflict, PrinterRegistry
 from printd.ratelimit import PrinterTestLimits
 from printd.store import Store, StoreUnavailable
+from printd.store.base import BacklogFull
 
 log = structlog.get_logger("printd.api")
 API_ROLES = ("service", "admin")
@@ -89,11 +90,9 @@ class JobsApi:
         kind = body.get("kind", "print")
         payload = body.get("payload", {})
         printer_id = _id("printer_id", printer_id)
-        if kind not in JOB_KINDS:
+        if not isinstance(kind, str) or kind not in JOB_KINDS:
             raise HttpError(400, f"'kind' must be one of {', '.join(sorted(JOB_KINDS))}")
-        _payload(payload)
-        if len(orjson.dumps(payload)) > self.config.max_payload_bytes:
-            raise HttpError(413, f"'payload' is larger than {self.config.max_payload_bytes} bytes")
+        _payload(payload, self.config.max_payload_bytes)
         key = req.headers.get("idempotency-key")
         if key is not None and not _KEY_RE.match(key):
             raise HttpError(400, "Idempotency-Key must be 1-255 visible ASCII characters")
@@ -103,6 +102,8 @@ class JobsApi:
             )
         except LookupError:
             raise HttpError(404, f"unknown printer {printer_id!r} in company {company!r}") from None
+        except BacklogFull as exc:
+            raise _backlog_full(exc) from None
         if not created and (job.printer_id != printer_id or job.kind != kind or job.payload != payload):
             raise HttpError(
                 409,
@@ -188,8 +189,11 @@ class JobsApi:
                 f"every {q.window:g} s; retry in {retry} s",
                 headers=[("Retry-After", str(retry))],
             )
-        payload = _payload(body.get("payload", {"text": "printd test page"}))
-        outcome = await self.jobs.test_printer(company, printer_id, payload)
+        payload = _payload(body.get("payload", {"text": "printd test page"}), self.config.max_payload_bytes)
+        try:
+            outcome = await self.jobs.test_printer(company, printer_id, payload)
+        except BacklogFull as exc:
+            raise _backlog_full(exc) from None
         job = outcome.job
         common = {"job_id": job.job_id, "correlation_id": job.correlation_id, "printer_id": printer_id}
         if outcome.error is not None:
@@ -276,11 +280,28 @@ def _id(name: str, value: Any) -> str:
     return value
 
 
-def _payload(value: Any) -> dict[str, Any]:
+def _backlog_full(exc: BacklogFull) -> HttpError:
+    """429: nothing was stored; the printer's agent must work off its backlog first."""
+    return HttpError(
+        429,
+        f"printer {exc.printer_id!r} already has {exc.limit} unfinished jobs; nothing was stored."
+        " Its agent is probably offline: check it, or retry later",
+        headers=[("Retry-After", "30")],
+    )
+
+
+def _payload(value: Any, max_bytes: int) -> dict[str, Any]:
+    """A job's payload as every job kind accepts it (prints and test pages alike): an object
+    without NUL, no deeper than printd can write back into a dispatch frame (a deeper one would be
+    stored and then fail at every dispatch), within the size limit."""
     if not isinstance(value, dict):
         raise HttpError(400, "'payload' must be a JSON object")
     if has_nul(value):
         raise HttpError(400, "'payload' must not contain NUL characters")
+    if nesting(value) > MAX_JSON_DEPTH:
+        raise HttpError(400, f"'payload' nests deeper than {MAX_JSON_DEPTH} levels")
+    if len(orjson.dumps(value)) > max_bytes:
+        raise HttpError(413, f"'payload' is larger than {max_bytes} bytes")
     return value
 
 

@@ -44,6 +44,11 @@ class Want(IntEnum):
     ALL = 2  # everything unfinished (after a connect)
 
 
+#: Jobs one connection may have tracked at once by reports the store could not record (beyond
+#: those it was sent here): a cap on what one agent can make printd hold during an outage.
+MAX_INFLIGHT = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Backoff between re-sends of an unacknowledged dispatch: initial, doubling, capped."""
@@ -294,18 +299,24 @@ class DeliveryCore:
             self._settle_admission(item, delivered=True, now=now)
         return item
 
-    def report_failed(self, key: AgentKey, session: int, job_id: str, *, kind: str, now: float) -> None:
+    def report_failed(self, key: AgentKey, session: int, job_id: str, *, kind: str, now: float) -> bool:
         """An ack or result could not be recorded (store down): the job goes out again soon,
-        even if a pass would skip it, and the agent answers from its journal."""
+        even if a pass would skip it, and the agent answers from its journal. False when it
+        is not tracked: the caller then asks for a full pass, which finds it in the store."""
         agent = self.agents.get(key)
         if agent is None or agent.session != session:
-            return
+            return True  # not this connection's business any more
         item = agent.inflight.get(job_id)
         if item is None:
+            if len(agent.inflight) >= MAX_INFLIGHT:
+                # One agent's reports during an outage must not grow this without bound (they
+                # may name jobs that are not its own); the full pass finds its own ones.
+                return False
             item = agent.inflight[job_id] = InFlight(job_id, key, kind, "", None, 0, True, now)
         item.redeliver = True
         item.resends += 1
         self._schedule(item, now + self._store_backoff(item.resends))
+        return True
 
     # ------------------------------------------------------------ time
 

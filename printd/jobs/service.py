@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import structlog
 import trio
 
@@ -44,7 +45,7 @@ log = structlog.get_logger("printd.jobs")
 DISPATCH_EVENT = "job.dispatch"
 COMPLETED_EVENT = "job.completed"
 #: Unfinished jobs sent to an agent in one pass: all of them in practice, bounded anyway.
-MAX_PASS = 20_000
+PASS_PAGE = 50  # jobs read per store call of a pass: at most 50 payloads (12.5 MiB at 256 KiB) held
 #: Seconds agents connecting together wait so that one transaction records all their sessions.
 ARRIVAL_BATCH_DELAY = 0.005
 #: Seconds between retries of store work that failed (claims, releases, passes).
@@ -140,6 +141,7 @@ class JobService:
             idempotency_key=key,
             now=time.time(),
             origin=self.instance_id,
+            max_backlog=self.config.max_backlog_per_printer,
         )
 
     async def _route(self, job: Job) -> None:
@@ -294,9 +296,13 @@ class JobService:
             assert self._nursery is not None, "JobService.run() is not running"
             self._nursery.start_soon(self._pump, link)
 
-    def _stale(self, link: AgentLink) -> None:
-        """The store says the agent connected again since: this connection is not its current
-        one. Close it; the agent's newer connection (or its next one) gets everything."""
+    def _stale(self, link: AgentLink, session: int) -> bool:
+        """The store refused `session`: the agent connected again since. Close this connection,
+        unless it holds a newer session itself by now (a takeover re-claims the live connection:
+        a call made under its old session fails, the connection is not stale, and its new
+        session's full pass sends everything again). True when it was closed."""
+        if link.session != session:
+            return False
         self.stale_refused += 1
         log.warning(
             "stale agent connection refused by the store; closing it",
@@ -305,6 +311,7 @@ class JobService:
             session=link.session,
         )
         link.close(P.CLOSE_REPLACED, "replaced by a newer connection of the same agent")
+        return True
 
     # ---------------------------------------------------------------- delivery
 
@@ -317,15 +324,28 @@ class JobService:
             want = self.core.next_pass(key, session)
             if want is Want.NONE:
                 return
+            await self._pass(link, session, want)
+
+    async def _pass(self, link: AgentLink, session: int, want: Want) -> None:
+        """One pass over the agent's jobs, a page at a time (a backlog of thousands of large
+        payloads is never in memory at once). Returns early when the store fails or the
+        branch's circuit holds; the core then has the pass due again."""
+        key = (link.company, link.agent_id)
+        after = 0
+        while not link.closing:
             try:
                 jobs = await self.store.deliverable_jobs(
-                    link.company, link.agent_id, limit=MAX_PASS, queued_only=want is Want.QUEUED
+                    link.company,
+                    link.agent_id,
+                    limit=PASS_PAGE,
+                    queued_only=want is Want.QUEUED,
+                    after_seq=after,
                 )
             except StoreError as exc:
                 log.warning("delivery postponed: store unavailable", agent=link.agent_id, error=str(exc))
                 self.core.pass_failed(key, session, want)
                 await trio.sleep(STORE_RETRY_DELAY)
-                continue
+                return
             for job in jobs:
                 if link.closing:
                     return
@@ -337,31 +357,63 @@ class JobService:
                 if isinstance(decision, Hold):  # the branch's circuit is open: the jobs wait
                     self.core.pass_failed(key, session, want)
                     await trio.sleep(decision.retry_after)
-                    break
+                    return
                 assert isinstance(decision, Go)
                 if job.state is not JobState.QUEUED:
                     self.redelivered += 1
                 if not await self._dispatch(link, job.job_id, decision.admission):
-                    self.core.pass_failed(key, session, want)
+                    # The store did not answer; it may still have recorded the dispatch (a reply
+                    # lost after COMMIT), making the job `dispatched` under this session, which a
+                    # queued-only pass would never find again: the retry is a full pass.
+                    self.core.pass_failed(key, session, Want.ALL)
                     await trio.sleep(STORE_RETRY_DELAY)
-                    break
+                    return
+            if len(jobs) < PASS_PAGE:
+                return
+            after = jobs[-1].seq
 
     async def _dispatch(self, link: AgentLink, job_id: str, admission: Any) -> bool:
         """Record one dispatch under the agent's session, then send it. False when the store
         could not record it (nothing was sent; the caller retries)."""
         key = (link.company, link.agent_id)
         now = trio.current_time()
+        fence = _fence(link)
         try:
-            job = await self.store.record_dispatch(job_id, time.time(), _fence(link))
+            job = await self.store.record_dispatch(job_id, time.time(), fence)
         except StaleSession:
             self.core.give_back(admission, now)
-            self._stale(link)
+            self._stale(link, fence.session)
+            return True
+        except UnknownJob:
+            # not this agent's job (a report for someone else's during an outage put it here):
+            # nothing to send, nothing to retry
+            self.core.give_back(admission, now)
+            self.core.forget(key, link.session, job_id, now)
             return True
         except StoreError:
             self.core.give_back(admission, now)
             return False
-        if job is None:  # finished meanwhile: nothing to send
+        if job is None:  # finished meanwhile: nothing to send, nothing to wait for
             self.core.give_back(admission, now)
+            self.core.forget(key, link.session, job_id, now)
+            return True
+        try:
+            frame = P.encode_event(
+                DISPATCH_EVENT,
+                {
+                    "job_id": job.job_id,
+                    "correlation_id": job.correlation_id,
+                    "printer_id": job.printer_id,
+                    "kind": job.kind,
+                    "payload": job.payload,
+                    "attempt": job.attempts,
+                },
+            )
+        except orjson.JSONEncodeError as exc:
+            # Stored before the API refused such payloads: it can never be sent, so it ends
+            # here (expired, announced) instead of failing every dispatch on every instance.
+            self.core.give_back(admission, now)
+            await self._unsendable(link, job, str(exc))
             return True
         self.core.sent(
             key,
@@ -377,20 +429,19 @@ class JobService:
         )
         self._wakeup.set()
         self.dispatched += 1
-        link.send(
-            P.encode_event(
-                DISPATCH_EVENT,
-                {
-                    "job_id": job.job_id,
-                    "correlation_id": job.correlation_id,
-                    "printer_id": job.printer_id,
-                    "kind": job.kind,
-                    "payload": job.payload,
-                    "attempt": job.attempts,
-                },
-            )
-        )
+        link.send(frame)
         return True
+
+    async def _unsendable(self, link: AgentLink, job: Job, why: str) -> None:
+        log.error("job payload cannot be encoded; expiring it", job_id=job.job_id, error=why)
+        try:
+            expired = await self.store.expire_job(
+                job.job_id, reason=f"payload cannot be sent: {why}", now=time.time(), fence=_fence(link)
+            )
+        except (StoreError, StaleSession, UnknownJob):
+            return  # the next pass meets it again
+        if expired is not None:
+            await self._announce(expired)
 
     # ---------------------------------------------------------------- reports from agents
 
@@ -419,12 +470,17 @@ class JobService:
         except UnknownJob:
             return P.FrameError(P.ERR_FORBIDDEN, f"job {report.job_id!r} is not dispatched to this agent")
         except StaleSession:
-            self._stale(link)
-            return P.FrameError(P.ERR_FORBIDDEN, "this connection was replaced by a newer one")
+            if self._stale(link, fence.session):
+                return P.FrameError(P.ERR_FORBIDDEN, "this connection was replaced by a newer one")
+            # recorded under this connection's new session by the redelivery its full pass makes
+            return P.FrameError(P.ERR_UNAVAILABLE, "not recorded; the job will be redelivered")
         except StoreError:
             # not recorded: the job goes out again once the store is back, and the agent
             # answers the redelivery from its de-duplication journal
-            self.core.report_failed(key, link.session, report.job_id, kind="print", now=trio.current_time())
+            if not self.core.report_failed(
+                key, link.session, report.job_id, kind="print", now=trio.current_time()
+            ):
+                self._wake(key, Want.ALL)  # not tracked (cap): the full pass finds it once the store is back
             self._wakeup.set()
             return P.FrameError(P.ERR_UNAVAILABLE, "store unavailable; the job will be redelivered")
         self.core.finished(key, link.session, report.job_id, trio.current_time())
@@ -472,12 +528,13 @@ class JobService:
                     self.core.send_failed(key, link.session, action.job_id, trio.current_time())
                 continue
             assert isinstance(action, Expire)
+            fence = _fence(link)
             try:
                 expired = await self.store.expire_job(
-                    action.job_id, reason=action.reason, now=time.time(), fence=_fence(link)
+                    action.job_id, reason=action.reason, now=time.time(), fence=fence
                 )
             except StaleSession:
-                self._stale(link)
+                self._stale(link, fence.session)
                 continue
             except StoreError:
                 self.core.send_failed(key, link.session, action.job_id, trio.current_time())
@@ -500,12 +557,13 @@ class JobService:
         gone: the agents it still holds may have reconnected elsewhere, or been released. Close
         every connection whose session is no longer the agent's current one; the agent comes
         back with a fresh one and gets everything unfinished. Returns how many were closed."""
-        links = [link for link in self._held_links() if link.session]
-        current = await self.store.current_sessions([(x.company, x.agent_id) for x in links])
-        stale = [x for x in links if current.get((x.company, x.agent_id)) != x.session]
-        for link in stale:
-            self._stale(link)
-        return len(stale)
+        held = [(link, link.session) for link in self._held_links() if link.session]
+        current = await self.store.current_sessions([(x.company, x.agent_id) for x, _ in held])
+        closed = 0
+        for link, session in held:
+            if current.get((link.company, link.agent_id)) != session and self._stale(link, session):
+                closed += 1
+        return closed
 
     def _held_links(self) -> list[AgentLink]:
         out = []

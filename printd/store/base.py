@@ -55,6 +55,15 @@ class UnknownPrinter(StoreError, LookupError):
     """No such printer in this company."""
 
 
+class BacklogFull(StoreError):
+    """The printer already has its cap of unfinished jobs: a new one is refused, not stored."""
+
+    def __init__(self, printer_id: str, limit: int) -> None:
+        super().__init__(f"printer {printer_id!r} has {limit} unfinished jobs (jobs.max_backlog_per_printer)")
+        self.printer_id = printer_id
+        self.limit = limit
+
+
 class UnknownJob(StoreError, LookupError):
     """No such job for this agent (unknown id, another company, or another agent's job)."""
 
@@ -204,11 +213,13 @@ class Store(ABC):
         idempotency_key: str | None,
         now: float,
         origin: str | None = None,
+        max_backlog: int | None = None,
     ) -> tuple[Job, bool]:
         """Queue a job for the printer's current owner (branch and agent, read in the same
         transaction); with an idempotency key already used by the company, return that job.
         `origin` is the accepting instance (a printer test's caller waits there). Raises
-        UnknownPrinter."""
+        UnknownPrinter, and BacklogFull when the printer already has `max_backlog` unfinished
+        jobs (a replay of an accepted key is still answered)."""
 
     @abstractmethod
     async def get_job(self, job_id: str, company: str | None = None) -> Job | None:
@@ -258,9 +269,10 @@ class Store(ABC):
 
     @abstractmethod
     async def deliverable_jobs(
-        self, company: str, agent_id: str, limit: int = 500, *, queued_only: bool = False
+        self, company: str, agent_id: str, limit: int = 500, *, queued_only: bool = False, after_seq: int = 0
     ) -> list[Job]:
-        """Live jobs for an agent in seq order: what it must get on (re)connect."""
+        """Live jobs for an agent in seq order: what it must get on (re)connect. One page of
+        `limit` jobs after `after_seq`, so a pass over a big backlog holds one page of payloads."""
 
     # -- agent sessions ----------------------------------------------------------------------
 

@@ -21,12 +21,13 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import orjson
 import psycopg
 import psycopg_pool
 import structlog
 import trio
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 
 from printd.store.base import StoreError, StoreUnavailable
 from printd.store.sql import Dialect, SqlStore, Tx
@@ -45,6 +46,14 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3, 
 
 def _run_script(cursor: Any, script: str) -> None:
     cursor.execute(script)  # no parameters: psycopg sends it as one multi-statement query
+
+
+def _read_jsonb_with_orjson(conn: psycopg.Connection[Any]) -> None:
+    """jsonb keeps a number such as 1e20 as the exact numeric 100000000000000000000, which the
+    stdlib decoder returns as an int no 64-bit JSON writer takes (orjson refuses it, and a job
+    whose payload or result held one could never be sent or announced). orjson reads it back
+    as the float it was written from, as it reads every request."""
+    set_json_loads(orjson.loads, conn)
 
 
 DIALECT = Dialect(
@@ -113,6 +122,7 @@ class PostgresStore(SqlStore):
                 open=False,
                 timeout=GETCONN_TIMEOUT_S,
                 name="printd-store",
+                configure=_read_jsonb_with_orjson,
             )
             try:
                 pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)

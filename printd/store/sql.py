@@ -23,6 +23,7 @@ from printd.store import migrate
 from printd.store.base import (
     AgentClaim,
     AgentFence,
+    BacklogFull,
     ClaimedSession,
     InstanceConflict,
     InstanceRow,
@@ -356,10 +357,13 @@ class SqlStore(Store):
             )
             if row is None:
                 return None
+            # Only jobs never sent to anyone follow the printer. One sent before (requeued when
+            # its agent's instance died: queued again, attempts > 0) stays with the agent it went
+            # to: only that agent knows whether it printed, and its journal answers a redelivery.
             moved = tx.all(
                 "UPDATE jobs SET branch = ?, agent_id = ?, updated_at = ?"
                 " WHERE company = ? AND printer_id = ? AND branch = ? AND agent_id = ? AND state = ?"
-                " RETURNING job_id",
+                " AND attempts = 0 RETURNING job_id",
                 (branch, agent_id, now, company, printer_id, *expected, JobState.QUEUED),
             )
             return printer_from_row(tx, row), len(moved)
@@ -408,7 +412,17 @@ class SqlStore(Store):
         idempotency_key: str | None,
         now: float,
         origin: str | None = None,
+        max_backlog: int | None = None,
     ) -> tuple[Job, bool]:
+        def replay(tx: Tx) -> Job | None:
+            if idempotency_key is None:
+                return None
+            row = tx.one(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE company = ? AND idempotency_key = ?",
+                (company, idempotency_key),
+            )
+            return None if row is None else job_from_row(tx, row)
+
         def run(tx: Tx) -> tuple[Job, bool]:
             # The printer's owner is read in the job's own transaction, its row locked against a
             # concurrent move: the move either sees this job (and takes it along) or happened
@@ -420,6 +434,19 @@ class SqlStore(Store):
             )
             if owner is None:
                 raise UnknownPrinter(f"unknown printer {printer_id!r} in company {company!r}")
+            if max_backlog is not None:
+                # Counting stops at the cap (the partial index of live jobs per printer): what
+                # one client can make the database hold for a printer whose agent is away.
+                (live,) = tx.one(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE company = ? AND printer_id = ?"
+                    f" AND state IN {LIVE_SQL} LIMIT ?) AS backlog",
+                    (company, printer_id, max_backlog),
+                ) or (0,)
+                if live >= max_backlog:
+                    earlier = replay(tx)
+                    if earlier is not None:
+                        return earlier, False
+                    raise BacklogFull(printer_id, max_backlog)
             branch, agent_id = owner
             job_id = uuid.uuid4().hex
             # With a racing insert of the same key, DO NOTHING waits for it to commit (PostgreSQL)
@@ -438,13 +465,10 @@ class SqlStore(Store):
             if row is not None:
                 _event(tx, job_id, JobState.QUEUED, now)
                 return job_from_row(tx, row), True
-            existing = tx.one(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE company = ? AND idempotency_key = ?",
-                (company, idempotency_key),
-            )
-            if existing is None:
+            earlier = replay(tx)
+            if earlier is None:
                 raise StoreError("idempotency key conflict but no existing job found")
-            return job_from_row(tx, existing), False
+            return earlier, False
 
         return await self._run(run, write=True)
 
@@ -530,13 +554,14 @@ class SqlStore(Store):
         return await self._run(run, write=True)
 
     async def deliverable_jobs(
-        self, company: str, agent_id: str, limit: int = 500, *, queued_only: bool = False
+        self, company: str, agent_id: str, limit: int = 500, *, queued_only: bool = False, after_seq: int = 0
     ) -> list[Job]:
         params: tuple[Any, ...]
         if queued_only:
             where, params = "company = ? AND agent_id = ? AND state = ?", (company, agent_id, JobState.QUEUED)
         else:
             where, params = f"company = ? AND agent_id = ? AND state IN {LIVE_SQL}", (company, agent_id)
+        where, params = f"{where} AND seq > ?", (*params, after_seq)
         return await self._run(lambda tx: _jobs(tx, where, params, "seq", limit), write=False)
 
     # -- agent sessions ----------------------------------------------------------------------

@@ -13,13 +13,15 @@ import orjson
 import pytest
 import trio
 
+from printd import protocol as P
 from printd.breakers.shell import CircuitRegistry
 from printd.cluster.local import LocalCluster
 from printd.cluster.routing import AgentRouter
 from printd.config import JobsConfig
 from printd.jobs.pending import PendingWaiters
-from printd.jobs.service import JobService
+from printd.jobs.service import PASS_PAGE, JobService
 from printd.store import Store, open_store
+from printd.store.base import AgentFence, StaleSession
 
 
 @dataclass(eq=False)
@@ -107,3 +109,49 @@ async def test_a_connect_is_a_plain_call_that_records_the_session_and_delivers(h
     assert link.session > 0  # recorded in the store before the dispatch went out
     stored = await harness.store.get_job(job.job_id)
     assert stored is not None and stored.state.value == "dispatched" and stored.attempts == 1
+
+
+async def test_a_backlog_longer_than_a_page_goes_out_whole_and_in_order(harness: Harness) -> None:
+    """A pass reads the agent's jobs a page at a time (a backlog of 20,000 payloads of 256 KiB
+    was read in one piece, found by review); every page is sent, in acceptance order."""
+    await harness.printer()
+    backlog = PASS_PAGE * 2 + 7
+    ids = []
+    for n in range(backlog):
+        job, _ = await harness.jobs.submit(
+            company="acme", printer_id="p1", kind="print", payload={"n": n}, idempotency_key=None
+        )
+        ids.append(job.job_id)
+    link = Link()
+    harness.connect(link)
+    sent = [(await link.next_message())["data"]["job_id"] for _ in range(backlog)]
+    assert sent == ids
+
+
+@pytest.mark.parametrize("taken_over", [True, False])
+async def test_a_report_refused_under_a_session_a_takeover_replaced_keeps_the_connection(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, taken_over: bool
+) -> None:
+    """A takeover re-claims the live connection's session; an ack already on its way under the
+    old one is refused by the store. The connection is not stale (found by review: it was closed
+    with 4009, which the agent reads as another process using its id): the report is answered
+    `unavailable` and the new session's pass sends the job again. A connection whose session
+    did not move on is stale and closed, as before."""
+    await harness.printer()
+    link = Link()
+    harness.connect(link)
+    job, _ = await harness.jobs.submit(
+        company="acme", printer_id="p1", kind="print", payload={"text": "x"}, idempotency_key=None
+    )
+    await link.next_message()
+
+    async def refused(job_id: str, now: float, fence: AgentFence) -> None:
+        if taken_over:
+            link.session += 1  # the takeover's claim landed while the ack was on its way
+        raise StaleSession("the agent's session moved on")
+
+    monkeypatch.setattr(harness.store, "mark_acked", refused)
+    report = P.JobReport(job.job_id, job.correlation_id, None, None, {"job_id": job.job_id})
+    err = await harness.jobs.job_report(link, "job.ack", report)
+    assert err is not None
+    assert (link.closing, err.code) == ((False, P.ERR_UNAVAILABLE) if taken_over else (True, P.ERR_FORBIDDEN))

@@ -13,6 +13,7 @@ from printd.store import Store, open_store
 from printd.store.base import (
     AgentClaim,
     AgentFence,
+    BacklogFull,
     InstanceConflict,
     InstanceRow,
     QueuedJobs,
@@ -73,9 +74,9 @@ def bare(job: Job | None) -> Job | None:
 
 async def test_migrate_is_idempotent_and_versioned(raw_store: Store) -> None:
     assert await raw_store.schema_version() == 0
-    assert await raw_store.migrate() == [1, 2]
+    assert await raw_store.migrate() == [1, 2, 3]
     assert await raw_store.migrate() == []
-    assert await raw_store.schema_version() == 2
+    assert await raw_store.schema_version() == 3
     await raw_store.ping()
 
 
@@ -90,7 +91,7 @@ async def test_concurrent_migrators_apply_once(store_url: str) -> None:
     async with trio.open_nursery() as nursery:
         for store in stores:
             nursery.start_soon(run, store)
-    assert sorted(applied) == [[], [], [], [1, 2]]
+    assert sorted(applied) == [[], [], [], [1, 2, 3]]
 
 
 # -- printers --------------------------------------------------------------------------------
@@ -507,10 +508,12 @@ async def test_deliverable_jobs_in_seq_order_for_one_agent(store: Store) -> None
     ]
     assert [j.state for j in jobs] == [JobState.QUEUED, JobState.QUEUED, JobState.DISPATCHED, JobState.ACKED]
     assert all(j.history == () for j in jobs)  # lists skip history
-    assert [j.job_id for j in await store.deliverable_jobs("acme", "agent-1", limit=2)] == [
-        queued.job_id,
-        mine_other_printer.job_id,
-    ]
+    first = await store.deliverable_jobs("acme", "agent-1", limit=2)
+    assert [j.job_id for j in first] == [queued.job_id, mine_other_printer.job_id]
+    # the next page starts after the last one's seq: a pass reads a backlog a page at a time
+    rest = await store.deliverable_jobs("acme", "agent-1", limit=2, after_seq=first[-1].seq)
+    assert [j.job_id for j in rest] == [dispatched.job_id, acked.job_id]
+    assert await store.deliverable_jobs("acme", "agent-1", limit=2, after_seq=rest[-1].seq) == []
     assert [j.job_id for j in await store.deliverable_jobs("acme", "agent-2")] == [other_agent.job_id]
     waiting = await store.deliverable_jobs("acme", "agent-1", queued_only=True)
     assert [j.job_id for j in waiting] == [queued.job_id, mine_other_printer.job_id]
@@ -792,3 +795,34 @@ async def test_current_sessions_show_which_connections_went_stale(store: Store) 
     assert current == {("acme", "a1"): mine.session, ("acme", "a2"): newer.session}
     assert current[("acme", "a2")] != moved.session
     assert await store.current_sessions([]) == {}
+
+
+async def test_a_printers_backlog_is_capped_but_a_replay_is_still_answered(store: Store) -> None:
+    """What one client can make the database hold for a printer whose agent is away: a new job
+    beyond `max_backlog` unfinished ones is refused (nothing stored); a finished one frees room;
+    a retry of an accepted Idempotency-Key still gets its job."""
+    first = await new_job(store, idempotency_key="order-1", max_backlog=2)
+    await new_job(store, max_backlog=2)
+
+    async def third(key: str | None = None) -> tuple[Job, bool]:
+        return await store.create_job(
+            company="acme",
+            printer_id="kitchen-1",
+            kind="print",
+            payload={"n": 3},
+            idempotency_key=key,
+            now=100.0,
+            max_backlog=2,
+        )
+
+    with pytest.raises(BacklogFull) as refused:
+        await third("order-3")
+    assert refused.value.limit == 2 and "kitchen-1" in str(refused.value)
+    assert len(await store.list_jobs("acme")) == 2
+    replay, created = await third("order-1")
+    assert replay.job_id == first.job_id and not created
+    other_printer = await new_job(store, agent_id="agent-2", max_backlog=2)  # its own backlog
+    assert other_printer.printer_id != "kitchen-1"
+    await store.expire_job(first.job_id, reason="x", now=101.0)
+    job, created = await third()
+    assert created and job.state is JobState.QUEUED

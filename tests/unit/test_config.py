@@ -116,6 +116,19 @@ def test_redact_url_hides_passwords() -> None:
     assert redact_url("postgresql://printd:s3cret@db:5432/x") == "postgresql://printd:***@db:5432/x"
     assert redact_url("redis://:s3cret@cache:6379/0") == "redis://:***@cache:6379/0"
     assert redact_url("sqlite:////var/printd.db") == "sqlite:////var/printd.db"
+    # libpq and Sentinel take passwords in the query too (found by review: they were logged)
+    assert (
+        redact_url("postgresql://printd@db/printd?password=s3cret")
+        == "postgresql://printd@db/printd?password=***"
+    )
+    assert (
+        redact_url("postgresql:///printd?host=db&password=s3cret&sslmode=require")
+        == "postgresql:///printd?host=db&password=***&sslmode=require"
+    )
+    assert (
+        redact_url("redis+sentinel://h1:26379,h2:26379/main/0?sentinel_password=s3cret")
+        == "redis+sentinel://h1:26379,h2:26379/main/0?sentinel_password=***"
+    )
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from printd.breakers.core import BreakerConfig, CircuitBreaker, CircuitState
 from printd.jobs.delivery import (
+    MAX_INFLIGHT,
     DeliveryCore,
     Expire,
     Go,
@@ -246,3 +247,15 @@ def test_a_disconnect_hands_back_what_was_in_flight() -> None:
     gone = c.disconnected(A, 1, now=1)
     assert [g.job_id for g in gone] == ["j1"]
     assert c.disconnected(A, 1, now=2) == []
+
+
+def test_reports_the_store_could_not_record_are_tracked_up_to_a_cap() -> None:
+    """A hostile agent's results for other jobs during an outage must not grow printd's memory
+    without bound: beyond MAX_INFLIGHT the core says so, and the service asks for a full pass."""
+    c = core()
+    c.connected(A, "b1", 1, now=0)
+    assert all(c.report_failed(A, 1, f"j{n}", kind="print", now=0) for n in range(MAX_INFLIGHT))
+    assert c.inflight_count() == MAX_INFLIGHT
+    assert c.report_failed(A, 1, "one-more", kind="print", now=0) is False
+    assert c.inflight_count() == MAX_INFLIGHT
+    assert c.report_failed(A, 1, "j0", kind="print", now=0) is True  # one already tracked: retried

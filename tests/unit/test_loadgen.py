@@ -15,6 +15,7 @@ from printctl.loadgen.http import HttpAnswer, HttpFramingError, parse_response
 from printctl.loadgen.plan import (
     LoadPlan,
     agent_company,
+    branch_id,
     dashboards_by_company,
     job_due,
     job_printer,
@@ -64,6 +65,21 @@ def test_each_company_is_timed_by_its_first_dashboard_when_it_has_one() -> None:
     assert dashboards_by_company(plan) == {0: 2, 1: 2, 2: 1}
     assert [watched(plan, c) for c in range(3)] == [True, True, True]
     assert not watched(LoadPlan(agents=10, dashboards=2, companies=3), 2)
+
+
+def test_an_agents_branch_is_its_own_whatever_the_runs_shape() -> None:
+    """A load test with --companies 30 then a failover test with 10 on one database: printer
+    lt-30-p0 of loadtest-0 must come back from the branch that registered it, or printd refuses
+    every status of it as another branch's printer (13,400 `forbidden` in a 100-round run when
+    the branch followed the number of companies). The mapping is the old one of the default
+    shape (10 companies), so databases of earlier default runs stay valid."""
+    ten = LoadPlan(agents=300, companies=10)
+    assert [branch_id(a) for a in range(300)] == [f"b{(a // ten.companies) % 4}" for a in range(300)]
+    for companies in (1, 3, 10, 30):
+        plan = LoadPlan(agents=300, companies=companies)
+        for c in range(companies):  # each company's agents still spread over branches
+            branches = {branch_id(a) for a in range(300) if agent_company(plan, a) == c}
+            assert len(branches) >= min(4, 300 // companies // 10), (companies, c, branches)
 
 
 def test_plan_problems_name_the_options() -> None:

@@ -1,0 +1,156 @@
+"""Found by review: store calls whose outcome the caller cannot know, and reports the store could
+not record.
+
+The store is the real SQLite store. Two small subclasses inject what PostgreSQL does under the
+fault drills (a connection cut by RST just after COMMIT reached the server, or a call given up
+by `PostgresStore._exec` after the server received COMMIT and then paused): the transaction is
+committed, and the caller gets StoreUnavailable. SQLite cannot produce that on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import pytest
+import trio
+
+from printd import protocol as P
+from printd.breakers.shell import CircuitRegistry
+from printd.cluster.local import LocalCluster
+from printd.cluster.routing import AgentRouter
+from printd.config import JobsConfig
+from printd.jobs.pending import PendingWaiters
+from printd.jobs.service import JobService
+from printd.model import Job, JobState
+from printd.store.base import AgentFence, StoreUnavailable
+from printd.store.sql import Tx
+from printd.store.sqlite import SQLiteStore
+from tests.app.test_job_service import Link
+
+T = TypeVar("T")
+
+
+class LostReplyStore(SQLiteStore):
+    """`lose_dispatch_replies`: that many `record_dispatch` calls commit, then fail as if the
+    reply never came back. `down`: every call fails (the database unreachable)."""
+
+    lose_dispatch_replies = 0
+    down = False
+    dispatch_calls = 0
+
+    async def _exec(self, fn: Callable[[Tx], T], *, write: bool) -> T:
+        if self.down:
+            raise StoreUnavailable("PostgreSQL unavailable: connection refused")
+        return await super()._exec(fn, write=write)
+
+    async def record_dispatch(self, job_id: str, now: float, fence: AgentFence) -> Job | None:
+        self.dispatch_calls += 1
+        job = await super().record_dispatch(job_id, now, fence)
+        if self.lose_dispatch_replies:
+            self.lose_dispatch_replies -= 1
+            raise StoreUnavailable("PostgreSQL unavailable: server closed the connection unexpectedly")
+        return job
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110 (state changes in the service's own tasks)
+            await trio.sleep(0.01)
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[tuple[LostReplyStore, JobService, dict[Any, Link]]]:
+    store = LostReplyStore(str(tmp_path / "printd.db"))
+    links: dict[Any, Link] = {}
+
+    async def announce(company: str, payload: bytes) -> None:
+        orjson.loads(payload)
+
+    backend = LocalCluster("inc-1", lambda topic, payload: None)
+    agents = AgentRouter(backend, lambda c, a: links.get((c, a)), instance_id="i1")
+    config = JobsConfig(sweep_interval=0.2, ack_timeout=1.0, retry_initial=0.2, retry_max=1.0)
+    jobs = JobService(
+        store, agents, config, PendingWaiters(), announce, CircuitRegistry(), incarnation="inc-1"
+    )
+    async with store, trio.open_nursery() as nursery:
+        await store.migrate()
+        await nursery.start(jobs.run)
+        await store.upsert_printer(
+            company="acme",
+            branch="b1",
+            agent_id="agent-1",
+            printer_id="p1",
+            status="online",
+            details={},
+            now=time.time(),
+        )
+        yield store, jobs, links
+        nursery.cancel_scope.cancel()
+
+
+Env = tuple[LostReplyStore, JobService, dict[Any, Link]]
+
+
+async def connected(env: Env) -> tuple[LostReplyStore, JobService, Link]:
+    """The store, the service and an agent connected to it (its session recorded)."""
+    store, jobs, links = env
+    link = Link()
+    links[(link.company, link.agent_id)] = link
+    jobs.agent_connected(link)
+    await until(lambda: link.session > 0)
+    return store, jobs, link
+
+
+async def test_a_dispatch_committed_whose_reply_was_lost_still_reaches_the_connected_agent(
+    env: tuple[LostReplyStore, JobService, dict[Any, Link]],
+) -> None:
+    store, jobs, link = await connected(env)  # connected, nothing to deliver yet
+
+    store.lose_dispatch_replies = 1  # the next dispatch record commits, its reply is lost
+    job, _ = await jobs.submit(
+        company="acme", printer_id="p1", kind="print", payload={"text": "1x burger"}, idempotency_key=None
+    )
+    await until(lambda: store.lose_dispatch_replies == 0)
+    # The agent stays connected: the job must still reach it in bounded time (store retry 1 s,
+    # sweep 0.2 s, ack timeout 1 s here). 10 s is several times all of them.
+    try:
+        dispatch = await link.next_message(timeout=10.0)
+    except trio.TooSlowError:
+        stored = await store.get_job(job.job_id)
+        assert stored is not None
+        pytest.fail(
+            f"job accepted (202) never sent to its connected agent: state={stored.state}"
+            f" attempts={stored.attempts}; in flight on this connection: {jobs.core.inflight_count()}"
+        )
+    assert dispatch["event"] == "job.dispatch" and dispatch["data"]["job_id"] == job.job_id
+    stored = await store.get_job(job.job_id)
+    assert stored is not None and stored.state is JobState.DISPATCHED
+
+
+async def test_reports_for_unknown_jobs_during_an_outage_do_not_stay_in_flight(
+    env: tuple[LostReplyStore, JobService, dict[Any, Link]],
+) -> None:
+    store, jobs, link = await connected(env)
+
+    store.down = True  # the database is unreachable (or its circuit is open)
+    for i in range(50):  # a hostile agent: results for jobs that are not its own (or do not exist)
+        report = P.JobReport(f"not-mine-{i}", None, True, None, {"job_id": f"not-mine-{i}", "success": True})
+        err = await jobs.job_report(link, "job.result", report)
+        assert err is not None and err.code == P.ERR_UNAVAILABLE  # budget-free: no 1008 for this
+    assert jobs.core.inflight_count() == 50
+    store.down = False
+    store.dispatch_calls = 0
+
+    # The store is back and answers "no such job of yours" for every one of them: nothing is
+    # left to redeliver. 12 s covers the store backoff (1, 2, 4, 5 s) twice over.
+    try:
+        await until(lambda: jobs.core.inflight_count() == 0, timeout=12.0)
+    except trio.TooSlowError:
+        pytest.fail(
+            f"{jobs.core.inflight_count()} entries for jobs that are not this agent's are still retried"
+            f" after the outage: {store.dispatch_calls} store writes in 12 s, and counting"
+        )
