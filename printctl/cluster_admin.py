@@ -251,6 +251,10 @@ def rebalance_plan(members: list[dict[str, Any]], *, tolerance: float = 0.1) -> 
     return plan
 
 
+#: Shedding rounds before the result counts as the load balancer's (see `rebalance`).
+REBALANCE_ROUNDS = 3
+
+
 def _settled_view(url: str, token: str | None, since: float, timeout: float) -> dict[str, Any]:
     """The cluster view once every live member has published a heartbeat after `since` (the
     agent counts in member records are as old as their last heartbeat, 2 s by default)."""
@@ -299,21 +303,32 @@ def rebalance(
     after: dict[str, int] = {}
     still: list[dict[str, Any]] = []
     if plan and not dry_run:
-        for step in plan:
-            path = f"/monitoring/rebalance?share={step['share']}&per_second={per_second}"
-            resp = request(
-                "POST", step["url"], path, token=token, timeout=timeout + step["moving"] / per_second
-            )
-            if resp.status_code != 200:
-                fail(f"{step['id']}: {error_message(resp)}", exit_code_for(resp), plan=plan)
-            moved[str(step["id"])] = resp.json().get("agents_moved")
+        steps, rounds = plan, 0
         deadline = time.monotonic() + settle
-        while True:  # reconnecting agents back off up to a few seconds: give them `settle`
-            done = time.monotonic()
-            members = _settled_view(url, token, done, timeout).get("members") or []
-            still = rebalance_plan(members)
-            if not still or time.monotonic() >= deadline:
+        while True:
+            rounds += 1
+            for step in steps:
+                path = f"/monitoring/rebalance?share={step['share']}&per_second={per_second}"
+                resp = request(
+                    "POST", step["url"], path, token=token, timeout=timeout + step["moving"] / per_second
+                )
+                if resp.status_code != 200:
+                    fail(f"{step['id']}: {error_message(resp)}", exit_code_for(resp), plan=plan)
+                moved[str(step["id"])] = moved.get(str(step["id"]), 0) + int(
+                    resp.json().get("agents_moved") or 0
+                )
+            while True:  # reconnecting agents back off up to a few seconds: give them `settle`
+                done = time.monotonic()
+                members = _settled_view(url, token, done, timeout).get("members") or []
+                still = rebalance_plan(members)
+                if not still or time.monotonic() >= deadline:
+                    break
+            # least_conn breaks ties (an HTTP request in flight on the emptier instance) by round
+            # robin, so a moved agent can land where it was: shed what is still over, twice more
+            # at most, before calling it the load balancer's doing
+            if not still or rounds >= REBALANCE_ROUNDS:
                 break
+            steps, deadline = still, time.monotonic() + settle
         after = {str(m["id"]): int((m.get("connections") or {}).get("agent", 0)) for m in members}
     hint = None
     if still:
