@@ -6,14 +6,11 @@ tests fail rather than skip: a skipped check would let broken alerts ship silent
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
-import pytest
+from tests.tools import tool
 
 
 def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool is not installed: apt-get install prometheus (it ships /usr/bin/promtool)")
-    return subprocess.run([path, *args], input=stdin, capture_output=True, timeout=60, check=False)
+    cmd = [tool("promtool"), *args]
+    return subprocess.run(cmd, input=stdin, capture_output=True, timeout=60, check=False)

@@ -4,25 +4,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from printctl.clusterspec import load_cluster_file, parse_cluster
 from printctl.deploy import render, write_nginx_prefix
+from tests.tools import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 #: ExecStart must exist for systemd-analyze: the printd of this venv
 PRINTD = str(Path(os.path.abspath(sys.executable)).parent / "printd")
-
-needs_systemd_analyze = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
-)
-NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
 
 
 def verify_unit(tmp_path: Path, content: str, instance: str = "printd-1") -> subprocess.CompletedProcess[str]:
@@ -30,19 +22,21 @@ def verify_unit(tmp_path: Path, content: str, instance: str = "printd-1") -> sub
     unit = tmp_path / f"printd@{instance}.service"
     unit.write_text(content)
     return subprocess.run(
-        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+        [tool("systemd-analyze"), "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
 
 
 def nginx_test(prefix: Path, site: str) -> subprocess.CompletedProcess[str]:
-    assert NGINX is not None
     conf = write_nginx_prefix(prefix, site)
     return subprocess.run(
-        [NGINX, "-t", "-p", str(prefix), "-c", str(conf)], capture_output=True, text=True, timeout=30
+        [tool("nginx"), "-t", "-p", str(prefix), "-c", str(conf)], capture_output=True, text=True, timeout=30
     )
 
 
-@needs_systemd_analyze
 def test_the_rendered_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     rendering = render(
         load_cluster_file(ROOT / "config/cluster.toml"), source="config/cluster.toml", printd_bin=PRINTD
@@ -52,7 +46,6 @@ def test_the_rendered_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None
     assert done.stderr == "" and done.stdout == ""  # not even a warning (an unknown key is only one)
 
 
-@needs_systemd_analyze
 def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     """The check above means something: a missing executable or a bad value does not pass."""
     content = render(
@@ -64,7 +57,6 @@ def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     assert "Failed to parse sec value, ignoring: soon" in typo.stderr
 
 
-@needs_nginx
 def test_the_rendered_site_passes_nginx_t(tmp_path: Path) -> None:
     rendering = render(load_cluster_file(ROOT / "config/cluster.toml"), source="c", printd_bin=PRINTD)
     done = nginx_test(tmp_path / "nginx", rendering.site.content)
@@ -72,7 +64,6 @@ def test_the_rendered_site_passes_nginx_t(tmp_path: Path) -> None:
     assert "test is successful" in done.stderr and "[warn]" not in done.stderr
 
 
-@needs_nginx
 def test_the_rendered_tls_site_passes_nginx_t(tmp_path: Path) -> None:
     cert, key = tmp_path / "printd.pem", tmp_path / "printd.key"
     subprocess.run(
@@ -101,7 +92,6 @@ def test_the_rendered_tls_site_passes_nginx_t(tmp_path: Path) -> None:
     assert "[warn]" not in done.stderr
 
 
-@needs_nginx
 def test_nginx_t_catches_a_broken_site(tmp_path: Path) -> None:
     rendering = render(load_cluster_file(ROOT / "config/cluster.toml"), source="c", printd_bin=PRINTD)
     done = nginx_test(tmp_path / "nginx", rendering.site.content.replace("least_conn;", "least_conn"))

@@ -3,13 +3,11 @@ here, and the bash and fish scripts complete what a person types (the zsh one is
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from printctl.completion import render_all
+from tests.tools import tool
 
 COMPLETIONS = Path(__file__).resolve().parents[2] / "completions"
 
@@ -33,7 +31,6 @@ def test_the_completion_files_match_the_command_tree() -> None:
         )
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
 def test_bash_completes_commands_options_and_values(tmp_path: Path) -> None:
     script = [f"source {COMPLETIONS / 'printctl.bash'}"]
     script.append(
@@ -44,21 +41,20 @@ def test_bash_completes_commands_options_and_values(tmp_path: Path) -> None:
     script += [f'c "{line}"' for line, _ in CASES]
     (tmp_path / "printctl.b").touch()
     script.append(f'c "printctl deploy --config {tmp_path}/printctl."')
-    done = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, timeout=30)
+    done = subprocess.run([tool("bash"), "-c", "\n".join(script)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [expected for _, expected in CASES] + [f"{tmp_path}/printctl.b"]
 
 
-@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
 def test_fish_completes_commands_options_and_values() -> None:
     lines = [f"source {COMPLETIONS / 'printctl.fish'}"]
     lines += [f"complete -C '{line}' | string split -f1 \\t | sort | string join ' '" for line, _ in CASES]
-    done = subprocess.run(["fish", "-c", "\n".join(lines)], capture_output=True, text=True, timeout=30)
+    done = subprocess.run([tool("fish"), "-c", "\n".join(lines)], capture_output=True, text=True, timeout=30)
     assert done.stderr == ""  # the exit status is `string join`'s, 1 for a single item
     assert done.stdout.splitlines() == [expected for _, expected in CASES]
 
 
-@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
 def test_the_zsh_script_parses() -> None:
-    done = subprocess.run(["zsh", "-n", str(COMPLETIONS / "printctl.zsh")], capture_output=True, text=True)
+    script = str(COMPLETIONS / "printctl.zsh")
+    done = subprocess.run([tool("zsh"), "-n", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
