@@ -24,7 +24,7 @@ from printd.cluster.local import LocalCluster
 from printd.cluster.routing import AgentRouter
 from printd.config import JobsConfig
 from printd.jobs.pending import PendingWaiters
-from printd.jobs.service import JobService
+from printd.jobs.service import PASS_PAGE, JobService
 from printd.model import Job, JobState
 from printd.store.base import AgentFence, StoreUnavailable
 from printd.store.sql import Tx
@@ -41,11 +41,22 @@ class LostReplyStore(SQLiteStore):
     lose_dispatch_replies = 0
     down = False
     dispatch_calls = 0
+    fail_next_page = False  # the next read of a pass's second or later page fails
 
     async def _exec(self, fn: Callable[[Tx], T], *, write: bool) -> T:
         if self.down:
             raise StoreUnavailable("PostgreSQL unavailable: connection refused")
         return await super()._exec(fn, write=write)
+
+    async def deliverable_jobs(
+        self, company: str, agent_id: str, limit: int = 500, *, queued_only: bool = False, after_seq: int = 0
+    ) -> list[Job]:
+        if after_seq and self.fail_next_page:
+            self.fail_next_page = False
+            raise StoreUnavailable("PostgreSQL unavailable: connection reset by peer")
+        return await super().deliverable_jobs(
+            company, agent_id, limit, queued_only=queued_only, after_seq=after_seq
+        )
 
     async def record_dispatch(self, job_id: str, now: float, fence: AgentFence) -> Job | None:
         self.dispatch_calls += 1
@@ -154,3 +165,27 @@ async def test_reports_for_unknown_jobs_during_an_outage_do_not_stay_in_flight(
             f"{jobs.core.inflight_count()} entries for jobs that are not this agent's are still retried"
             f" after the outage: {store.dispatch_calls} store writes in 12 s, and counting"
         )
+
+
+async def test_a_store_failure_between_pages_of_a_pass_still_sends_every_job_once(
+    env: tuple[LostReplyStore, JobService, dict[Any, Link]],
+) -> None:
+    """A pass reads a backlog a page at a time; the store fails before the second page. The
+    retried pass sends the rest, and nothing of the first page twice."""
+    store, jobs, links = env
+    backlog = []
+    for n in range(PASS_PAGE + 5):
+        job, _ = await jobs.submit(
+            company="acme", printer_id="p1", kind="print", payload={"n": n}, idempotency_key=None
+        )
+        backlog.append(job.job_id)
+    store.fail_next_page = True
+    _, _, link = await connected(env)
+    sent = [(await link.next_message(timeout=10.0))["data"]["job_id"] for _ in backlog]
+    assert sent == backlog  # each once, in acceptance order
+    assert not store.fail_next_page  # the fault did happen
+    # sentinel: a job accepted now is the next thing the agent gets (no late duplicate before it)
+    later, _ = await jobs.submit(
+        company="acme", printer_id="p1", kind="print", payload={"n": "later"}, idempotency_key=None
+    )
+    assert (await link.next_message(timeout=10.0))["data"]["job_id"] == later.job_id
