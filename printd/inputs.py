@@ -29,45 +29,32 @@ def is_id(value: object) -> bool:
     return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
 
 
-def has_nul(value: Any) -> bool:
-    """True when a NUL character appears in any string of a JSON value, keys included.
-
-    Iterative, so a deeply nested document (orjson accepts 1024 levels) cannot exhaust the
-    Python stack."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
 #: How deep JSON that printd stores and writes back (job payloads, agents' status details and
 #: results) may nest. orjson reads 1024 levels but writes at most 254, and the value sits a few
 #: levels down in the frame that carries it; real tickets and statuses nest a handful.
 MAX_JSON_DEPTH = 64
 
 
-def nesting(value: Any) -> int:
-    """How many objects and arrays deep a JSON value nests (a scalar is 0). Iterative, as
-    `has_nul` is."""
-    deepest = 0
-    stack = [(value, 1)]
+def json_problem(value: Any, subject: str) -> str | None:
+    """Why printd must not store a JSON value it will write back (the message, about `subject`),
+    or None: a NUL character in any string (keys included), or nesting deeper than
+    MAX_JSON_DEPTH. One walk, iterative, so a deeply nested document (orjson accepts 1024
+    levels) cannot exhaust the Python stack."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            deepest = max(deepest, depth)
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            deepest = max(deepest, depth)
-            stack.extend((v, depth + 1) for v in item)
-    return deepest
+        if isinstance(item, str):
+            if "\x00" in item:
+                return f"{subject} must not contain NUL characters"
+        elif isinstance(item, dict | list):
+            if depth == MAX_JSON_DEPTH:
+                return f"{subject} nests deeper than {MAX_JSON_DEPTH} levels"
+            if isinstance(item, dict):
+                stack.extend((k, depth) for k in item)
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
+    return None
 
 
 def dispatch_circuit_name(company: str, branch: str) -> str:

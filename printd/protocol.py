@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from printd.inputs import ID_RULE, MAX_JSON_DEPTH, has_nul, is_id, nesting
+from printd.inputs import ID_RULE, is_id, json_problem
 
 PROTOCOL_VERSION = 1
 
@@ -105,11 +105,8 @@ def _ident(data: dict[str, Any], key: str, msg_id: int | None) -> str | FrameErr
 def _text(data: dict[str, Any], msg_id: int | None) -> FrameError | None:
     """What an agent sends is stored and written back (status details, results): no NUL
     anywhere in it, and no deeper than printd can write it out again."""
-    if has_nul(data):
-        return FrameError(ERR_INVALID_DATA, "text must not contain NUL characters", msg_id)
-    if nesting(data) > MAX_JSON_DEPTH:
-        return FrameError(ERR_INVALID_DATA, f"data must not nest deeper than {MAX_JSON_DEPTH} levels", msg_id)
-    return None
+    problem = json_problem(data, "text")
+    return None if problem is None else FrameError(ERR_INVALID_DATA, problem, msg_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from printd.auth import AuthError, Claims, TokenVerifier, bearer_token
 from printd.cache import TTLCache
 from printd.config import JobsConfig
 from printd.http.router import HttpError, HttpRequest, HttpResponse, Router, json_response
-from printd.inputs import ID_RULE, MAX_JSON_DEPTH, has_nul, is_id, nesting
+from printd.inputs import ID_RULE, is_id, json_problem
 from printd.jobs.service import JobService
 from printd.model import JOB_KINDS, JobState
 from printd.printers import MoveConflict, PrinterRegistry
@@ -296,10 +296,8 @@ def _payload(value: Any, max_bytes: int) -> dict[str, Any]:
     stored and then fail at every dispatch), within the size limit."""
     if not isinstance(value, dict):
         raise HttpError(400, "'payload' must be a JSON object")
-    if has_nul(value):
-        raise HttpError(400, "'payload' must not contain NUL characters")
-    if nesting(value) > MAX_JSON_DEPTH:
-        raise HttpError(400, f"'payload' nests deeper than {MAX_JSON_DEPTH} levels")
+    if (problem := json_problem(value, "'payload'")) is not None:
+        raise HttpError(400, problem)
     if len(orjson.dumps(value)) > max_bytes:
         raise HttpError(413, f"'payload' is larger than {max_bytes} bytes")
     return value
