@@ -314,9 +314,8 @@ def rebalance(
                 )
                 if resp.status_code != 200:
                     fail(f"{step['id']}: {error_message(resp)}", exit_code_for(resp), plan=plan)
-                moved[str(step["id"])] = moved.get(str(step["id"]), 0) + int(
-                    resp.json().get("agents_moved") or 0
-                )
+                sid = str(step["id"])
+                moved[sid] = moved.get(sid, 0) + int(resp.json().get("agents_moved") or 0)
             while True:  # reconnecting agents back off up to a few seconds: give them `settle`
                 done = time.monotonic()
                 members = _settled_view(url, token, done, timeout).get("members") or []

@@ -438,7 +438,7 @@ class JobService:
             expired = await self.store.expire_job(
                 job.job_id, reason=f"payload cannot be sent: {why}", now=time.time(), fence=_fence(link)
             )
-        except (StoreError, StaleSession, UnknownJob):
+        except StoreError:  # a stale session or an unknown job included
             return  # the next pass meets it again
         if expired is not None:
             await self._announce(expired)
