@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs
@@ -61,7 +61,11 @@ class JobEvents(Protocol):
 
     async def agent_disconnected(self, conn: AgentLink) -> None: ...
 
-    async def job_report(self, conn: AgentLink, event: str, report: P.JobReport) -> P.FrameError | None: ...
+    def expects(self, conn: AgentLink, job_id: str) -> bool: ...
+
+    async def job_reports(
+        self, conn: AgentLink, reports: Sequence[tuple[str, P.JobReport]]
+    ) -> list[P.FrameError | None]: ...
 
 
 @dataclass(slots=True)
@@ -89,6 +93,40 @@ def origin_allowed(origin: str | None, allowed: tuple[str, ...], production: boo
     return "*" in allowed or origin.rstrip("/") in allowed
 
 
+#: Reports one connection may have waiting for the store; past it the connection is read no
+#: further until the store catches up (the rest waits in its socket buffer).
+MAX_PENDING_REPORTS = 512
+
+
+@dataclass(slots=True)
+class _Report:
+    msg_id: int | None
+    event: str
+    report: P.JobReport
+
+
+class _ReadState:
+    """What a connection's read loop shares with the tasks that answer for it."""
+
+    __slots__ = ("budget", "earned")
+
+    def __init__(self, budget: ErrorBudget) -> None:
+        self.budget = budget
+        self.earned = 0  # owed reports read since the rate was last charged
+
+
+class _Reports:
+    """An agent's acks and results waiting for the store, and the replies queued behind them:
+    while any are pending, every reply of the connection joins this queue, so the client hears
+    its answers in the order it sent the frames."""
+
+    __slots__ = ("entries", "room")
+
+    def __init__(self) -> None:
+        self.entries: list[_Report | bytes] = []
+        self.room = trio.Event()
+
+
 class Gateway:
     def __init__(
         self,
@@ -111,6 +149,7 @@ class Gateway:
         self._nursery: trio.Nursery | None = None
         self._hello_common = {"protocol": P.PROTOCOL_VERSION, "instance": config.instance_id}
         self._max_item = config.status.max_item_bytes
+        self._reports: dict[WsConnection, _Reports] = {}
         status.on_evict.append(printers.forget)  # an evicted printer is looked up again
 
     def bind(self, nursery: trio.Nursery) -> None:
@@ -227,7 +266,7 @@ class Gateway:
         stream = conn.stream
         stats = self.stats
         cfg = self.config.server
-        budget = ErrorBudget(cfg.error_budget)
+        state = _ReadState(ErrorBudget(cfg.error_budget))
         rate = MessageRate(cfg.message_rate, cfg.message_burst, cfg.rate_limit_close_after, conn.last_seen)
         sock = stream.socket
         streak = 0
@@ -279,16 +318,12 @@ class Gateway:
                     stats.bytes_in_raw += len(message)
                     if conn.closing:
                         continue
-                    err = self._on_text(conn, message)
+                    err = self._on_text(conn, message, state)
                     if err is not None and err.__class__ is not P.FrameError:
                         err = await err  # type: ignore[misc]
                     if err is not None:
-                        conn.queue(P.encode_error(err))
-                        # our outage is not the client's abuse: it does not spend the budget
-                        if err.code not in P.BUDGET_FREE:
-                            stats.frame_errors += 1
-                            if budget.spend(conn.last_seen):
-                                conn.close(P.CLOSE_POLICY, "too many invalid frames")
+                        self._reply(conn, P.encode_error(err))
+                        self._spend(conn, state, err)
                 if proto.parser_exc is not None and not conn.closing:
                     # the engine already queued the close frame (1009 too big, 1002 protocol error)
                     code = proto.close_sent.code if proto.close_sent else P.CLOSE_PROTOCOL_ERROR
@@ -296,7 +331,9 @@ class Gateway:
                 conn.send_pending()
                 if conn.eof or proto.state is State.CLOSED:
                     return  # closing handshake done: the server closes TCP first (RFC 6455)
-                if messages and not conn.closing:
+                messages -= state.earned
+                state.earned = 0
+                if messages > 0 and not conn.closing:
                     pause = rate.spend(conn.last_seen, messages)
                     if pause:
                         await self._over_rate(conn, pause)
@@ -344,8 +381,24 @@ class Gateway:
         conn.fragments = None
         return b"".join(parts)
 
+    def _reply(self, conn: WsConnection, frame: bytes) -> None:
+        """Queue an answer; behind the connection's pending reports if it has any (in order)."""
+        pending = self._reports.get(conn)
+        if pending is None:
+            conn.queue(frame)
+        else:
+            pending.entries.append(frame)
+
+    def _spend(self, conn: WsConnection, state: _ReadState, err: P.FrameError) -> None:
+        """An error answered: the client's errors spend its budget (1008 when spent)."""
+        # our outage is not the client's abuse: it does not spend the budget
+        if err.code not in P.BUDGET_FREE:
+            self.stats.frame_errors += 1
+            if state.budget.spend(trio.current_time()):
+                conn.close(P.CLOSE_POLICY, "too many invalid frames")
+
     def _on_text(
-        self, conn: WsConnection, message: BytesLike
+        self, conn: WsConnection, message: BytesLike, state: _ReadState
     ) -> P.FrameError | None | Awaitable[P.FrameError | None]:
         """Handle one message. Pings and status updates of known printers are handled right
         here, without a coroutine; work that needs the store comes back as an awaitable."""
@@ -358,7 +411,7 @@ class Gateway:
         event = env.event
         if event == "ping":
             if env.id is not None:
-                conn.queue(P.encode_ack(env.id))
+                self._reply(conn, P.encode_ack(env.id))
             return None
         if conn.role != "agent":
             return P.FrameError(P.ERR_UNKNOWN_EVENT, f"unknown event {event!r} for a {conn.role}", env.id)
@@ -385,18 +438,49 @@ class Gateway:
             report = P.parse_job_report(env)
             if isinstance(report, P.FrameError):
                 return report
-            return self._job_report(conn, env, report)
+            return self._queue_report(conn, state, _Report(env.id, event, report))
         return P.FrameError(P.ERR_UNKNOWN_EVENT, f"unknown event {event!r}", env.id)
 
-    async def _job_report(
-        self, conn: WsConnection, env: P.Envelope, report: P.JobReport
-    ) -> P.FrameError | None:
-        err = await self.jobs.job_report(conn, env.event, report)
-        if err is None:
-            if env.id is not None:
-                conn.queue(P.encode_ack(env.id))
-            return None
-        return P.FrameError(err.code, err.message, env.id)  # answer the frame the client sent
+    def _queue_report(self, conn: WsConnection, state: _ReadState, report: _Report) -> Awaitable[None] | None:
+        """Reports are applied by the connection's reporter task a group at a time (one store
+        transaction each), so the read loop goes on reading while the store works: one agent's
+        acks and results no longer wait for each other's commit. Returns an awaitable (wait for
+        room) when the connection has MAX_PENDING_REPORTS waiting."""
+        if self.jobs.expects(conn, report.report.job_id):
+            state.earned += 1
+        pending = self._reports.get(conn)
+        if pending is None:
+            pending = self._reports[conn] = _Reports()
+            self._spawn(lambda: self._reporter(conn, state, pending))
+        pending.entries.append(report)
+        if len(pending.entries) >= MAX_PENDING_REPORTS:
+            return pending.room.wait()
+        return None
+
+    async def _reporter(self, conn: WsConnection, state: _ReadState, pending: _Reports) -> None:
+        """Apply the connection's pending reports in order, a group per transaction, and send
+        their answers (and the replies queued behind them) in the order the frames came."""
+        try:
+            while pending.entries:
+                entries, pending.entries = pending.entries, []
+                room, pending.room = pending.room, trio.Event()
+                room.set()
+                reports = [e for e in entries if isinstance(e, _Report)]
+                answers = iter(await self.jobs.job_reports(conn, [(r.event, r.report) for r in reports]))
+                for entry in entries:
+                    if isinstance(entry, bytes):
+                        conn.queue(entry)
+                        continue
+                    err = next(answers)
+                    if err is not None:  # answer the frame the client sent
+                        conn.queue(P.encode_error(P.FrameError(err.code, err.message, entry.msg_id)))
+                        self._spend(conn, state, err)
+                    elif entry.msg_id is not None:
+                        conn.queue(P.encode_ack(entry.msg_id))
+                conn.send_pending()
+        finally:
+            del self._reports[conn]
+            pending.room.set()
 
     async def _register_then_publish(
         self, conn: WsConnection, env: P.Envelope, update: P.StatusUpdate, item: bytes
@@ -424,5 +508,5 @@ class Gateway:
         if refused is not None:
             return P.FrameError(P.ERR_LIMIT_EXCEEDED, refused, env.id)
         if env.id is not None:
-            conn.queue(P.encode_ack(env.id))
+            self._reply(conn, P.encode_ack(env.id))
         return None

@@ -88,6 +88,7 @@ class InFlight:
     due: float = 0.0
     resends: int = 0  # re-sends since the ack (result timeout backoff) or store failures
     redeliver: bool = False  # must go out again: a report of it could not be recorded
+    credits: int = 2  # reports (an ack, a result) the agent owes for this send: see `expects`
     admission: tuple[CircuitBreaker, Admission] | None = None
 
 
@@ -277,6 +278,17 @@ class DeliveryCore:
             self._schedule(item, now + self._store_backoff(item.resends))
 
     # ------------------------------------------------------------ reports from the agent
+
+    def expects(self, key: AgentKey, session: int, job_id: str) -> bool:
+        """Is this report one the agent owes for a send on this connection (its ack, its result)?
+        Owed reports are the server's own doing (it chose to send the job), so the connection's
+        message rate does not charge them; each send earns at most two."""
+        agent = self.agents.get(key)
+        item = agent.inflight.get(job_id) if agent is not None and agent.session == session else None
+        if item is None or item.credits <= 0:
+            return False
+        item.credits -= 1
+        return True
 
     def acked(self, key: AgentKey, session: int, job_id: str, now: float) -> None:
         agent = self.agents.get(key)

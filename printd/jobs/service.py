@@ -38,7 +38,15 @@ from printd.jobs.delivery import DeliveryCore, Expire, Go, Hold, RetryPolicy, Se
 from printd.jobs.pending import AgentGone, PendingError, PendingTimeout, PendingWaiters
 from printd.model import Job, JobState
 from printd.store import Store, StoreError
-from printd.store.base import AgentClaim, AgentFence, StaleLeader, StaleSession, UnknownJob
+from printd.store.base import (
+    AgentClaim,
+    AgentFence,
+    Report,
+    Reported,
+    StaleLeader,
+    StaleSession,
+    UnknownJob,
+)
 
 log = structlog.get_logger("printd.jobs")
 
@@ -346,57 +354,70 @@ class JobService:
                 self.core.pass_failed(key, session, want)
                 await trio.sleep(STORE_RETRY_DELAY)
                 return
+            go: list[tuple[str, Any]] = []
+            hold: Hold | None = None
             for job in jobs:
-                if link.closing:
-                    return
                 decision = self.core.decide(
                     key, session, job.job_id, job.state, job.branch, trio.current_time()
                 )
                 if isinstance(decision, Skip):
                     continue
-                if isinstance(decision, Hold):  # the branch's circuit is open: the jobs wait
-                    self.core.pass_failed(key, session, want)
-                    await trio.sleep(decision.retry_after)
-                    return
+                if isinstance(decision, Hold):  # the branch's circuit is open: the rest waits
+                    hold = decision
+                    break
                 assert isinstance(decision, Go)
                 if job.state is not JobState.QUEUED:
                     self.redelivered += 1
-                if not await self._dispatch(link, job.job_id, decision.admission):
-                    # The store did not answer; it may still have recorded the dispatch (a reply
-                    # lost after COMMIT), making the job `dispatched` under this session, which a
-                    # queued-only pass would never find again: the retry is a full pass.
-                    self.core.pass_failed(key, session, Want.ALL)
-                    await trio.sleep(STORE_RETRY_DELAY)
-                    return
+                go.append((job.job_id, decision.admission))
+            if go and not await self._dispatch_many(link, go):
+                # The store did not answer; it may still have recorded the dispatches (a reply
+                # lost after COMMIT), making them `dispatched` under this session, which a
+                # queued-only pass would never find again: the retry is a full pass.
+                self.core.pass_failed(key, session, Want.ALL)
+                await trio.sleep(STORE_RETRY_DELAY)
+                return
+            if hold is not None:
+                self.core.pass_failed(key, session, want)
+                await trio.sleep(hold.retry_after)
+                return
             if len(jobs) < PASS_PAGE:
                 return
             after = jobs[-1].seq
 
-    async def _dispatch(self, link: AgentLink, job_id: str, admission: Any) -> bool:
-        """Record one dispatch under the agent's session, then send it. False when the store
-        could not record it (nothing was sent; the caller retries)."""
+    async def _dispatch_many(self, link: AgentLink, sends: Sequence[tuple[str, Any]]) -> bool:
+        """Record the dispatches of `(job_id, admission)` under the agent's session in one
+        transaction, then send them in order. False when the store could not record them
+        (nothing was sent; the caller retries)."""
         key = (link.company, link.agent_id)
-        now = trio.current_time()
         fence = _fence(link)
         try:
-            job = await self.store.record_dispatch(job_id, time.time(), fence)
-        except StaleSession:
+            outcomes = await self.store.record_dispatches([job_id for job_id, _ in sends], time.time(), fence)
+        except StoreError as exc:
+            outcomes = [exc] * len(sends)
+        recorded = True
+        for (job_id, admission), outcome in zip(sends, outcomes, strict=True):
+            now = trio.current_time()
+            if isinstance(outcome, Job) and not link.closing:
+                await self._send(link, outcome, admission)
+                continue
             self.core.give_back(admission, now)
-            self._stale(link, fence.session)
-            return True
-        except UnknownJob:
-            # not this agent's job (a report for someone else's during an outage put it here):
-            # nothing to send, nothing to retry
-            self.core.give_back(admission, now)
-            self.core.forget(key, link.session, job_id, now)
-            return True
-        except StoreError:
-            self.core.give_back(admission, now)
-            return False
-        if job is None:  # finished meanwhile: nothing to send, nothing to wait for
-            self.core.give_back(admission, now)
-            self.core.forget(key, link.session, job_id, now)
-            return True
+            if isinstance(outcome, StaleSession):
+                self._stale(link, fence.session)
+            elif isinstance(outcome, UnknownJob) or outcome is None:
+                # finished meanwhile, or not this agent's job (a report for someone else's during
+                # an outage put it here): nothing to send, nothing to retry
+                self.core.forget(key, link.session, job_id, now)
+            elif isinstance(outcome, StoreError):
+                recorded = False
+        return recorded
+
+    async def _dispatch(self, link: AgentLink, job_id: str, admission: Any) -> bool:
+        """A timer's re-send of one job."""
+        return await self._dispatch_many(link, [(job_id, admission)])
+
+    async def _send(self, link: AgentLink, job: Job, admission: Any) -> None:
+        """Send a job whose dispatch is recorded, and start its timer."""
+        now = trio.current_time()
         try:
             frame = P.encode_event(
                 DISPATCH_EVENT,
@@ -414,9 +435,9 @@ class JobService:
             # here (expired, announced) instead of failing every dispatch on every instance.
             self.core.give_back(admission, now)
             await self._unsendable(link, job, str(exc))
-            return True
+            return
         self.core.sent(
-            key,
+            (link.company, link.agent_id),
             link.session,
             job_id=job.job_id,
             kind=job.kind,
@@ -425,12 +446,11 @@ class JobService:
             attempts=job.attempts,
             acked=job.state is JobState.ACKED,
             admission=admission,
-            now=trio.current_time(),
+            now=now,
         )
         self._wakeup.set()
         self.dispatched += 1
         link.send(frame)
-        return True
 
     async def _unsendable(self, link: AgentLink, job: Job, why: str) -> None:
         log.error("job payload cannot be encoded; expiring it", job_id=job.job_id, error=why)
@@ -445,51 +465,70 @@ class JobService:
 
     # ---------------------------------------------------------------- reports from agents
 
-    async def job_report(self, link: AgentLink, event: str, report: P.JobReport) -> P.FrameError | None:
-        key = (link.company, link.agent_id)
+    def expects(self, link: AgentLink, job_id: str) -> bool:
+        """The report is one this connection owes for a job sent on it (DeliveryCore.expects)."""
+        return self.core.expects((link.company, link.agent_id), link.session, job_id)
+
+    async def job_reports(
+        self, link: AgentLink, reports: Sequence[tuple[str, P.JobReport]]
+    ) -> list[P.FrameError | None]:
+        """Apply a connection's acks and results (`(event, report)` in the order they came) in
+        one store transaction; the answer to each, in the same order."""
         with trio.move_on_after(CLAIM_WAIT):  # a report right after connecting (a pending result)
             while not link.session and not link.closing:
                 await self._recorded.wait()
         if not link.session:
-            return P.FrameError(P.ERR_UNAVAILABLE, "store unavailable; the job will be redelivered")
+            busy = P.FrameError(P.ERR_UNAVAILABLE, "store unavailable; the job will be redelivered")
+            return [busy] * len(reports)
         fence = _fence(link)
+        items = [_store_report(event, report) for event, report in reports]
+        outcomes: Sequence[Reported | StoreError]
         try:
-            if event == "job.ack":
-                await self.store.mark_acked(report.job_id, time.time(), fence)
-                self.core.acked(key, link.session, report.job_id, trio.current_time())
-                return None
-            result = dict(report.data)
-            job, changed = await self.store.finish_job(
-                report.job_id,
-                success=bool(report.success),
-                result=result,
-                error=None if report.success else (report.message or "printing failed"),
-                now=time.time(),
-                fence=fence,
-            )
-        except UnknownJob:
-            return P.FrameError(P.ERR_FORBIDDEN, f"job {report.job_id!r} is not dispatched to this agent")
-        except StaleSession:
+            outcomes = await self.store.report_jobs(items, time.time(), fence)
+        except StoreError as exc:
+            outcomes = [exc] * len(items)
+        return [
+            await self._reported(link, fence, item, outcome)
+            for item, outcome in zip(items, outcomes, strict=True)
+        ]
+
+    async def job_report(self, link: AgentLink, event: str, report: P.JobReport) -> P.FrameError | None:
+        """`job_reports` for one report."""
+        (answer,) = await self.job_reports(link, [(event, report)])
+        return answer
+
+    async def _reported(
+        self, link: AgentLink, fence: AgentFence, item: Report, outcome: Reported | StoreError
+    ) -> P.FrameError | None:
+        key = (link.company, link.agent_id)
+        if isinstance(outcome, UnknownJob):
+            return P.FrameError(P.ERR_FORBIDDEN, f"job {item.job_id!r} is not dispatched to this agent")
+        if isinstance(outcome, StaleSession):
             if self._stale(link, fence.session):
                 return P.FrameError(P.ERR_FORBIDDEN, "this connection was replaced by a newer one")
             # recorded under this connection's new session by the redelivery its full pass makes
             return P.FrameError(P.ERR_UNAVAILABLE, "not recorded; the job will be redelivered")
-        except StoreError:
+        if isinstance(outcome, StoreError):
             # not recorded: the job goes out again once the store is back, and the agent
             # answers the redelivery from its de-duplication journal
             if not self.core.report_failed(
-                key, link.session, report.job_id, kind="print", now=trio.current_time()
+                key, link.session, item.job_id, kind="print", now=trio.current_time()
             ):
                 self._wake(key, Want.ALL)  # not tracked (cap): the full pass finds it once the store is back
             self._wakeup.set()
             return P.FrameError(P.ERR_UNAVAILABLE, "store unavailable; the job will be redelivered")
-        self.core.finished(key, link.session, report.job_id, trio.current_time())
+        if item.ack:
+            self.core.acked(key, link.session, item.job_id, trio.current_time())
+            return None
+        job = outcome.job
+        self.core.finished(key, link.session, item.job_id, trio.current_time())
         if job.kind == "test":
+            result = item.result or {}
             if job.origin in (None, self.instance_id):
                 self.test_outcome(job.correlation_id, result, gone=False)
             else:
                 await self._tell(job.origin, {"t": "test", "cid": job.correlation_id, "result": result})
-        if changed:
+        if outcome.changed:
             await self._announce(job)
         return None
 
@@ -618,6 +657,18 @@ class JobService:
             nursery.start_soon(self._timers)
             nursery.start_soon(self._sweeps)
             task_status.started()
+
+
+def _store_report(event: str, report: P.JobReport) -> Report:
+    if event == "job.ack":
+        return Report(report.job_id, ack=True)
+    return Report(
+        report.job_id,
+        ack=False,
+        success=bool(report.success),
+        result=dict(report.data),
+        error=None if report.success else (report.message or "printing failed"),
+    )
 
 
 def _fence(link: AgentLink) -> AgentFence:

@@ -115,6 +115,25 @@ class QueuedJobs:
     oldest_created_at: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Report:
+    """An agent's `job.ack` (ack=True) or `job.result` for one job."""
+
+    job_id: str
+    ack: bool
+    success: bool = False
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """A report applied: the job after it, and whether it moved the job's state."""
+
+    job: Job
+    changed: bool
+
+
 class Store(ABC):
     """Durable printers and print jobs. Open it, ``migrate()`` it, use it, close it."""
 
@@ -237,16 +256,32 @@ class Store(ABC):
         """A company's jobs, newest first, without history."""
 
     @abstractmethod
+    async def record_dispatches(
+        self, job_ids: Sequence[str], now: float, fence: AgentFence
+    ) -> list[Job | None | StoreError]:
+        """Count sends to the agent, in one transaction (queued -> dispatched, or a re-send of a
+        dispatched/acked job): per job the job, None if it ended meanwhile, or the error that job
+        alone met (UnknownJob: not this agent's; StaleSession)."""
+
+    @abstractmethod
+    async def report_jobs(
+        self, reports: Sequence[Report], now: float, fence: AgentFence
+    ) -> list[Reported | StoreError]:
+        """Apply an agent's acks (queued|dispatched -> acked) and results (live -> printed|failed)
+        in order, in one transaction: per report the job (`changed` False when its state did
+        not allow the report: acked or ended already) or the error that report alone met."""
+
     async def record_dispatch(self, job_id: str, now: float, fence: AgentFence) -> Job | None:
-        """Count a send to the agent (queued -> dispatched, or a re-send of a dispatched/acked
-        job); None if the job ended meanwhile."""
+        """`record_dispatches` for one job; its error raised."""
+        (outcome,) = await self.record_dispatches([job_id], now, fence)
+        if isinstance(outcome, StoreError):
+            raise outcome
+        return outcome
 
-    @abstractmethod
     async def mark_acked(self, job_id: str, now: float, fence: AgentFence) -> Job | None:
-        """The agent took the job (queued|dispatched -> acked); the job as it is (acked or
-        terminal) otherwise."""
+        """The agent took the job; the job as it is (acked or terminal) otherwise."""
+        return (await self._report_one(Report(job_id, ack=True), now, fence)).job
 
-    @abstractmethod
     async def finish_job(
         self,
         job_id: str,
@@ -258,6 +293,15 @@ class Store(ABC):
         fence: AgentFence,
     ) -> tuple[Job, bool]:
         """Move a live job to printed/failed; (job, False) if it had ended already."""
+        report = Report(job_id, ack=False, success=success, result=result, error=error)
+        done = await self._report_one(report, now, fence)
+        return done.job, done.changed
+
+    async def _report_one(self, report: Report, now: float, fence: AgentFence) -> Reported:
+        (outcome,) = await self.report_jobs([report], now, fence)
+        if isinstance(outcome, StoreError):
+            raise outcome
+        return outcome
 
     @abstractmethod
     async def expire_job(

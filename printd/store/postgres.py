@@ -99,6 +99,8 @@ class PostgresStore(SqlStore):
         }
         self._call_timeout = statement_timeout_ms / 1000 + CALL_MARGIN_S
         self._pool_size = pool_size
+        # grouped writes on half the pool: groups form while they run, reads keep connections
+        self.group_width = max(1, pool_size // 2)
         self._last_used: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
             weakref.WeakKeyDictionary()
         )

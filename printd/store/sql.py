@@ -28,6 +28,8 @@ from printd.store.base import (
     InstanceConflict,
     InstanceRow,
     QueuedJobs,
+    Report,
+    Reported,
     StaleLeader,
     StaleSession,
     Store,
@@ -36,6 +38,7 @@ from printd.store.base import (
     UnknownJob,
     UnknownPrinter,
 )
+from printd.store.group import GroupCommit
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -57,6 +60,13 @@ def _states_sql(states: frozenset[JobState]) -> str:
 
 
 LIVE_SQL = _states_sql(LIVE_STATES)
+# Written exactly as the partial indexes' predicates (SQLite matches them term by term).
+BACKLOG_SQL = (
+    "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE company = ? AND printer_id = ?"
+    f" AND state IN {LIVE_SQL} LIMIT ?) AS backlog"
+)
+LIVE_AGENT_WHERE = f"company = ? AND agent_id = ? AND state IN {LIVE_SQL} AND seq > ?"
+QUEUED_AGENT_WHERE = "company = ? AND agent_id = ? AND state = 'queued' AND seq > ?"
 
 #: A transition made for an agent holds only under the agent's current session.
 FENCE_SQL = (
@@ -226,6 +236,14 @@ def _why_not(tx: Tx, job_id: str, fence: AgentFence) -> Job:
     return job_from_row(tx, row)
 
 
+def _each(fn: Callable[[Tx, Any], T], tx: Tx, arg: Any) -> T | StoreError:
+    """One item of a batch: its domain error (raised before it wrote) is its own outcome."""
+    try:
+        return fn(tx, arg)
+    except StoreError as exc:
+        return exc
+
+
 def _jobs(
     tx: Tx, where: str, params: Sequence[Any], order: str, limit: int, columns: str = JOB_COLUMNS
 ) -> list[Job]:
@@ -263,6 +281,9 @@ class SqlStore(Store):
 
     dialect: Dialect
     circuit: Circuit | None = None
+    #: How many grouped write transactions may run at once (SQLite has one writer).
+    group_width: int = 1
+    _group: GroupCommit | None = None
 
     def guard_with(self, circuit: Circuit) -> None:
         self.circuit = circuit
@@ -280,6 +301,15 @@ class SqlStore(Store):
                 return await self._exec(fn, write=write)
         except CircuitOpenError as exc:
             raise StoreCircuitOpen(str(exc), retry_after=exc.retry_after, circuit=exc.circuit) from None
+
+    async def _write_grouped(self, fn: Callable[[Tx], T]) -> T:
+        """A hot-path write: shares a transaction with the writes queued beside it (group commit;
+        `fn` raises its domain errors before writing, see printd/store/group.py)."""
+        group = self._group
+        if group is None:
+            group = GroupCommit(lambda work: self._run(work, write=True), width=self.group_width)
+            self._group = group
+        return await group.run(fn)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -437,11 +467,7 @@ class SqlStore(Store):
             if max_backlog is not None:
                 # Counting stops at the cap (the partial index of live jobs per printer): what
                 # one client can make the database hold for a printer whose agent is away.
-                (live,) = tx.one(
-                    "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE company = ? AND printer_id = ?"
-                    f" AND state IN {LIVE_SQL} LIMIT ?) AS backlog",
-                    (company, printer_id, max_backlog),
-                ) or (0,)
+                (live,) = tx.one(BACKLOG_SQL, (company, printer_id, max_backlog)) or (0,)
                 if live >= max_backlog:
                     earlier = replay(tx)
                     if earlier is not None:
@@ -470,7 +496,7 @@ class SqlStore(Store):
                 raise StoreError("idempotency key conflict but no existing job found")
             return earlier, False
 
-        return await self._run(run, write=True)
+        return await self._write_grouped(run)
 
     async def get_job(self, job_id: str, company: str | None = None) -> Job | None:
         def run(tx: Tx) -> Job | None:
@@ -499,8 +525,10 @@ class SqlStore(Store):
             write=False,
         )
 
-    async def record_dispatch(self, job_id: str, now: float, fence: AgentFence) -> Job | None:
-        def run(tx: Tx) -> Job | None:
+    async def record_dispatches(
+        self, job_ids: Sequence[str], now: float, fence: AgentFence
+    ) -> list[Job | None | StoreError]:
+        def one(tx: Tx, job_id: str) -> Job | None:
             counted = "attempts = attempts + 1, dispatched_at = ?"
             job = _apply(tx, job_id, JobEvent.DISPATCH, counted, [now], now, fence=fence)
             if job is None:
@@ -509,37 +537,24 @@ class SqlStore(Store):
                 _why_not(tx, job_id, fence)  # raises unless the job simply ended meanwhile
             return job
 
-        return await self._run(run, write=True)
+        return await self._write_grouped(lambda tx: [_each(one, tx, job_id) for job_id in job_ids])
 
-    async def mark_acked(self, job_id: str, now: float, fence: AgentFence) -> Job | None:
-        def run(tx: Tx) -> Job | None:
-            job = _apply(tx, job_id, JobEvent.ACK, "acked_at = ?", [now], now, fence=fence)
-            return job if job is not None else _why_not(tx, job_id, fence)
-
-        return await self._run(run, write=True)
-
-    async def finish_job(
-        self,
-        job_id: str,
-        *,
-        success: bool,
-        result: dict[str, Any] | None,
-        error: str | None,
-        now: float,
-        fence: AgentFence,
-    ) -> tuple[Job, bool]:
-        event = JobEvent.PRINTED if success else JobEvent.FAILED
-
-        def run(tx: Tx) -> tuple[Job, bool]:
-            sets = "finished_at = ?, result = ?, error = ?"
-            job = _apply(
-                tx, job_id, event, sets, [now, tx.dump(result), error], now, fence=fence, detail=error
-            )
+    async def report_jobs(
+        self, reports: Sequence[Report], now: float, fence: AgentFence
+    ) -> list[Reported | StoreError]:
+        def one(tx: Tx, report: Report) -> Reported:
+            if report.ack:
+                job = _apply(tx, report.job_id, JobEvent.ACK, "acked_at = ?", [now], now, fence=fence)
+            else:
+                event = JobEvent.PRINTED if report.success else JobEvent.FAILED
+                sets = "finished_at = ?, result = ?, error = ?"
+                params = [now, tx.dump(report.result), report.error]
+                job = _apply(tx, report.job_id, event, sets, params, now, fence=fence, detail=report.error)
             if job is not None:
-                return job, True
-            return _why_not(tx, job_id, fence), False
+                return Reported(job, True)
+            return Reported(_why_not(tx, report.job_id, fence), False)
 
-        return await self._run(run, write=True)
+        return await self._write_grouped(lambda tx: [_each(one, tx, report) for report in reports])
 
     async def expire_job(
         self, job_id: str, *, reason: str, now: float, fence: AgentFence | None = None
@@ -556,12 +571,8 @@ class SqlStore(Store):
     async def deliverable_jobs(
         self, company: str, agent_id: str, limit: int = 500, *, queued_only: bool = False, after_seq: int = 0
     ) -> list[Job]:
-        params: tuple[Any, ...]
-        if queued_only:
-            where, params = "company = ? AND agent_id = ? AND state = ?", (company, agent_id, JobState.QUEUED)
-        else:
-            where, params = f"company = ? AND agent_id = ? AND state IN {LIVE_SQL}", (company, agent_id)
-        where, params = f"{where} AND seq > ?", (*params, after_seq)
+        where = QUEUED_AGENT_WHERE if queued_only else LIVE_AGENT_WHERE
+        params = (company, agent_id, after_seq)
         return await self._run(lambda tx: _jobs(tx, where, params, "seq", limit), write=False)
 
     # -- agent sessions ----------------------------------------------------------------------

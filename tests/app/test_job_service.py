@@ -21,7 +21,7 @@ from printd.config import JobsConfig
 from printd.jobs.pending import PendingWaiters
 from printd.jobs.service import PASS_PAGE, JobService
 from printd.store import Store, open_store
-from printd.store.base import AgentFence, StaleSession
+from printd.store.base import AgentFence, Report, StaleSession, StoreError
 
 
 @dataclass(eq=False)
@@ -145,12 +145,12 @@ async def test_a_report_refused_under_a_session_a_takeover_replaced_keeps_the_co
     )
     await link.next_message()
 
-    async def refused(job_id: str, now: float, fence: AgentFence) -> None:
+    async def refused(reports: list[Report], now: float, fence: AgentFence) -> list[StoreError]:
         if taken_over:
             link.session += 1  # the takeover's claim landed while the ack was on its way
-        raise StaleSession("the agent's session moved on")
+        return [StaleSession("the agent's session moved on")]
 
-    monkeypatch.setattr(harness.store, "mark_acked", refused)
+    monkeypatch.setattr(harness.store, "report_jobs", refused)
     report = P.JobReport(job.job_id, job.correlation_id, None, None, {"job_id": job.job_id})
     err = await harness.jobs.job_report(link, "job.ack", report)
     assert err is not None

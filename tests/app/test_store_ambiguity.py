@@ -10,7 +10,7 @@ committed, and the caller gets StoreUnavailable. SQLite cannot produce that on i
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +26,7 @@ from printd.config import JobsConfig
 from printd.jobs.pending import PendingWaiters
 from printd.jobs.service import PASS_PAGE, JobService
 from printd.model import Job, JobState
-from printd.store.base import AgentFence, StoreUnavailable
+from printd.store.base import AgentFence, StoreError, StoreUnavailable
 from printd.store.sql import Tx
 from printd.store.sqlite import SQLiteStore
 from tests.app.test_job_service import Link
@@ -35,7 +35,7 @@ T = TypeVar("T")
 
 
 class LostReplyStore(SQLiteStore):
-    """`lose_dispatch_replies`: that many `record_dispatch` calls commit, then fail as if the
+    """`lose_dispatch_replies`: that many `record_dispatches` calls commit, then fail as if the
     reply never came back. `down`: every call fails (the database unreachable)."""
 
     lose_dispatch_replies = 0
@@ -58,13 +58,15 @@ class LostReplyStore(SQLiteStore):
             company, agent_id, limit, queued_only=queued_only, after_seq=after_seq
         )
 
-    async def record_dispatch(self, job_id: str, now: float, fence: AgentFence) -> Job | None:
-        self.dispatch_calls += 1
-        job = await super().record_dispatch(job_id, now, fence)
+    async def record_dispatches(
+        self, job_ids: Sequence[str], now: float, fence: AgentFence
+    ) -> list[Job | None | StoreError]:
+        self.dispatch_calls += len(job_ids)
+        jobs = await super().record_dispatches(job_ids, now, fence)
         if self.lose_dispatch_replies:
             self.lose_dispatch_replies -= 1
             raise StoreUnavailable("PostgreSQL unavailable: server closed the connection unexpectedly")
-        return job
+        return jobs
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

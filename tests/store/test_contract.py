@@ -74,9 +74,9 @@ def bare(job: Job | None) -> Job | None:
 
 async def test_migrate_is_idempotent_and_versioned(raw_store: Store) -> None:
     assert await raw_store.schema_version() == 0
-    assert await raw_store.migrate() == [1, 2, 3]
+    assert await raw_store.migrate() == [1, 2, 3, 4]
     assert await raw_store.migrate() == []
-    assert await raw_store.schema_version() == 3
+    assert await raw_store.schema_version() == 4
     await raw_store.ping()
 
 
@@ -91,7 +91,7 @@ async def test_concurrent_migrators_apply_once(store_url: str) -> None:
     async with trio.open_nursery() as nursery:
         for store in stores:
             nursery.start_soon(run, store)
-    assert sorted(applied) == [[], [], [], [1, 2, 3]]
+    assert sorted(applied) == [[], [], [], [1, 2, 3, 4]]
 
 
 # -- printers --------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ async def test_postgres_scheme_alias(pg_url: str) -> None:
     store = open_store(pg_url.replace("postgresql://", "postgres://", 1))
     assert isinstance(store, PostgresStore)
     async with store:
-        assert await store.migrate() == [1, 2, 3]
+        assert await store.migrate() == [1, 2, 3, 4]
         row = await store._run(lambda tx: tx.one("SELECT current_schema()"), write=False)
     assert row is not None and row[0] == pg_url.rsplit("%3D", 1)[1]  # the URL's search_path
 
@@ -54,4 +54,4 @@ async def test_dropped_connection_is_unavailable_then_recovers(pg_url: str) -> N
         with pytest.raises(StoreUnavailable):
             await store._run(lambda tx: tx.one("SELECT pg_terminate_backend(pg_backend_pid())"), write=True)
         await store.ping()  # the pool replaced the dead connection
-        assert await store.schema_version() == 3
+        assert await store.schema_version() == 4

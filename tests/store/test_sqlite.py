@@ -59,13 +59,13 @@ async def test_creates_parent_dir_and_uses_wal(tmp_path: Path) -> None:
 async def test_relative_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     async with open_store("sqlite:var/rel.db") as store:
-        assert await store.migrate() == [1, 2, 3]
+        assert await store.migrate() == [1, 2, 3, 4]
     assert (tmp_path / "var" / "rel.db").exists()
 
 
 async def test_memory_url() -> None:
     async with open_store("sqlite::memory:") as store:
-        assert await store.migrate() == [1, 2, 3]
+        assert await store.migrate() == [1, 2, 3, 4]
 
 
 async def test_closed_store_raises(tmp_path: Path) -> None:

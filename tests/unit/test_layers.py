@@ -16,7 +16,8 @@ for layer, modules in enumerate(
         " ratelimit cache cluster.base cluster.membership cluster.resp cluster.target gateway.limits"
         " __init__ breakers gateway jobs cluster http logs systemd",
         # backends: the only I/O to the dependencies
-        "store store.base store.sql store.sqlite store.postgres store.migrate breakers.shell breakers.metrics"
+        "store store.base store.group store.sql store.sqlite store.postgres store.migrate"
+        " breakers.shell breakers.metrics"
         " cluster.local cluster.redis cluster.redis_client",
         # services
         "jobs.service printers status cluster.node cluster.routing auth metrics",
