@@ -64,6 +64,7 @@ DIALECT = Dialect(
     run_script=_run_script,
     table_exists_sql="SELECT 1 WHERE to_regclass(?) IS NOT NULL",
     row_lock_sql=" FOR SHARE",
+    log_in_same_statement=True,
     # Scoped to the schema, so migrators of unrelated schemas do not wait for each other.
     migration_lock_sql=(
         "SELECT pg_advisory_xact_lock(hashtext('printd.migrate:' || COALESCE(current_schema(), '')))"

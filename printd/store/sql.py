@@ -89,6 +89,9 @@ class Dialect:
     table_exists_sql: str  # one ``?`` parameter: the table name
     migration_lock_sql: str | None = None
     row_lock_sql: str = ""  # appended to a SELECT that must lock the row it reads
+    #: A write and its job_events row as one statement (a data-modifying WITH): one round trip
+    #: instead of two on a networked database. SQLite has no DML in WITH.
+    log_in_same_statement: bool = False
 
 
 class Tx:
@@ -177,6 +180,23 @@ def _event(tx: Tx, job_id: str, state: JobState, at: float, detail: str | None =
     )
 
 
+def _write_logged(
+    tx: Tx, sql: str, params: Sequence[Any], state: JobState, at: float, detail: str | None = None
+) -> Row | None:
+    """Run a write of one job that returns JOB_COLUMNS (job_id first); when it wrote, record the
+    state it moved to in job_events."""
+    if tx.dialect.log_in_same_statement:
+        logged = (
+            f"WITH written AS ({sql}), logged AS (INSERT INTO job_events (job_id, state, at, detail)"
+            " SELECT job_id, ?, ?, ? FROM written) SELECT * FROM written"
+        )
+        return tx.one(logged, (*params, state, at, detail))
+    row = tx.one(sql, params)
+    if row is not None:
+        _event(tx, row[0], state, at, detail)
+    return row
+
+
 def _load_job(tx: Tx, job_id: str) -> Job | None:
     row = tx.one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
     if row is None:
@@ -210,12 +230,12 @@ def _apply(
     if fence is not None:
         where += f" AND company = ? AND agent_id = ? AND {FENCE_SQL}"
         values += [fence.company, fence.agent_id, fence.session]
-    row = tx.one(f"UPDATE jobs SET {', '.join(sets)} WHERE {where} RETURNING {JOB_COLUMNS}", values)
-    if row is None:
-        return None
-    if transition.to is not None:
-        _event(tx, job_id, transition.to, now, detail)
-    return job_from_row(tx, row)
+    sql = f"UPDATE jobs SET {', '.join(sets)} WHERE {where} RETURNING {JOB_COLUMNS}"
+    if transition.to is None:
+        row = tx.one(sql, values)
+    else:
+        row = _write_logged(tx, sql, values, transition.to, now, detail)
+    return None if row is None else job_from_row(tx, row)
 
 
 def _why_not(tx: Tx, job_id: str, fence: AgentFence) -> Job:
@@ -477,7 +497,8 @@ class SqlStore(Store):
             job_id = uuid.uuid4().hex
             # With a racing insert of the same key, DO NOTHING waits for it to commit (PostgreSQL)
             # or never overlaps (SQLite's single writer), so the SELECT below finds the winner.
-            row = tx.one(
+            row = _write_logged(
+                tx,
                 "INSERT INTO jobs (job_id, correlation_id, company, branch, printer_id, agent_id, kind,"
                 " payload, state, attempts, idempotency_key, created_at, updated_at, origin)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)"
@@ -487,9 +508,10 @@ class SqlStore(Store):
                     *(job_id, uuid.uuid4().hex, company, branch, printer_id, agent_id, kind),
                     *(tx.dump(payload), JobState.QUEUED, idempotency_key, now, now, origin),
                 ),
+                JobState.QUEUED,
+                now,
             )
             if row is not None:
-                _event(tx, job_id, JobState.QUEUED, now)
                 return job_from_row(tx, row), True
             earlier = replay(tx)
             if earlier is None:

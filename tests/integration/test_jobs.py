@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import trio
 
 from printctl.wsclient import WsClient, ws_url
@@ -254,4 +255,52 @@ async def test_jobs_accepted_during_a_backlog_redelivery_do_not_overtake_it(prin
     got = [(await agent.dispatch())["job_id"] for _ in range(380)]
     accepted = [j["job_id"] for j in reversed(printd.get("/api/v1/jobs?limit=1000", SVC).json()["jobs"])]
     assert got == accepted  # one printer, one order: the store's acceptance order
+    await agent.close()
+
+
+async def test_answers_come_in_the_order_the_frames_were_sent(printd: Printd) -> None:
+    """An agent's reports are applied by a task of their own while its connection goes on being
+    read; a ping sent right behind a result is still answered after the result is."""
+    agent = await ScriptedAgent.connect(printd)
+    job_id = submit(printd).json()["job_id"]
+    job = await agent.dispatch()
+    ids = {"job_id": job_id, "correlation_id": job["correlation_id"]}
+    client = agent.client
+    client.proto.send_text(orjson.dumps({"event": "job.ack", "data": ids, "id": 1}))
+    client.proto.send_text(orjson.dumps({"event": "job.result", "data": {**ids, "success": True}, "id": 2}))
+    client.proto.send_text(orjson.dumps({"event": "ping", "id": 3}))
+    await client._flush()  # one write: the ping is read with the reports it follows
+    answers = []
+    with trio.fail_after(10):
+        while len(answers) < 3:
+            msg = await client.recv()
+            if msg["event"] == "ack":
+                answers.append(msg["id"])
+    assert answers == [1, 2, 3]
+    assert printd.get(f"/api/v1/jobs/{job_id}", SVC).json()["state"] == "printed"  # before the ping's ack
+    await agent.close()
+
+
+async def test_the_reports_a_job_owes_are_not_charged_to_the_message_rate(printd_factory: Any) -> None:
+    """An ack and a result per job sent are printd's doing: a busy agent is not slowed by its
+    message rate for answering what it was sent (one agent completes thousands of jobs a second),
+    while anything else it sends still is. At 1 message/s, 60 charged reports would take a minute."""
+    slow = {"message_rate": 1.0, "message_burst": 5, "rate_limit_close_after": 60}
+    p = printd_factory(config={"server": slow})
+    agent = await ScriptedAgent.connect(p)
+    ids = {submit(p, payload={"text": f"order {n}"}).json()["job_id"] for n in range(30)}
+    client = agent.client
+    done: set[str] = set()
+    with trio.fail_after(20):
+        while len(done) < len(ids):
+            msg = await client.recv()
+            if msg["event"] != "job.dispatch":
+                continue
+            data = {"job_id": msg["data"]["job_id"], "correlation_id": msg["data"]["correlation_id"]}
+            client.proto.send_text(orjson.dumps({"event": "job.ack", "data": data}))
+            client.proto.send_text(orjson.dumps({"event": "job.result", "data": {**data, "success": True}}))
+            await client._flush()
+            done.add(data["job_id"])
+        for job_id in ids:
+            await wait_state(p, job_id, "printed")
     await agent.close()

@@ -259,3 +259,17 @@ def test_reports_the_store_could_not_record_are_tracked_up_to_a_cap() -> None:
     assert c.report_failed(A, 1, "one-more", kind="print", now=0) is False
     assert c.inflight_count() == MAX_INFLIGHT
     assert c.report_failed(A, 1, "j0", kind="print", now=0) is True  # one already tracked: retried
+
+
+def test_each_send_earns_two_reports_uncharged_by_the_message_rate() -> None:
+    """An ack and a result per job sent are the server's doing: not charged. A third report, a
+    report for a job not sent on this connection, or one under an old session, is charged."""
+    c = core()
+    c.connected(A, "b1", 1, now=0)
+    send(c, A, "j1", now=0)
+    assert [c.expects(A, 1, "j1") for _ in range(3)] == [True, True, False]
+    assert c.expects(A, 1, "never-sent") is False
+    send(c, A, "j2", now=1)
+    assert c.expects(A, 2, "j2") is False  # not this connection's session
+    resend(c, Send("j2", A), now=2, attempts=2)  # a re-send earns its reports again
+    assert [c.expects(A, 1, "j2") for _ in range(3)] == [True, True, False]
