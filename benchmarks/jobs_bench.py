@@ -17,6 +17,8 @@ every dispatch at once, a dashboard that timestamps `job.completed`, and keep-al
   Beside it: printd's CPU, its PostgreSQL backends' CPU, this client's CPU, over the window;
 - throughput: --clients closed-loop submitters for --duration s, every job for agent 0's printer
   (one agent: its acks and results are handled in order on its connection); completed jobs/s;
+- drain: one agent's pipeline alone: --drain jobs accepted while the agent is away, then it
+  connects; completed/s from its connect to the last `job.completed` (no HTTP in the loop);
 - fleet: GET /api/v1/fleet/health latency on a warm cache, and on a second printd with the cache
   effectively off (ttl 1 ms).
 
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -60,7 +63,7 @@ SECRET = "benchmark-secret-0123456789abcdef0123456789"
 RESULTS = ROOT / "benchmarks" / "results"
 PG_PORT = 5432
 COMPANY = "bench"
-MEASURES = ("rtt", "throughput", "fleet")
+MEASURES = ("rtt", "throughput", "drain", "fleet")
 
 
 def free_port() -> int:
@@ -172,10 +175,26 @@ class Meter:
     """printd's CPU, its PostgreSQL backends' CPU, this process's CPU and the machine's background
     over one window. The psutil scans run in a thread, so the trio loop is not held up by them."""
 
-    def __init__(self, printd: subprocess.Popen[bytes]) -> None:
+    def __init__(self, printd: subprocess.Popen[bytes], port: int) -> None:
         self.printd = psutil.Process(printd.pid)
+        self.port = port
+
+    def _group_commit(self) -> tuple[float, float]:
+        """printd's (group commits, grouped writes) counters, from its Prometheus metrics."""
+        admin = mint_token(SECRET, role="admin", company="*", sub="bench")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/monitoring/metrics", headers={"Authorization": f"Bearer {admin}"}
+        )
+        found = {}
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            for line in resp.read().decode().splitlines():
+                name, _, value = line.partition(" ")
+                if name in ("printd_store_group_commits_total", "printd_store_grouped_writes_total"):
+                    found[name] = float(value)
+        return found["printd_store_group_commits_total"], found["printd_store_grouped_writes_total"]
 
     def _start(self) -> None:
+        self.groups0 = self._group_commit()
         self.db = pg_backends([self.printd], PG_PORT)
         self.bg = Background(self.printd.pid, extra=self.db)
         self.cpu0, self.db0 = cpu_seconds({self.printd.pid}), cpu_seconds(self.db)
@@ -189,7 +208,9 @@ class Meter:
         self.bg.foreign.extra |= new
         db = 100 * (cpu_seconds(self.db) - self.db0 + cpu_seconds(new)) / dt
         client = self.bg.self_pct()
+        commits, writes = (b - a for a, b in zip(self.groups0, self._group_commit(), strict=True))
         return {
+            "writes_per_commit": round(writes / commits, 2) if commits else None,
             "window_s": round(dt, 2),
             "server_cpu_pct": round(server, 1),
             "db_cpu_pct": round(db, 1),
@@ -210,7 +231,7 @@ async def bench(args: argparse.Namespace, port: int, printd: subprocess.Popen[by
     svc = mint_token(SECRET, role="service", company=COMPANY, sub="pos-1")
     completed: dict[str, float] = {}
     out: list[dict[str, Any]] = []
-    meter = Meter(printd)
+    meter = Meter(printd, port)
     agents: list[WsClient] = [None] * args.agents  # type: ignore[list-item]
     statuses = {"sent": 0}
 
@@ -376,8 +397,49 @@ async def bench(args: argparse.Namespace, port: int, printd: subprocess.Popen[by
                 }
             )
 
+        if "drain" in args.measure_list:
+            # 3. one agent's pipeline alone: --drain jobs accepted while it is away, then it
+            # connects; completed/s = jobs / (connect -> the last job.completed). No HTTP in the loop.
+            tok = mint_token(SECRET, role="agent", company=COMPANY, branch="b0", sub="agent-drain")
+            ws = await WsClient.connect(ws_url(url), token=tok, deflate=False, timeout=30)
+            await ws.send("printer.status", {"printer_id": "pd", "status": "online"}, id=1)
+            await ws.recv_event("ack", timeout=30)
+            await ws.close()
+            body = orjson.dumps({"printer_id": "pd", "payload": {"text": "2x burger", "table": 4}})
+            backlog: set[str] = set()
+
+            async def submit_some(conn: HttpConn, n: int) -> None:
+                for _ in range(n):
+                    status, resp = await conn.request("POST", "/api/v1/jobs", svc, body)
+                    if status == 202:
+                        backlog.add(orjson.loads(resp)["job_id"])
+
+            async with trio.open_nursery() as n4:
+                for conn in conns[:8]:
+                    n4.start_soon(submit_some, conn, args.drain // 8)
+            completed.clear()
+            await meter.start()
+            t_start = time.perf_counter()
+            ws = await WsClient.connect(ws_url(url), token=tok, deflate=False, timeout=30)
+            nursery.start_soon(run_agent, ws)
+            with trio.move_on_after(120):
+                while not backlog <= completed.keys():  # noqa: ASYNC110 - polls what run_dash fills
+                    await trio.sleep(0.01)
+            meas = await meter.end()
+            done = [completed[j] for j in backlog if j in completed]
+            t_done = max(done) if done else time.perf_counter()
+            out.append(
+                {
+                    "measure": "drain",
+                    "jobs": len(backlog),
+                    "completed": len(done),
+                    "completed_per_s": round(len(done) / (t_done - t_start), 1),
+                    **meas,
+                }
+            )
+
         if "fleet" in args.measure_list:
-            # 3. fleet/health on a warm cache
+            # 4. fleet/health on a warm cache
             conn = conns[0]
             await conn.request("GET", "/api/v1/fleet/health", svc)
             h = HdrHistogram(1, 60_000_000, 3)
@@ -494,7 +556,8 @@ def markdown(records: list[dict[str, Any]]) -> str:
     rtt = [(k, rs) for k, rs in groups.items() if k[0] == "rtt"]
     if rtt:
         head = ["backend", "agents", "jobs/s", "status/s", "runs", "round trip p50 ms", "p99 ms", "max ms"]
-        head += ["completed / due", "printd CPU %", "PostgreSQL CPU %", "client CPU %", "background"]
+        head += ["completed / due", "writes per transaction", "printd CPU %", "PostgreSQL CPU %"]
+        head += ["client CPU %", "background"]
         rows = [
             [
                 k[1],
@@ -506,6 +569,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
                 cell(rs, "round_trip.p99_ms", 2),
                 cell(rs, "round_trip.max_ms"),
                 f"{cell(rs, 'completed', 0)} / {cell(rs, 'due', 0)}",
+                cell(rs, "writes_per_commit", 2),
                 cell(rs, "server_cpu_pct"),
                 cell(rs, "db_cpu_pct") if k[1] == "postgres" else "–",
                 cell(rs, "client_cpu_pct"),
@@ -517,7 +581,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
     tput = [(k, rs) for k, rs in groups.items() if k[0] == "throughput"]
     if tput:
         head = ["backend", "runs", "completed/s, one agent", "accepted/s", "accept p50 ms", "accept p99 ms"]
-        head += ["printd CPU %", "PostgreSQL CPU %", "client CPU %", "background"]
+        head += ["writes per transaction", "printd CPU %", "PostgreSQL CPU %", "client CPU %", "background"]
         rows = [
             [
                 k[1],
@@ -526,6 +590,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
                 cell(rs, "accepted_per_s", 0),
                 cell(rs, "accept_latency.p50_ms", 2),
                 cell(rs, "accept_latency.p99_ms", 2),
+                cell(rs, "writes_per_commit", 2),
                 cell(rs, "server_cpu_pct"),
                 cell(rs, "db_cpu_pct") if k[1] == "postgres" else "–",
                 cell(rs, "client_cpu_pct"),
@@ -535,6 +600,26 @@ def markdown(records: list[dict[str, Any]]) -> str:
         ]
         clients = sorted({str(r.get("clients")) for _, rs in tput for r in rs})
         title = f"### One agent's throughput ({', '.join(clients)} closed-loop clients)"
+        parts.append(title + "\n\n" + table(head, rows))
+    drain = [(k, rs) for k, rs in groups.items() if k[0] == "drain"]
+    if drain:
+        head = ["backend", "runs", "jobs", "completed/s, one agent", "writes per transaction"]
+        head += ["printd CPU %", "PostgreSQL CPU %", "client CPU %", "background"]
+        rows = [
+            [
+                k[1],
+                str(len(rs)),
+                cell(rs, "jobs", 0),
+                cell(rs, "completed_per_s", 0),
+                cell(rs, "writes_per_commit", 2),
+                cell(rs, "server_cpu_pct"),
+                cell(rs, "db_cpu_pct") if k[1] == "postgres" else "–",
+                cell(rs, "client_cpu_pct"),
+                bg(rs),
+            ]
+            for k, rs in drain
+        ]
+        title = "### One agent's pipeline alone (a backlog accepted while it was away, then it connects)"
         parts.append(title + "\n\n" + table(head, rows))
     fleet = [(k, rs) for k, rs in groups.items() if k[0].startswith("fleet")]
     if fleet:
@@ -567,6 +652,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2.0, help="rtt: s before the window")
     ap.add_argument("--duration", type=float, default=10.0, help="rtt window; throughput run")
     ap.add_argument("--clients", type=int, default=16, help="throughput: closed-loop HTTP clients")
+    ap.add_argument("--drain", type=int, default=4000, help="drain: jobs waiting when the agent connects")
     ap.add_argument(
         "--dinner-rush",
         action="store_true",

@@ -41,7 +41,7 @@ from printd.jobs.api import JobsApi
 from printd.jobs.pending import PendingWaiters
 from printd.jobs.service import JobService
 from printd.logs import set_log_level
-from printd.metrics import ClusterCollector, JobMetrics, JobsCollector, QueueSampler
+from printd.metrics import ClusterCollector, JobMetrics, JobsCollector, QueueSampler, StoreCollector
 from printd.monitoring import HealthMonitor, LogThrottle, MonitoredInstance, MonitoringApi, StatsCollector
 from printd.printers import PrinterRegistry
 from printd.protocol import CLOSE_GOING_AWAY, CLOSE_RECONNECT_NOW, CLOSE_REPLACED
@@ -165,7 +165,12 @@ class App:
         self.metrics.register(StatsCollector(self._counters))
         self.jobs.on_finished = JobMetrics(self.metrics).observe
         self.queue = QueueSampler(self.store)
-        for collector in (JobsCollector(self.jobs), ClusterCollector(self.node, self.agents), self.queue):
+        for collector in (
+            JobsCollector(self.jobs),
+            StoreCollector(self.store),
+            ClusterCollector(self.node, self.agents),
+            self.queue,
+        ):
             self.metrics.register(collector)
         self.port: int | None = None
 

@@ -24,6 +24,7 @@ from printd.jobs.service import JobService
 from printd.model import JOB_KINDS, TERMINAL_STATES, Job
 from printd.store import Store, StoreError
 from printd.store.base import QueuedJobs
+from printd.store.sql import SqlStore
 
 log = structlog.get_logger("printd.metrics")
 
@@ -116,6 +117,33 @@ class JobsCollector(Collector):
             "printd_jobs_in_flight",
             "Jobs sent by this instance and not finished yet (awaiting ack or a result)",
             None if described else jobs.core.inflight_count(),
+        )
+
+
+class StoreCollector(Collector):
+    """Group commit at work (store/group.py): writes per transaction = writes / commits."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families()
+
+    def _families(self) -> Iterator[Metric]:
+        commits, writes = self._store.group_stats()
+        yield _counter(
+            "printd_store_group_commits",
+            "Transactions that committed the hot-path writes (accept, dispatch, ack, result)",
+            commits,
+        )
+        yield _counter(
+            "printd_store_grouped_writes",
+            "Hot-path writes those transactions carried; over group_commits, the writes one"
+            " transaction carries on average (1 when idle, more under load)",
+            writes,
         )
 
 
