@@ -492,11 +492,6 @@ class JobService:
             for item, outcome in zip(items, outcomes, strict=True)
         ]
 
-    async def job_report(self, link: AgentLink, event: str, report: P.JobReport) -> P.FrameError | None:
-        """`job_reports` for one report."""
-        (answer,) = await self.job_reports(link, [(event, report)])
-        return answer
-
     async def _reported(
         self, link: AgentLink, fence: AgentFence, item: Report, outcome: Reported | StoreError
     ) -> P.FrameError | None:

@@ -152,6 +152,6 @@ async def test_a_report_refused_under_a_session_a_takeover_replaced_keeps_the_co
 
     monkeypatch.setattr(harness.store, "report_jobs", refused)
     report = P.JobReport(job.job_id, job.correlation_id, None, None, {"job_id": job.job_id})
-    err = await harness.jobs.job_report(link, "job.ack", report)
+    (err,) = await harness.jobs.job_reports(link, [("job.ack", report)])
     assert err is not None
     assert (link.closing, err.code) == ((False, P.ERR_UNAVAILABLE) if taken_over else (True, P.ERR_FORBIDDEN))

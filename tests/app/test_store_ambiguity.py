@@ -152,7 +152,7 @@ async def test_reports_for_unknown_jobs_during_an_outage_do_not_stay_in_flight(
     store.down = True  # the database is unreachable (or its circuit is open)
     for i in range(50):  # a hostile agent: results for jobs that are not its own (or do not exist)
         report = P.JobReport(f"not-mine-{i}", None, True, None, {"job_id": f"not-mine-{i}", "success": True})
-        err = await jobs.job_report(link, "job.result", report)
+        (err,) = await jobs.job_reports(link, [("job.result", report)])
         assert err is not None and err.code == P.ERR_UNAVAILABLE  # budget-free: no 1008 for this
     assert jobs.core.inflight_count() == 50
     store.down = False
