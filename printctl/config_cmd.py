@@ -65,6 +65,7 @@ COMMENTS: dict[str, str] = {
     "server.error_budget": "Rejected WebSocket frames per minute from one connection before it is closed.",
     "server.message_rate": (
         "WebSocket messages per second one connection may send; beyond, printd pauses reading it."
+        " An agent's ack and result of a job sent to it are not counted."
     ),
     "server.message_burst": "WebSocket messages one connection may send at once above message_rate.",
     "server.rate_limit_close_after": (
