@@ -478,6 +478,9 @@ class Gateway:
                     elif entry.msg_id is not None:
                         conn.queue(P.encode_ack(entry.msg_id))
                 conn.send_pending()
+        except Exception:  # one connection's bug must not end the gateway's nursery
+            log.exception("job reports failed; closing the connection", sub=conn.agent_id)
+            conn.close(P.CLOSE_INTERNAL, "internal error; reconnect")
         finally:
             del self._reports[conn]
             pending.room.set()

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 
+from printctl.wsclient import ConnectionClosed
 from tests.app.conftest import RunningApp, StartApp
 from tests.scripted import SVC, ScriptedAgent, sentinel
 
@@ -107,3 +108,31 @@ async def test_a_stored_job_that_cannot_be_sent_ends_expired_and_printd_keeps_ru
     assert stored["state"] == "expired" and stored["error"].startswith("payload cannot be sent"), stored
     await still_serving(running)
     await agent.close()
+
+
+async def test_a_failure_while_applying_reports_closes_that_connection_only(
+    start_app: StartApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reports are applied by a task of the gateway's; a bug there (here: any exception) closes
+    that agent's connection with 1011 and is logged, instead of ending the gateway's nursery."""
+    running = await start_app()
+    agent = await ScriptedAgent.connect(running)
+    bystander = await ScriptedAgent.connect(running, ("p2",), sub="agent-2")
+    posted = await running.post("/api/v1/jobs", SVC, json={"printer_id": "p1", "payload": {"text": "x"}})
+    job_id = posted.json()["job_id"]
+    job = await agent.dispatch()
+    assert job["job_id"] == job_id
+
+    async def broken(*args: Any) -> list[Any]:
+        raise RuntimeError("a bug in the report path")
+
+    monkeypatch.setattr(running.app.jobs, "job_reports", broken)
+    await agent.client.send("job.ack", {"job_id": job_id, "correlation_id": job["correlation_id"]})
+    with pytest.raises(ConnectionClosed) as closed, trio.fail_after(10):
+        while True:
+            await agent.client.recv()
+    assert closed.value.code == 1011
+    monkeypatch.undo()
+    await still_serving(running)
+    assert [m for m in await sentinel(bystander.client) if m["event"] == "error"] == []
+    await bystander.close()
