@@ -1,5 +1,5 @@
 """One TCP port for everything: h11 parses each request head; an upgrade to the WebSocket
-path is checked (token, Origin) and its raw bytes handed to the gateway's engine.
+path is checked (RFC 6455, token, Origin) and answered from that parse by the gateway.
 
 A malformed request costs its own connection a 400 and nothing else; the accept loop and every
 other connection carry on (the failure mode that rules out hypercorn for this job).
@@ -14,9 +14,9 @@ import h11
 import structlog
 import trio
 
-from printd.auth import Claims
 from printd.config import ServerConfig
-from printd.gateway.server import WS_PATH, AcceptedUpgrade, Gateway, UpgradeRejected
+from printd.gateway.handshake import UpgradeRejected
+from printd.gateway.server import WS_PATH, AcceptedUpgrade, Gateway
 from printd.http.router import HttpError, HttpRequest, HttpResponse
 
 log = structlog.get_logger("printd.http")
@@ -110,9 +110,9 @@ class Listener:
                 await stream.aclose()
 
     async def _handle(self, stream: trio.SocketStream) -> AcceptedUpgrade | None:
-        """Serve plain HTTP requests; return (raw request, claims) for an accepted upgrade."""
+        """Serve plain HTTP requests; return the accepted upgrade, if one comes."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-        raw = bytearray()  # bytes of the current request, for the WebSocket engine
+        raw = bytearray()  # bytes of the current request, to measure its head
         first = True
         while True:
             if not first and not raw:
@@ -147,8 +147,7 @@ class Listener:
             target = event.target.decode("latin-1")
             path = target.partition("?")[0]
             if path == WS_PATH and "websocket" in headers.get("upgrade", "").lower():
-                claims = await self._authorize_upgrade(stream, conn, target, headers)
-                return AcceptedUpgrade(bytes(raw), claims) if claims is not None else None
+                return await self._upgrade(stream, conn, event, target, headers)
             body = await self._read_body(stream, conn, headers)
             if isinstance(body, HttpError):
                 await self._send_error(stream, conn, body)
@@ -236,17 +235,21 @@ class Listener:
             if status != 503:
                 self.http_own_errors += 1
 
-    async def _authorize_upgrade(
-        self, stream: trio.SocketStream, conn: h11.Connection, target: str, headers: dict[str, str]
-    ) -> Claims | None:
-        """Token, role, Origin and draining checks; a refusal is a plain HTTP answer."""
+    async def _upgrade(
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        request: h11.Request,
+        target: str,
+        headers: dict[str, str],
+    ) -> AcceptedUpgrade | None:
+        """The handshake, token, role, Origin and draining checks; a refusal is a plain HTTP answer."""
         try:
-            if headers.get("sec-websocket-version") is None or "sec-websocket-key" not in headers:
-                raise UpgradeRejected(400, "not a valid WebSocket upgrade request")
-            return self.gateway.authorize(target, headers)
+            # h11 has consumed the head only: what follows it is the client's first frames
+            return self.gateway.upgrade(request, target, headers, conn.trailing_data[0])
         except UpgradeRejected as exc:
             self.gateway.stats.rejected_upgrades += 1
-            await self._send_error(stream, conn, HttpError(exc.status, exc.message))
+            await self._send_error(stream, conn, HttpError(exc.status, exc.message, headers=exc.headers))
             return None
 
     async def _send(
