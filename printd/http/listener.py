@@ -7,6 +7,7 @@ other connection carry on (the failure mode that rules out hypercorn for this jo
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable
 
@@ -126,12 +127,14 @@ class Listener:
                     conn.receive_data(data)
                 if not raw:
                     return None
-            with trio.move_on_after(self.config.handshake_timeout) as scope:
-                event = await self._next_event(stream, conn, raw)
-            if scope.cancelled_caught:
-                if conn.their_state is h11.SEND_BODY or (conn.their_state is h11.IDLE and raw):
-                    await self._send_error(stream, conn, HttpError(408, "request not received in time"))
-                return None
+            event = self._event_now(stream, conn, raw)
+            if event is h11.NEED_DATA:
+                with trio.move_on_after(self.config.handshake_timeout) as scope:
+                    event = await self._next_event(stream, conn, raw)
+                if scope.cancelled_caught:
+                    if conn.their_state is h11.SEND_BODY or (conn.their_state is h11.IDLE and raw):
+                        await self._send_error(stream, conn, HttpError(408, "request not received in time"))
+                    return None
             if event is None or isinstance(event, h11.ConnectionClosed):
                 return None
             if isinstance(event, h11.Request) and _head_size(raw) > MAX_HEAD:
@@ -167,25 +170,57 @@ class Listener:
                 return None
             raw = bytearray(conn.trailing_data[0])
 
+    @staticmethod
+    def _parse(conn: h11.Connection) -> h11.Event | HttpError | type[h11.NEED_DATA] | None:
+        """h11's next event from what it holds; None when it pauses (an upgrade or a closed peer)."""
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            msg = "request head too large" if status == 431 else f"malformed request: {exc}"
+            return HttpError(status, msg)
+        if event is h11.PAUSED:
+            return None
+        if event is h11.NEED_DATA:
+            return h11.NEED_DATA
+        assert isinstance(event, h11.Event)
+        return event
+
+    @staticmethod
+    def _feed(conn: h11.Connection, raw: bytearray, data: bytes) -> None:
+        if len(raw) <= MAX_HEAD:
+            raw += data
+        conn.receive_data(data)
+
+    def _event_now(
+        self, stream: trio.SocketStream, conn: h11.Connection, raw: bytearray
+    ) -> h11.Event | HttpError | type[h11.NEED_DATA] | None:
+        """The next event from bytes already in h11 or the socket, read without waiting (a plain
+        non-blocking syscall): a head that is already there needs no timeout scope and no trip
+        through trio's scheduler. NEED_DATA when the rest has to be waited for."""
+        while True:
+            event = self._parse(conn)
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = os.read(stream.socket.fileno(), 65536)
+            except BlockingIOError:
+                return h11.NEED_DATA
+            except OSError:
+                return None
+            self._feed(conn, raw, data)
+            if not data:
+                return None
+
     async def _next_event(
         self, stream: trio.SocketStream, conn: h11.Connection, raw: bytearray
     ) -> h11.Event | HttpError | None:
         while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
-                msg = "request head too large" if status == 431 else f"malformed request: {exc}"
-                return HttpError(status, msg)
-            if event is h11.PAUSED:
-                return None
+            event = self._parse(conn)
             if event is not h11.NEED_DATA:
-                assert isinstance(event, h11.Event)
-                return event
+                return event  # type: ignore[return-value]
             data = await stream.receive_some(65536)
-            if len(raw) <= MAX_HEAD:
-                raw += data
-            conn.receive_data(data)
+            self._feed(conn, raw, data)
             if not data:
                 return None
 
