@@ -4,6 +4,7 @@ as websockets negotiates it, and a 101 that websockets' client engine accepts.""
 from __future__ import annotations
 
 import base64
+from urllib.parse import parse_qs
 
 import h11
 import pytest
@@ -29,6 +30,7 @@ from printd.gateway.handshake import (
     negotiate_deflate,
     parse_extensions,
 )
+from printd.gateway.server import query_token
 
 CFG = CompressionConfig()  # the design: 10-bit windows both ways, no context takeover
 KEY = base64.b64encode(b"0123456789abcdef").decode()
@@ -228,3 +230,23 @@ def test_connection_and_upgrade_tokens_are_case_insensitive_lists() -> None:
     )
     assert handshake.response.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
     assert f"Sec-WebSocket-Accept: {accept_key(KEY)}\r\n".encode() in handshake.response
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "token=abc.def-_.ghi",
+        "a=1&token=x.y.z&token=second",
+        "token=&token=later",
+        "token&token=v",
+        "tok%65n=escaped.name",
+        "token=a%2Eb",
+        "token=a+b&x=1",
+        "x=1&&token=t=with=equals",
+        "foo=token=no",
+    ],
+)
+def test_query_token_is_what_parse_qs_gives(query: str) -> None:
+    values = parse_qs(query).get("token")
+    assert query_token(query) == (values[0] if values else None)
