@@ -11,20 +11,20 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from websockets.extensions.base import Extension, ServerExtensionFactory
-from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.extensions.base import Extension
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
-from websockets.typing import BytesLike, ExtensionName, ExtensionParameter
+from websockets.typing import BytesLike
 
 from printd.auth import Claims
 from printd.config import CompressionConfig
+from printd.gateway.handshake import Deflate
 
 _ids = itertools.count(1)
 _MAX_WRITE = 256 * 1024
@@ -70,34 +70,28 @@ class _SmallMessagesPlain(Extension):
         return self.inner.encode(frame)
 
 
-class DeflateFactory(ServerExtensionFactory):
-    """The design's deflate parameters, plus the minimum message size to compress."""
-
-    name = ExtensionName("permessage-deflate")
-
-    def __init__(self, cfg: CompressionConfig) -> None:
-        self._inner = ServerPerMessageDeflateFactory(
-            server_no_context_takeover=True,
-            client_no_context_takeover=True,
-            server_max_window_bits=cfg.server_max_window_bits,
-            client_max_window_bits=cfg.client_max_window_bits,
-            compress_settings={"level": cfg.level, "memLevel": cfg.mem_level},
-            require_client_max_window_bits=False,
-        )
-        self._min_size = cfg.min_size
-
-    def process_request_params(
-        self, params: Sequence[ExtensionParameter], accepted_extensions: Sequence[Extension]
-    ) -> tuple[list[ExtensionParameter], Extension]:
-        response, ext = self._inner.process_request_params(params, accepted_extensions)
-        return response, _SmallMessagesPlain(ext, self._min_size)
+def deflate_extension(deflate: Deflate, cfg: CompressionConfig) -> Extension:
+    """The session engine's permessage-deflate for the negotiated parameters (window bits the
+    client left unbounded are 15), leaving messages under `min_size` plain."""
+    inner = PerMessageDeflate(
+        deflate.client_no_context_takeover,  # remote_no_context_takeover
+        deflate.server_no_context_takeover,  # local_no_context_takeover
+        deflate.client_max_window_bits or 15,
+        deflate.server_max_window_bits or 15,
+        {"level": cfg.level, "memLevel": cfg.mem_level},
+    )
+    return _SmallMessagesPlain(inner, cfg.min_size)
 
 
 def make_protocol(
-    max_message_bytes: int, compression: CompressionConfig, state: State = State.CONNECTING
+    max_message_bytes: int, compression: CompressionConfig, deflate: Deflate | None = None
 ) -> ServerProtocol:
-    extensions = [DeflateFactory(compression)] if compression.enabled else None
-    return ServerProtocol(extensions=extensions, max_size=max_message_bytes, state=state)
+    """The session engine of an accepted upgrade (the handshake is done: `printd.gateway.handshake`),
+    with the negotiated deflate if any."""
+    proto = ServerProtocol(max_size=max_message_bytes, state=State.OPEN)
+    if deflate is not None:
+        proto.extensions = [deflate_extension(deflate, compression)]
+    return proto
 
 
 class WsConnection:

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
+import h11
 import orjson
 import structlog
 import trio
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import BytesLike
@@ -29,6 +29,7 @@ from printd.agents import AgentLink
 from printd.auth import AuthError, Claims, TokenVerifier, bearer_token
 from printd.config import Config
 from printd.gateway.connection import GatewayStats, WsConnection, make_protocol
+from printd.gateway.handshake import Handshake, UpgradeRejected, check_upgrade
 from printd.gateway.hub import Hub
 from printd.gateway.limits import ErrorBudget, MessageRate
 from printd.printers import Claim
@@ -70,17 +71,25 @@ class JobEvents(Protocol):
 
 @dataclass(slots=True)
 class AcceptedUpgrade:
-    """An upgrade that passed the checks: its raw request bytes (consumed by `serve`) and claims."""
+    """An upgrade that passed the checks: its claims, its handshake (the 101 and the negotiated
+    deflate) and the bytes the client sent after its request head (`serve` consumes both)."""
 
-    raw: bytes
     claims: Claims
+    handshake: Handshake | None
+    rest: bytes
 
 
-class UpgradeRejected(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+def query_token(query: str) -> str | None:
+    """`?token=` as `parse_qs(query)["token"][0]` gives it (the first non-empty value), without
+    parsing the whole query when nothing in it is escaped (it runs on every upgrade)."""
+    if "%" in query or "+" in query:
+        values = parse_qs(query).get("token")
+        return values[0] if values else None
+    for field in query.split("&"):
+        name, _, value = field.partition("=")
+        if name == "token" and value:
+            return value
+    return None
 
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...], production: bool) -> bool:
@@ -156,35 +165,34 @@ class Gateway:
         """The nursery that runs flush tasks started from other tasks (fan-out, dispatch)."""
         self._nursery = nursery
 
-    def _handshake(self, raw: bytes) -> tuple[ServerProtocol, bytes] | None:
-        """Run the opening handshake on one engine, then start the session on a fresh one.
-
-        websockets' `ServerProtocol.parse()` is a generator whose frame keeps the parsed request
-        (headers and all, ~1.7 KB) alive for the connection's lifetime. The session engine is
-        built with `state=OPEN` and the negotiated extensions, so an idle connection keeps only
-        what it needs. Bytes the client sent after its request head go to the session engine.
-        """
-        handshake = make_protocol(self.config.server.max_message_bytes, self.config.compression)
-        head_end = raw.find(b"\r\n\r\n") + 4
-        handshake.receive_data(raw[:head_end])
-        request = next((e for e in handshake.events_received() if isinstance(e, Request)), None)
-        if request is None:
-            return None  # h11 accepted the head; the engine should too
-        response = handshake.accept(request)
-        handshake.send_response(response)
-        if response.status_code != 101:
-            return None
+    def _handshake(self, upgrade: AcceptedUpgrade) -> tuple[ServerProtocol, bytes]:
+        """The session engine of an accepted upgrade and the 101 to send. The head was parsed
+        once, by h11 (`printd.gateway.handshake`); the engine starts OPEN with the negotiated
+        extensions."""
+        handshake, upgrade.handshake = upgrade.handshake, None
+        assert handshake is not None
         session = make_protocol(
-            self.config.server.max_message_bytes, self.config.compression, state=State.OPEN
+            self.config.server.max_message_bytes, self.config.compression, handshake.deflate
         )
-        session.extensions = handshake.extensions
-        if head_end < len(raw):
-            session.receive_data(raw[head_end:])
-        return session, b"".join(handshake.data_to_send())
+        return session, handshake.response
 
     def _spawn(self, fn: Callable[[], Any]) -> None:
         assert self._nursery is not None
         self._nursery.start_soon(fn)
+
+    def upgrade(
+        self, request: h11.Request, target: str, headers: dict[str, str], rest: bytes
+    ) -> AcceptedUpgrade:
+        """Check an upgrade request h11 parsed (RFC 6455, then token and Origin) and build its 101;
+        UpgradeRejected says why not. `rest`: what the client sent after the head."""
+        compression = self.config.compression
+        handshake = check_upgrade(
+            request.method,
+            request.http_version,
+            request.headers,
+            compression if compression.enabled else None,
+        )
+        return AcceptedUpgrade(self.authorize(target, headers), handshake, rest)
 
     def authorize(self, target: str, headers: dict[str, str]) -> Claims:
         """Token and Origin checks made on the h11-parsed request, before any upgrade."""
@@ -193,12 +201,9 @@ class Gateway:
         origin = headers.get("origin")
         if not origin_allowed(origin, self.config.auth.cors_origins, self.config.production):
             raise UpgradeRejected(403, f"origin {origin!r} is not allowed")
-        query = parse_qs(target.partition("?")[2])
         try:
             token = bearer_token(
-                headers.get("authorization"),
-                query["token"][0] if "token" in query else None,
-                query_allowed=True,
+                headers.get("authorization"), query_token(target.partition("?")[2]), query_allowed=True
             )
             claims = self.verifier.verify(token, roles=WS_ROLES)
         except AuthError as exc:
@@ -208,18 +213,10 @@ class Gateway:
         return claims
 
     async def serve(self, stream: trio.SocketStream, upgrade: AcceptedUpgrade) -> None:
-        """Complete the handshake on the raw request bytes, then run the read loop."""
-        raw, upgrade.raw = upgrade.raw, b""
-        accepted = self._handshake(raw)
-        del raw
-        if accepted is None:
-            self.stats.rejected_upgrades += 1
-            await stream.send_all(
-                b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-            )
-            return
+        """Send the 101 (with the hello, in one write), then run the read loop."""
+        proto, response = self._handshake(upgrade)
+        rest, upgrade.rest = upgrade.rest, b""
         claims = upgrade.claims
-        proto, response = accepted
         self.stats.handshakes += 1
         conn = WsConnection(
             stream,
@@ -231,12 +228,12 @@ class Gateway:
             spawn=self._spawn,
         )
         conn.queue_raw(response)  # the 101, sent with the hello in one write
-        del accepted, response
+        del response
         self.hub.add(conn)
         if conn.role == "agent":
             self.status.agent_arrived(conn.company, conn.agent_id)
         try:
-            await self._session(conn)
+            await self._session(conn, rest)
         finally:
             current = self.hub.remove(conn)
             if conn.role == "agent" and current:
@@ -244,7 +241,7 @@ class Gateway:
                 with trio.CancelScope(shield=True):
                     await self.jobs.agent_disconnected(conn)
 
-    async def _session(self, conn: WsConnection) -> None:
+    async def _session(self, conn: WsConnection, first: bytes) -> None:
         hello = {**self._hello_common, "role": conn.role, "company": conn.company, "id": conn.id}
         hello["heartbeat"] = self.config.server.ping_interval
         conn.queue(P.encode_event("hello", hello))
@@ -259,9 +256,9 @@ class Gateway:
         await conn.flush()
         if conn.role == "agent":
             self.jobs.agent_connected(conn)
-        await self._read_loop(conn)
+        await self._read_loop(conn, first)
 
-    async def _read_loop(self, conn: WsConnection) -> None:
+    async def _read_loop(self, conn: WsConnection, first: bytes) -> None:
         proto = conn.proto
         stream = conn.stream
         stats = self.stats
@@ -270,32 +267,35 @@ class Gateway:
         rate = MessageRate(cfg.message_rate, cfg.message_burst, cfg.rate_limit_close_after, conn.last_seen)
         sock = stream.socket
         streak = 0
+        data = first  # what the client sent with its request head is handled before any read
         try:
             while True:
-                # Read with a plain non-blocking syscall and wait only on EAGAIN: trio's
-                # receive_some would add a failed recv before each wait and a scheduler pass
-                # after each success. A checkpoint every few immediate reads keeps it fair.
-                fd = sock.fileno()
-                if fd < 0:
-                    return
-                try:
-                    data = os.read(fd, 65536)
-                except BlockingIOError:
-                    streak = 0
-                    await trio.lowlevel.wait_readable(sock)
-                    continue
-                except OSError:
-                    return
-                streak += 1
-                if streak >= 8:
-                    streak = 0
-                    await trio.lowlevel.checkpoint()
                 if not data:
-                    proto.receive_eof()
-                    return
+                    # Read with a plain non-blocking syscall and wait only on EAGAIN: trio's
+                    # receive_some would add a failed recv before each wait and a scheduler pass
+                    # after each success. A checkpoint every few immediate reads keeps it fair.
+                    fd = sock.fileno()
+                    if fd < 0:
+                        return
+                    try:
+                        data = os.read(fd, 65536)
+                    except BlockingIOError:
+                        streak = 0
+                        await trio.lowlevel.wait_readable(sock)
+                        continue
+                    except OSError:
+                        return
+                    streak += 1
+                    if streak >= 8:
+                        streak = 0
+                        await trio.lowlevel.checkpoint()
+                    if not data:
+                        proto.receive_eof()
+                        return
                 conn.last_seen = trio.current_time()
                 stats.bytes_in_wire += len(data)
                 proto.receive_data(data)
+                data = b""
                 messages = 0
                 message: BytesLike | None
                 for ev in proto.events_received():

@@ -1,5 +1,5 @@
 """One TCP port for everything: h11 parses each request head; an upgrade to the WebSocket
-path is checked (token, Origin) and its raw bytes handed to the gateway's engine.
+path is checked (RFC 6455, token, Origin) and answered from that parse by the gateway.
 
 A malformed request costs its own connection a 400 and nothing else; the accept loop and every
 other connection carry on (the failure mode that rules out hypercorn for this job).
@@ -7,6 +7,7 @@ other connection carry on (the failure mode that rules out hypercorn for this jo
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable
 
@@ -14,9 +15,9 @@ import h11
 import structlog
 import trio
 
-from printd.auth import Claims
 from printd.config import ServerConfig
-from printd.gateway.server import WS_PATH, AcceptedUpgrade, Gateway, UpgradeRejected
+from printd.gateway.handshake import UpgradeRejected
+from printd.gateway.server import WS_PATH, AcceptedUpgrade, Gateway
 from printd.http.router import HttpError, HttpRequest, HttpResponse
 
 log = structlog.get_logger("printd.http")
@@ -110,9 +111,9 @@ class Listener:
                 await stream.aclose()
 
     async def _handle(self, stream: trio.SocketStream) -> AcceptedUpgrade | None:
-        """Serve plain HTTP requests; return (raw request, claims) for an accepted upgrade."""
+        """Serve plain HTTP requests; return the accepted upgrade, if one comes."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-        raw = bytearray()  # bytes of the current request, for the WebSocket engine
+        raw = bytearray()  # bytes of the current request, to measure its head
         first = True
         while True:
             if not first and not raw:
@@ -126,12 +127,14 @@ class Listener:
                     conn.receive_data(data)
                 if not raw:
                     return None
-            with trio.move_on_after(self.config.handshake_timeout) as scope:
-                event = await self._next_event(stream, conn, raw)
-            if scope.cancelled_caught:
-                if conn.their_state is h11.SEND_BODY or (conn.their_state is h11.IDLE and raw):
-                    await self._send_error(stream, conn, HttpError(408, "request not received in time"))
-                return None
+            event = self._event_now(stream, conn, raw)
+            if event is h11.NEED_DATA:
+                with trio.move_on_after(self.config.handshake_timeout) as scope:
+                    event = await self._next_event(stream, conn, raw)
+                if scope.cancelled_caught:
+                    if conn.their_state is h11.SEND_BODY or (conn.their_state is h11.IDLE and raw):
+                        await self._send_error(stream, conn, HttpError(408, "request not received in time"))
+                    return None
             if event is None or isinstance(event, h11.ConnectionClosed):
                 return None
             if isinstance(event, h11.Request) and _head_size(raw) > MAX_HEAD:
@@ -147,8 +150,7 @@ class Listener:
             target = event.target.decode("latin-1")
             path = target.partition("?")[0]
             if path == WS_PATH and "websocket" in headers.get("upgrade", "").lower():
-                claims = await self._authorize_upgrade(stream, conn, target, headers)
-                return AcceptedUpgrade(bytes(raw), claims) if claims is not None else None
+                return await self._upgrade(stream, conn, event, target, headers)
             body = await self._read_body(stream, conn, headers)
             if isinstance(body, HttpError):
                 await self._send_error(stream, conn, body)
@@ -168,25 +170,57 @@ class Listener:
                 return None
             raw = bytearray(conn.trailing_data[0])
 
+    @staticmethod
+    def _parse(conn: h11.Connection) -> h11.Event | HttpError | type[h11.NEED_DATA] | None:
+        """h11's next event from what it holds; None when it pauses (an upgrade or a closed peer)."""
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            msg = "request head too large" if status == 431 else f"malformed request: {exc}"
+            return HttpError(status, msg)
+        if event is h11.PAUSED:
+            return None
+        if event is h11.NEED_DATA:
+            return h11.NEED_DATA
+        assert isinstance(event, h11.Event)
+        return event
+
+    @staticmethod
+    def _feed(conn: h11.Connection, raw: bytearray, data: bytes) -> None:
+        if len(raw) <= MAX_HEAD:
+            raw += data
+        conn.receive_data(data)
+
+    def _event_now(
+        self, stream: trio.SocketStream, conn: h11.Connection, raw: bytearray
+    ) -> h11.Event | HttpError | type[h11.NEED_DATA] | None:
+        """The next event from bytes already in h11 or the socket, read without waiting (a plain
+        non-blocking syscall): a head that is already there needs no timeout scope and no trip
+        through trio's scheduler. NEED_DATA when the rest has to be waited for."""
+        while True:
+            event = self._parse(conn)
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = os.read(stream.socket.fileno(), 65536)
+            except BlockingIOError:
+                return h11.NEED_DATA
+            except OSError:
+                return None
+            self._feed(conn, raw, data)
+            if not data:
+                return None
+
     async def _next_event(
         self, stream: trio.SocketStream, conn: h11.Connection, raw: bytearray
     ) -> h11.Event | HttpError | None:
         while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
-                msg = "request head too large" if status == 431 else f"malformed request: {exc}"
-                return HttpError(status, msg)
-            if event is h11.PAUSED:
-                return None
+            event = self._parse(conn)
             if event is not h11.NEED_DATA:
-                assert isinstance(event, h11.Event)
-                return event
+                return event  # type: ignore[return-value]
             data = await stream.receive_some(65536)
-            if len(raw) <= MAX_HEAD:
-                raw += data
-            conn.receive_data(data)
+            self._feed(conn, raw, data)
             if not data:
                 return None
 
@@ -236,17 +270,21 @@ class Listener:
             if status != 503:
                 self.http_own_errors += 1
 
-    async def _authorize_upgrade(
-        self, stream: trio.SocketStream, conn: h11.Connection, target: str, headers: dict[str, str]
-    ) -> Claims | None:
-        """Token, role, Origin and draining checks; a refusal is a plain HTTP answer."""
+    async def _upgrade(
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        request: h11.Request,
+        target: str,
+        headers: dict[str, str],
+    ) -> AcceptedUpgrade | None:
+        """The handshake, token, role, Origin and draining checks; a refusal is a plain HTTP answer."""
         try:
-            if headers.get("sec-websocket-version") is None or "sec-websocket-key" not in headers:
-                raise UpgradeRejected(400, "not a valid WebSocket upgrade request")
-            return self.gateway.authorize(target, headers)
+            # h11 has consumed the head only: what follows it is the client's first frames
+            return self.gateway.upgrade(request, target, headers, conn.trailing_data[0])
         except UpgradeRejected as exc:
             self.gateway.stats.rejected_upgrades += 1
-            await self._send_error(stream, conn, HttpError(exc.status, exc.message))
+            await self._send_error(stream, conn, HttpError(exc.status, exc.message, headers=exc.headers))
             return None
 
     async def _send(

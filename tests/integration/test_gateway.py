@@ -135,6 +135,62 @@ async def test_auth_failures_are_refused_before_the_upgrade(printd: Printd) -> N
     await client.close()
 
 
+async def upgrade_answer(port: int, request: bytes) -> bytes:
+    """Send a hand-made request and read what comes back until the server closes."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(request)
+    answer = b""
+    with trio.fail_after(10):
+        while chunk := await stream.receive_some(4096):
+            answer += chunk
+    await stream.aclose()
+    return answer
+
+
+async def test_invalid_upgrades_are_refused_with_the_reason(printd: Printd) -> None:
+    """RFC 6455 4.2.2: an unknown version gets a 426 naming the version the server speaks;
+    a key that is not 16 bytes in base64, a 400 saying so. The process stays up."""
+    tok = token("agent")
+    base = (
+        f"GET /printing-ws?token={tok} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    )
+    key = base64.b64encode(os.urandom(16)).decode()
+    old = await upgrade_answer(
+        printd.port, f"{base}Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 8\r\n\r\n".encode()
+    )
+    assert old.startswith(b"HTTP/1.1 426") and b"\r\nsec-websocket-version: 13\r\n" in old.lower(), old
+    assert b"this server speaks 13" in old
+    short = base64.b64encode(b"x" * 8).decode()
+    bad = await upgrade_answer(
+        printd.port, f"{base}Sec-WebSocket-Key: {short}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert bad.startswith(b"HTTP/1.1 400") and b"base64 encoding of 16 bytes" in bad, bad
+    client = await connect(printd)
+    await client.close()
+
+
+async def test_frames_sent_with_the_head_reach_the_session(printd: Printd) -> None:
+    """What the client writes right after its request head (here a ping, in the same write and
+    after a keep-alive request on the same connection) is the session's first frame."""
+    stream = await trio.open_tcp_stream("127.0.0.1", printd.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    upgrade = (
+        f"GET /printing-ws?token={token('agent')} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    ping = masked_text(b'{"event":"ping","id":7}')
+    await stream.send_all(b"GET /monitoring/health HTTP/1.1\r\nHost: x\r\n\r\n" + upgrade + ping)
+    buf = b""
+    with trio.fail_after(10):
+        while b'"id":7' not in buf:
+            chunk = await stream.receive_some(65536)
+            assert chunk, buf
+            buf += chunk
+    assert buf.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 101 Switching Protocols\r\n" in buf
+    assert b'{"event":"ack","id":7,"data":{}}' in buf
+    await stream.aclose()
+
+
 async def test_origin_must_match_cors_origins(printd_factory: Any) -> None:
     p = printd_factory(config={"auth": {"cors_origins": ["https://dash.example.com"]}})
     url = ws_url(p.url)

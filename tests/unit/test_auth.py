@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 
 import jwt
 import orjson
@@ -88,6 +90,22 @@ def test_alg_none_and_other_algorithms_are_refused() -> None:
     assert refused(unsigned) == "invalid token"
     hs512 = jwt.encode(claims, SECRET * 2, algorithm="HS512")  # 64+ bytes: no key-length warning
     assert refused(hs512) == "invalid token"
+
+
+def test_a_header_is_checked_whatever_was_accepted_before() -> None:
+    """The verifier remembers the last header it accepted; a different one, even signed with
+    our key, is still checked (here it names another algorithm)."""
+    v = verifier()
+    claims = {"sub": "s", "role": "agent", "company": "acme", "branch": "b", "exp": NOW + 600}
+    good = jwt.encode(claims, SECRET, algorithm="HS256")
+    assert v.verify(good, now=NOW).sub == "s"
+    signing_input = f"{b64({'alg': 'HS512', 'typ': 'JWT'})}.{b64(claims)}"
+    mac = hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    other = f"{signing_input}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+    with pytest.raises(AuthError) as exc:
+        v.verify(other, now=NOW)
+    assert exc.value.message == "invalid token"
+    assert v.verify(good, now=NOW).sub == "s"
 
 
 def test_claims_are_checked() -> None:

@@ -73,7 +73,7 @@ class Wiring:
         claims = Claims(sub, role, company, "b1" if role == "agent" else None, exp or time.time() + 3600)
         conn = WsConnection(
             trio.SocketStream(trio.socket.from_stdlib_socket(server)),
-            make_protocol(1 << 20, CompressionConfig(enabled=False), state=State.OPEN),
+            make_protocol(1 << 20, CompressionConfig(enabled=False)),
             claims,
             stats=self.stats,
             max_queue_bytes=1 << 20,
