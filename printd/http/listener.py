@@ -169,6 +169,8 @@ class Listener:
             except h11.LocalProtocolError:
                 return None
             raw = bytearray(conn.trailing_data[0])
+            if raw:  # the next request is already here (pipelined): let other tasks run first
+                await trio.lowlevel.checkpoint()
 
     @staticmethod
     def _parse(conn: h11.Connection) -> h11.Event | HttpError | type[h11.NEED_DATA] | None:
@@ -233,22 +235,26 @@ class Listener:
             return HttpError(413, f"request body larger than {limit} bytes")
         chunks: list[bytes] = []
         size = 0
-        with trio.move_on_after(self.config.handshake_timeout) as scope:
-            while True:
-                event = await self._next_event(stream, conn, bytearray())
-                if isinstance(event, HttpError):
-                    return event
-                if event is None or isinstance(event, h11.ConnectionClosed):
-                    return HttpError(400, "connection closed before the body was complete")
-                if isinstance(event, h11.Data):
-                    size += len(event.data)
-                    if size > limit:
-                        return HttpError(413, f"request body larger than {limit} bytes")
-                    chunks.append(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    return b"".join(chunks)
-        assert scope.cancelled_caught
-        return HttpError(408, "request body not received in time")
+        deadline = trio.current_time() + self.config.handshake_timeout
+        while True:
+            # a body already there is read without a timeout scope (as the head is)
+            event = self._event_now(stream, conn, bytearray())
+            if event is h11.NEED_DATA:
+                with trio.move_on_at(deadline):
+                    event = await self._next_event(stream, conn, bytearray())
+                if event is h11.NEED_DATA:
+                    return HttpError(408, "request body not received in time")
+            if isinstance(event, HttpError):
+                return event
+            if event is None or isinstance(event, h11.ConnectionClosed):
+                return HttpError(400, "connection closed before the body was complete")
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > limit:
+                    return HttpError(413, f"request body larger than {limit} bytes")
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return b"".join(chunks)
 
     async def _dispatch(self, request: HttpRequest) -> HttpResponse:
         self.http_requests += 1
@@ -312,8 +318,18 @@ class Listener:
         if not head_only:
             data += conn.send(h11.Data(data=response.body)) if response.body else b""
         data += conn.send(h11.EndOfMessage())
+        # One plain non-blocking write first: a response the socket buffer takes whole (nearly
+        # all of them) needs no timeout scope and no trip through trio's scheduler.
+        try:
+            sent = os.write(stream.socket.fileno(), data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        if sent == len(data):
+            return True
         with trio.move_on_after(self.config.write_timeout):
-            await stream.send_all(data)
+            await stream.send_all(data[sent:])
             return True
         self.write_timeouts += 1
         log.warning("client did not read the response in time; closing", peer=_peer(stream))
