@@ -16,15 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from websockets.extensions.base import Extension, ServerExtensionFactory
-from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
+from websockets.extensions.base import Extension
+from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
 from websockets.server import ServerProtocol
-from websockets.typing import BytesLike, ExtensionName, ExtensionParameter
 
 from printd.auth import Claims
 from printd.config import CompressionConfig
+from printd.gateway.frames import Deflate, Session, State
 
 _ids = itertools.count(1)
 _MAX_WRITE = 256 * 1024
@@ -49,55 +47,42 @@ class GatewayStats:
     closes: dict[int, int] = field(default_factory=dict)
 
 
-class _SmallMessagesPlain(Extension):
-    """permessage-deflate that leaves messages under `min_size` uncompressed (RFC 7692 allows it).
-
-    Compressing a 200-byte ack costs CPU and saves nothing; with no context takeover skipping a
-    message does not disturb the next one.
-    """
-
-    def __init__(self, inner: Extension, min_size: int) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.min_size = min_size
-
-    def decode(self, frame: Frame, *, max_size: int | None = None) -> Frame:
-        return self.inner.decode(frame, max_size=max_size)
-
-    def encode(self, frame: Frame) -> Frame:
-        if frame.fin and frame.opcode is not Opcode.CONT and len(frame.data) < self.min_size:
-            return frame
-        return self.inner.encode(frame)
+def make_protocol(max_message_bytes: int, compression: CompressionConfig) -> ServerProtocol:
+    """The websockets engine for the opening handshake (it negotiates permessage-deflate with
+    the design's parameters: no context takeover either way, bounded windows)."""
+    extensions = None
+    if compression.enabled:
+        extensions = [
+            ServerPerMessageDeflateFactory(
+                server_no_context_takeover=True,
+                client_no_context_takeover=True,
+                server_max_window_bits=compression.server_max_window_bits,
+                client_max_window_bits=compression.client_max_window_bits,
+                compress_settings={"level": compression.level, "memLevel": compression.mem_level},
+                require_client_max_window_bits=False,
+            )
+        ]
+    return ServerProtocol(extensions=extensions, max_size=max_message_bytes)
 
 
-class DeflateFactory(ServerExtensionFactory):
-    """The design's deflate parameters, plus the minimum message size to compress."""
-
-    name = ExtensionName("permessage-deflate")
-
-    def __init__(self, cfg: CompressionConfig) -> None:
-        self._inner = ServerPerMessageDeflateFactory(
-            server_no_context_takeover=True,
-            client_no_context_takeover=True,
-            server_max_window_bits=cfg.server_max_window_bits,
-            client_max_window_bits=cfg.client_max_window_bits,
-            compress_settings={"level": cfg.level, "memLevel": cfg.mem_level},
-            require_client_max_window_bits=False,
+def make_session(
+    max_message_bytes: int, compression: CompressionConfig, extensions: Sequence[Extension] = ()
+) -> Session:
+    """The session engine for what the handshake negotiated (`ServerProtocol.extensions`)."""
+    deflate = None
+    for ext in extensions:
+        if not isinstance(ext, PerMessageDeflate):
+            raise ValueError(f"extension {ext.name} is not supported")
+        if not (ext.remote_no_context_takeover and ext.local_no_context_takeover):
+            raise ValueError("permessage-deflate must be negotiated without context takeover")
+        deflate = Deflate(
+            inbound_wbits=ext.remote_max_window_bits or 15,
+            outbound_wbits=ext.local_max_window_bits or 15,
+            level=compression.level,
+            mem_level=compression.mem_level,
+            min_size=compression.min_size,
         )
-        self._min_size = cfg.min_size
-
-    def process_request_params(
-        self, params: Sequence[ExtensionParameter], accepted_extensions: Sequence[Extension]
-    ) -> tuple[list[ExtensionParameter], Extension]:
-        response, ext = self._inner.process_request_params(params, accepted_extensions)
-        return response, _SmallMessagesPlain(ext, self._min_size)
-
-
-def make_protocol(
-    max_message_bytes: int, compression: CompressionConfig, state: State = State.CONNECTING
-) -> ServerProtocol:
-    extensions = [DeflateFactory(compression)] if compression.enabled else None
-    return ServerProtocol(extensions=extensions, max_size=max_message_bytes, state=state)
+    return Session(max_message_bytes, deflate)
 
 
 class WsConnection:
@@ -117,7 +102,6 @@ class WsConnection:
         "closing",
         "eof",
         "compressed",
-        "fragments",
         "_out",
         "_out_bytes",
         "_head_left",
@@ -133,7 +117,7 @@ class WsConnection:
     def __init__(
         self,
         stream: trio.SocketStream,
-        proto: ServerProtocol,
+        proto: Session,
         claims: Claims,
         *,
         stats: GatewayStats,
@@ -156,9 +140,7 @@ class WsConnection:
         self.last_ping = now
         self.closing = False
         self.eof = False
-        self.compressed = bool(proto.extensions)
-        #: The parts so far of a fragmented text message (None between messages).
-        self.fragments: list[BytesLike] | None = None
+        self.compressed = proto.deflate is not None
         self._out: list[bytes] = []  # an empty deque costs ~600 bytes per connection
         self._out_bytes = 0
         self._head_left = 0  # bytes of the handshake response at the front of _out, unsent
@@ -175,12 +157,15 @@ class WsConnection:
         return self._out_bytes
 
     def _collect(self) -> None:
-        for chunk in self.proto.data_to_send():
-            if chunk:
+        """Move the engine's control frames (pong, close) to the queue."""
+        proto = self.proto
+        if proto.outgoing:
+            for chunk in proto.outgoing:
                 self._out.append(chunk)
                 self._out_bytes += len(chunk)
-            else:  # the engine's signal that the closing handshake is done: close TCP
-                self.eof = True
+            proto.outgoing.clear()
+        if proto.eof:  # the closing handshake is done (or failed): close TCP once written
+            self.eof = True
 
     def queue_raw(self, data: bytes) -> None:
         """The handshake's 101 response: queued first, and kept even if the queue overflows
@@ -193,10 +178,11 @@ class WsConnection:
         """Queue one text message; False (and the connection closes) when the queue overflows."""
         if self.closing or self.proto.state is not State.OPEN:
             return False
-        self.proto.send_text(payload)
+        frame = self.proto.send_text(payload)
+        self._out.append(frame)
+        self._out_bytes += len(frame)
         self._stats.messages_out += 1
         self._stats.bytes_out_raw += len(payload)
-        self._collect()
         if self._out_bytes > self._max_queue:
             self._overflow()
             return False

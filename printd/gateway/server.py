@@ -18,17 +18,14 @@ from urllib.parse import parse_qs
 import orjson
 import structlog
 import trio
-from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import State
-from websockets.server import ServerProtocol
-from websockets.typing import BytesLike
 
 from printd import protocol as P
 from printd.agents import AgentLink
 from printd.auth import AuthError, Claims, TokenVerifier, bearer_token
 from printd.config import Config
-from printd.gateway.connection import GatewayStats, WsConnection, make_protocol
+from printd.gateway.connection import GatewayStats, WsConnection, make_protocol, make_session
+from printd.gateway.frames import Session
 from printd.gateway.hub import Hub
 from printd.gateway.limits import ErrorBudget, MessageRate
 from printd.printers import Claim
@@ -36,7 +33,7 @@ from printd.status import StatusFanout
 
 log = structlog.get_logger("printd.gateway")
 
-_TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
+_READ_SIZE = 65536
 
 WS_PATH = "/printing-ws"
 WS_ROLES = ("agent", "dashboard", "admin")
@@ -117,13 +114,11 @@ class Gateway:
         """The nursery that runs flush tasks started from other tasks (fan-out, dispatch)."""
         self._nursery = nursery
 
-    def _handshake(self, raw: bytes) -> tuple[ServerProtocol, bytes] | None:
-        """Run the opening handshake on one engine, then start the session on a fresh one.
+    def _handshake(self, raw: bytes) -> tuple[Session, bytes] | None:
+        """Run the opening handshake on websockets' engine, then start the session on ours.
 
-        websockets' `ServerProtocol.parse()` is a generator whose frame keeps the parsed request
-        (headers and all, ~1.7 KB) alive for the connection's lifetime. The session engine is
-        built with `state=OPEN` and the negotiated extensions, so an idle connection keeps only
-        what it needs. Bytes the client sent after its request head go to the session engine.
+        The session engine (`make_session`) keeps only what the connection needs, built from
+        the negotiated extensions. Bytes the client sent after its request head go to it.
         """
         handshake = make_protocol(self.config.server.max_message_bytes, self.config.compression)
         head_end = raw.find(b"\r\n\r\n") + 4
@@ -135,12 +130,11 @@ class Gateway:
         handshake.send_response(response)
         if response.status_code != 101:
             return None
-        session = make_protocol(
-            self.config.server.max_message_bytes, self.config.compression, state=State.OPEN
+        session = make_session(
+            self.config.server.max_message_bytes, self.config.compression, handshake.extensions
         )
-        session.extensions = handshake.extensions
         if head_end < len(raw):
-            session.receive_data(raw[head_end:])
+            session.keep(raw[head_end:])
         return session, b"".join(handshake.data_to_send())
 
     def _spawn(self, fn: Callable[[], Any]) -> None:
@@ -223,7 +217,7 @@ class Gateway:
         await self._read_loop(conn)
 
     async def _read_loop(self, conn: WsConnection) -> None:
-        proto = conn.proto
+        sess = conn.proto
         stream = conn.stream
         stats = self.stats
         cfg = self.config.server
@@ -231,51 +225,43 @@ class Gateway:
         rate = MessageRate(cfg.message_rate, cfg.message_burst, cfg.rate_limit_close_after, conn.last_seen)
         sock = stream.socket
         streak = 0
+        # Bytes sent along with the handshake are parsed before the first read.
+        drained = early = sess.buffered
         try:
             while True:
-                # Read with a plain non-blocking syscall and wait only on EAGAIN: trio's
-                # receive_some would add a failed recv before each wait and a scheduler pass
-                # after each success. A checkpoint every few immediate reads keeps it fair.
-                fd = sock.fileno()
-                if fd < 0:
-                    return
-                try:
-                    data = os.read(fd, 65536)
-                except BlockingIOError:
-                    streak = 0
-                    await trio.lowlevel.wait_readable(sock)
-                    continue
-                except OSError:
-                    return
-                streak += 1
-                if streak >= 8:
-                    streak = 0
-                    await trio.lowlevel.checkpoint()
-                if not data:
-                    proto.receive_eof()
-                    return
-                conn.last_seen = trio.current_time()
-                stats.bytes_in_wire += len(data)
-                proto.receive_data(data)
-                messages = 0
-                message: BytesLike | None
-                for ev in proto.events_received():
-                    if not isinstance(ev, Frame):
+                # Read with a plain non-blocking syscall. After a short read the socket is most
+                # likely empty: wait for it in trio at once instead of paying a failed read first.
+                # A checkpoint every few full reads keeps a fast sender from starving the rest.
+                if early:
+                    early = False
+                    data = b""
+                else:
+                    if drained:
+                        streak = 0
+                        await trio.lowlevel.wait_readable(sock)
+                    fd = sock.fileno()
+                    if fd < 0:
+                        return
+                    try:
+                        data = os.read(fd, _READ_SIZE)
+                    except BlockingIOError:
+                        drained = True
                         continue
-                    opcode = ev.opcode
-                    if opcode is _TEXT and ev.fin:
-                        message = ev.data
-                    elif opcode is _TEXT or opcode is _CONT:
-                        message = self._reassemble(conn, ev)
-                        if message is None:
-                            continue
-                    elif opcode is _BINARY:
-                        conn.close(P.CLOSE_UNSUPPORTED, "binary frames are not supported; send JSON text")
-                        continue
-                    else:
-                        continue
-                    messages += 1
-                    stats.messages_in += 1
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    drained = len(data) < _READ_SIZE
+                    if not drained:
+                        streak += 1
+                        if streak >= 8:
+                            streak = 0
+                            await trio.lowlevel.checkpoint()
+                    conn.last_seen = trio.current_time()
+                    stats.bytes_in_wire += len(data)
+                messages = sess.feed(data)
+                stats.messages_in += len(messages)
+                for message in messages:
                     stats.bytes_in_raw += len(message)
                     if conn.closing:
                         continue
@@ -289,15 +275,16 @@ class Gateway:
                             stats.frame_errors += 1
                             if budget.spend(conn.last_seen):
                                 conn.close(P.CLOSE_POLICY, "too many invalid frames")
-                if proto.parser_exc is not None and not conn.closing:
-                    # the engine already queued the close frame (1009 too big, 1002 protocol error)
-                    code = proto.close_sent.code if proto.close_sent else P.CLOSE_PROTOCOL_ERROR
-                    conn.close(code, "")
+                if not conn.closing:
+                    if sess.failure:  # the engine queued its close frame (1002, 1007, 1009)
+                        conn.close(sess.failure, "")
+                    elif sess.binary:
+                        conn.close(P.CLOSE_UNSUPPORTED, "binary frames are not supported; send JSON text")
                 conn.send_pending()
-                if conn.eof or proto.state is State.CLOSED:
+                if conn.eof:
                     return  # closing handshake done: the server closes TCP first (RFC 6455)
                 if messages and not conn.closing:
-                    pause = rate.spend(conn.last_seen, messages)
+                    pause = rate.spend(conn.last_seen, len(messages))
                     if pause:
                         await self._over_rate(conn, pause)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -327,25 +314,8 @@ class Gateway:
         else:
             await trio.sleep(min(pause, cfg.rate_limit_close_after, cfg.ping_interval))
 
-    @staticmethod
-    def _reassemble(conn: WsConnection, frame: Frame) -> BytesLike | None:
-        """Collect a fragmented text message: the whole message once its last fragment is in.
-        The engine already enforces the fragment order (1002) and the size of the whole
-        message (max_message_bytes, 1009), so what is kept here stays bounded."""
-        if frame.opcode is _TEXT:
-            conn.fragments = [frame.data]
-            return None
-        parts = conn.fragments
-        if parts is None:  # the rest of a binary message: the connection is closing (1003)
-            return None
-        parts.append(frame.data)
-        if not frame.fin:
-            return None
-        conn.fragments = None
-        return b"".join(parts)
-
     def _on_text(
-        self, conn: WsConnection, message: BytesLike
+        self, conn: WsConnection, message: bytes
     ) -> P.FrameError | None | Awaitable[P.FrameError | None]:
         """Handle one message. Pings and status updates of known printers are handled right
         here, without a coroutine; work that needs the store comes back as an awaitable."""
