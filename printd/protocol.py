@@ -57,8 +57,8 @@ class Envelope:
     event: str
     data: dict[str, Any]
     id: int | None
-    #: The raw message can hold no NUL and no deep nesting (`_plain`): `_text` needs no walk.
-    plain: bool = field(default=False, compare=False)
+    #: The message as received: `_text` looks at it before walking `data` (see `_plain`).
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,17 +85,15 @@ def parse_frame(payload: bytes | bytearray | memoryview | str) -> Envelope | Fra
     data = obj.get("data", {})
     if not isinstance(data, dict):
         return FrameError(ERR_BAD_ENVELOPE, "'data' must be a JSON object", msg_id)
-    return Envelope(event, data, msg_id, _plain(payload))
+    return Envelope(event, data, msg_id, payload if isinstance(payload, bytes) else None)
 
 
-def _plain(payload: bytes | bytearray | memoryview | str) -> bool:
+def _plain(payload: bytes) -> bool:
     """Whether the raw JSON can hold neither a NUL character nor nesting past MAX_JSON_DEPTH, so
     `json_problem`'s walk (most of a 2 KB status's cost) can be skipped. JSON puts a NUL in a
     parsed string only through the escape \\u0000 (raw control characters are invalid), and no
     value nests deeper than there are brackets. Brackets and backslashes inside strings only
     make this answer False, and then the walk decides."""
-    if not isinstance(payload, bytes):
-        return False
     return b"\\u0000" not in payload and payload.count(b"{") + payload.count(b"[") <= MAX_JSON_DEPTH
 
 
@@ -121,7 +119,7 @@ def _ident(data: dict[str, Any], key: str, msg_id: int | None) -> str | FrameErr
 def _text(env: Envelope) -> FrameError | None:
     """What an agent sends is stored and written back (status details, results): no NUL
     anywhere in it, and no deeper than printd can write it out again."""
-    if env.plain:
+    if env.raw is not None and _plain(env.raw):
         return None
     data, msg_id = env.data, env.id
     problem = json_problem(data, "text")
