@@ -15,15 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from websockets.extensions.base import Extension
-from websockets.extensions.permessage_deflate import PerMessageDeflate
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
-from websockets.server import ServerProtocol
-from websockets.typing import BytesLike
 
 from printd.auth import Claims
 from printd.config import CompressionConfig
+from printd.gateway import frames
+from printd.gateway.frames import Session, State
 from printd.gateway.handshake import Deflate
 
 _ids = itertools.count(1)
@@ -49,49 +45,25 @@ class GatewayStats:
     closes: dict[int, int] = field(default_factory=dict)
 
 
-class _SmallMessagesPlain(Extension):
-    """permessage-deflate that leaves messages under `min_size` uncompressed (RFC 7692 allows it).
-
-    Compressing a 200-byte ack costs CPU and saves nothing; with no context takeover skipping a
-    message does not disturb the next one.
-    """
-
-    def __init__(self, inner: Extension, min_size: int) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.min_size = min_size
-
-    def decode(self, frame: Frame, *, max_size: int | None = None) -> Frame:
-        return self.inner.decode(frame, max_size=max_size)
-
-    def encode(self, frame: Frame) -> Frame:
-        if frame.fin and frame.opcode is not Opcode.CONT and len(frame.data) < self.min_size:
-            return frame
-        return self.inner.encode(frame)
-
-
-def deflate_extension(deflate: Deflate, cfg: CompressionConfig) -> Extension:
-    """The session engine's permessage-deflate for the negotiated parameters (window bits the
-    client left unbounded are 15), leaving messages under `min_size` plain."""
-    inner = PerMessageDeflate(
-        deflate.client_no_context_takeover,  # remote_no_context_takeover
-        deflate.server_no_context_takeover,  # local_no_context_takeover
-        deflate.client_max_window_bits or 15,
-        deflate.server_max_window_bits or 15,
-        {"level": cfg.level, "memLevel": cfg.mem_level},
-    )
-    return _SmallMessagesPlain(inner, cfg.min_size)
-
-
-def make_protocol(
+def make_session(
     max_message_bytes: int, compression: CompressionConfig, deflate: Deflate | None = None
-) -> ServerProtocol:
-    """The session engine of an accepted upgrade (the handshake is done: `printd.gateway.handshake`),
-    with the negotiated deflate if any."""
-    proto = ServerProtocol(max_size=max_message_bytes, state=State.OPEN)
-    if deflate is not None:
-        proto.extensions = [deflate_extension(deflate, compression)]
-    return proto
+) -> Session:
+    """The session engine of an accepted upgrade, with the permessage-deflate the handshake
+    negotiated (`printd.gateway.handshake`; window bits the client left unbounded are 15)."""
+    if deflate is None:
+        return Session(max_message_bytes, None)
+    if not (deflate.server_no_context_takeover and deflate.client_no_context_takeover):
+        raise ValueError("permessage-deflate must be negotiated without context takeover")
+    return Session(
+        max_message_bytes,
+        frames.Deflate(
+            inbound_wbits=deflate.client_max_window_bits or 15,
+            outbound_wbits=deflate.server_max_window_bits or 15,
+            level=compression.level,
+            mem_level=compression.mem_level,
+            min_size=compression.min_size,
+        ),
+    )
 
 
 class WsConnection:
@@ -111,7 +83,6 @@ class WsConnection:
         "closing",
         "eof",
         "compressed",
-        "fragments",
         "_out",
         "_out_bytes",
         "_head_left",
@@ -127,7 +98,7 @@ class WsConnection:
     def __init__(
         self,
         stream: trio.SocketStream,
-        proto: ServerProtocol,
+        proto: Session,
         claims: Claims,
         *,
         stats: GatewayStats,
@@ -150,9 +121,7 @@ class WsConnection:
         self.last_ping = now
         self.closing = False
         self.eof = False
-        self.compressed = bool(proto.extensions)
-        #: The parts so far of a fragmented text message (None between messages).
-        self.fragments: list[BytesLike] | None = None
+        self.compressed = proto.deflate is not None
         self._out: list[bytes] = []  # an empty deque costs ~600 bytes per connection
         self._out_bytes = 0
         self._head_left = 0  # bytes of the handshake response at the front of _out, unsent
@@ -169,12 +138,15 @@ class WsConnection:
         return self._out_bytes
 
     def _collect(self) -> None:
-        for chunk in self.proto.data_to_send():
-            if chunk:
+        """Move the engine's control frames (pong, close) to the queue."""
+        proto = self.proto
+        if proto.outgoing:
+            for chunk in proto.outgoing:
                 self._out.append(chunk)
                 self._out_bytes += len(chunk)
-            else:  # the engine's signal that the closing handshake is done: close TCP
-                self.eof = True
+            proto.outgoing.clear()
+        if proto.eof:  # the closing handshake is done (or failed): close TCP once written
+            self.eof = True
 
     def queue_raw(self, data: bytes) -> None:
         """The handshake's 101 response: queued first, and kept even if the queue overflows
@@ -187,10 +159,11 @@ class WsConnection:
         """Queue one text message; False (and the connection closes) when the queue overflows."""
         if self.closing or self.proto.state is not State.OPEN:
             return False
-        self.proto.send_text(payload)
+        frame = self.proto.send_text(payload)
+        self._out.append(frame)
+        self._out_bytes += len(frame)
         self._stats.messages_out += 1
         self._stats.bytes_out_raw += len(payload)
-        self._collect()
         if self._out_bytes > self._max_queue:
             self._overflow()
             return False

@@ -4,7 +4,7 @@ h11 parses every request head on the port; the upgrade is checked (RFC 6455 4.2.
 permessage-deflate offers negotiated (RFC 7692 7.1) and the 101 built from that one parse, so the
 head is not parsed a second time by the WebSocket engine. The rules are websockets' (server.py
 `process_request`, permessage_deflate.py `ServerPerMessageDeflateFactory`); the session engine
-is built from the result (`Deflate`) by `printd.gateway.connection.make_protocol`.
+is built from the result (`Deflate`) by `printd.gateway.connection.make_session`.
 """
 
 from __future__ import annotations

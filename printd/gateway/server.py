@@ -19,16 +19,13 @@ import h11
 import orjson
 import structlog
 import trio
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
-from websockets.server import ServerProtocol
-from websockets.typing import BytesLike
 
 from printd import protocol as P
 from printd.agents import AgentLink
 from printd.auth import AuthError, Claims, TokenVerifier, bearer_token
 from printd.config import Config
-from printd.gateway.connection import GatewayStats, WsConnection, make_protocol
+from printd.gateway.connection import GatewayStats, WsConnection, make_session
+from printd.gateway.frames import Session
 from printd.gateway.handshake import Handshake, UpgradeRejected, check_upgrade
 from printd.gateway.hub import Hub
 from printd.gateway.limits import ErrorBudget, MessageRate
@@ -37,7 +34,7 @@ from printd.status import StatusFanout
 
 log = structlog.get_logger("printd.gateway")
 
-_TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
+_READ_SIZE = 65536
 
 WS_PATH = "/printing-ws"
 WS_ROLES = ("agent", "dashboard", "admin")
@@ -165,15 +162,18 @@ class Gateway:
         """The nursery that runs flush tasks started from other tasks (fan-out, dispatch)."""
         self._nursery = nursery
 
-    def _handshake(self, upgrade: AcceptedUpgrade) -> tuple[ServerProtocol, bytes]:
+    def _handshake(self, upgrade: AcceptedUpgrade) -> tuple[Session, bytes]:
         """The session engine of an accepted upgrade and the 101 to send. The head was parsed
-        once, by h11 (`printd.gateway.handshake`); the engine starts OPEN with the negotiated
-        extensions."""
+        once, by h11 (`printd.gateway.handshake`); the session engine (`make_session`, ours)
+        starts with the negotiated deflate, holding what the client sent after its head."""
         handshake, upgrade.handshake = upgrade.handshake, None
         assert handshake is not None
-        session = make_protocol(
+        session = make_session(
             self.config.server.max_message_bytes, self.config.compression, handshake.deflate
         )
+        rest, upgrade.rest = upgrade.rest, b""
+        if rest:
+            session.keep(rest)
         return session, handshake.response
 
     def _spawn(self, fn: Callable[[], Any]) -> None:
@@ -215,7 +215,6 @@ class Gateway:
     async def serve(self, stream: trio.SocketStream, upgrade: AcceptedUpgrade) -> None:
         """Send the 101 (with the hello, in one write), then run the read loop."""
         proto, response = self._handshake(upgrade)
-        rest, upgrade.rest = upgrade.rest, b""
         claims = upgrade.claims
         self.stats.handshakes += 1
         conn = WsConnection(
@@ -233,7 +232,7 @@ class Gateway:
         if conn.role == "agent":
             self.status.agent_arrived(conn.company, conn.agent_id)
         try:
-            await self._session(conn, rest)
+            await self._session(conn)
         finally:
             current = self.hub.remove(conn)
             if conn.role == "agent" and current:
@@ -241,7 +240,7 @@ class Gateway:
                 with trio.CancelScope(shield=True):
                     await self.jobs.agent_disconnected(conn)
 
-    async def _session(self, conn: WsConnection, first: bytes) -> None:
+    async def _session(self, conn: WsConnection) -> None:
         hello = {**self._hello_common, "role": conn.role, "company": conn.company, "id": conn.id}
         hello["heartbeat"] = self.config.server.ping_interval
         conn.queue(P.encode_event("hello", hello))
@@ -256,10 +255,10 @@ class Gateway:
         await conn.flush()
         if conn.role == "agent":
             self.jobs.agent_connected(conn)
-        await self._read_loop(conn, first)
+        await self._read_loop(conn)
 
-    async def _read_loop(self, conn: WsConnection, first: bytes) -> None:
-        proto = conn.proto
+    async def _read_loop(self, conn: WsConnection) -> None:
+        sess = conn.proto
         stream = conn.stream
         stats = self.stats
         cfg = self.config.server
@@ -267,54 +266,43 @@ class Gateway:
         rate = MessageRate(cfg.message_rate, cfg.message_burst, cfg.rate_limit_close_after, conn.last_seen)
         sock = stream.socket
         streak = 0
-        data = first  # what the client sent with its request head is handled before any read
+        # Bytes sent along with the handshake are parsed before the first read.
+        drained = early = sess.buffered
         try:
             while True:
-                if not data:
-                    # Read with a plain non-blocking syscall and wait only on EAGAIN: trio's
-                    # receive_some would add a failed recv before each wait and a scheduler pass
-                    # after each success. A checkpoint every few immediate reads keeps it fair.
+                # Read with a plain non-blocking syscall. After a short read the socket is most
+                # likely empty: wait for it in trio at once instead of paying a failed read first.
+                # A checkpoint every few full reads keeps a fast sender from starving the rest.
+                if early:
+                    early = False
+                    data = b""
+                else:
+                    if drained:
+                        streak = 0
+                        await trio.lowlevel.wait_readable(sock)
                     fd = sock.fileno()
                     if fd < 0:
                         return
                     try:
-                        data = os.read(fd, 65536)
+                        data = os.read(fd, _READ_SIZE)
                     except BlockingIOError:
-                        streak = 0
-                        await trio.lowlevel.wait_readable(sock)
+                        drained = True
                         continue
                     except OSError:
                         return
-                    streak += 1
-                    if streak >= 8:
-                        streak = 0
-                        await trio.lowlevel.checkpoint()
                     if not data:
-                        proto.receive_eof()
                         return
-                conn.last_seen = trio.current_time()
-                stats.bytes_in_wire += len(data)
-                proto.receive_data(data)
-                data = b""
-                messages = 0
-                message: BytesLike | None
-                for ev in proto.events_received():
-                    if not isinstance(ev, Frame):
-                        continue
-                    opcode = ev.opcode
-                    if opcode is _TEXT and ev.fin:
-                        message = ev.data
-                    elif opcode is _TEXT or opcode is _CONT:
-                        message = self._reassemble(conn, ev)
-                        if message is None:
-                            continue
-                    elif opcode is _BINARY:
-                        conn.close(P.CLOSE_UNSUPPORTED, "binary frames are not supported; send JSON text")
-                        continue
-                    else:
-                        continue
-                    messages += 1
-                    stats.messages_in += 1
+                    drained = len(data) < _READ_SIZE
+                    if not drained:
+                        streak += 1
+                        if streak >= 8:
+                            streak = 0
+                            await trio.lowlevel.checkpoint()
+                    conn.last_seen = trio.current_time()
+                    stats.bytes_in_wire += len(data)
+                messages = sess.feed(data)
+                stats.messages_in += len(messages)
+                for message in messages:
                     stats.bytes_in_raw += len(message)
                     if conn.closing:
                         continue
@@ -324,17 +312,18 @@ class Gateway:
                     if err is not None:
                         self._reply(conn, P.encode_error(err))
                         self._spend(conn, state, err)
-                if proto.parser_exc is not None and not conn.closing:
-                    # the engine already queued the close frame (1009 too big, 1002 protocol error)
-                    code = proto.close_sent.code if proto.close_sent else P.CLOSE_PROTOCOL_ERROR
-                    conn.close(code, "")
+                if not conn.closing:
+                    if sess.failure:  # the engine queued its close frame (1002, 1007, 1009)
+                        conn.close(sess.failure, "")
+                    elif sess.binary:
+                        conn.close(P.CLOSE_UNSUPPORTED, "binary frames are not supported; send JSON text")
                 conn.send_pending()
-                if conn.eof or proto.state is State.CLOSED:
+                if conn.eof:
                     return  # closing handshake done: the server closes TCP first (RFC 6455)
-                messages -= state.earned
+                charged = len(messages) - state.earned
                 state.earned = 0
-                if messages > 0 and not conn.closing:
-                    pause = rate.spend(conn.last_seen, messages)
+                if charged > 0 and not conn.closing:
+                    pause = rate.spend(conn.last_seen, charged)
                     if pause:
                         await self._over_rate(conn, pause)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -364,23 +353,6 @@ class Gateway:
         else:
             await trio.sleep(min(pause, cfg.rate_limit_close_after, cfg.ping_interval))
 
-    @staticmethod
-    def _reassemble(conn: WsConnection, frame: Frame) -> BytesLike | None:
-        """Collect a fragmented text message: the whole message once its last fragment is in.
-        The engine already enforces the fragment order (1002) and the size of the whole
-        message (max_message_bytes, 1009), so what is kept here stays bounded."""
-        if frame.opcode is _TEXT:
-            conn.fragments = [frame.data]
-            return None
-        parts = conn.fragments
-        if parts is None:  # the rest of a binary message: the connection is closing (1003)
-            return None
-        parts.append(frame.data)
-        if not frame.fin:
-            return None
-        conn.fragments = None
-        return b"".join(parts)
-
     def _reply(self, conn: WsConnection, frame: bytes) -> None:
         """Queue an answer; behind the connection's pending reports if it has any (in order)."""
         pending = self._reports.get(conn)
@@ -398,7 +370,7 @@ class Gateway:
                 conn.close(P.CLOSE_POLICY, "too many invalid frames")
 
     def _on_text(
-        self, conn: WsConnection, message: BytesLike, state: _ReadState
+        self, conn: WsConnection, message: bytes, state: _ReadState
     ) -> P.FrameError | None | Awaitable[P.FrameError | None]:
         """Handle one message. Pings and status updates of known printers are handled right
         here, without a coroutine; work that needs the store comes back as an awaitable."""

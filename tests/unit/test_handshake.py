@@ -14,14 +14,14 @@ from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
     ServerPerMessageDeflateFactory,
 )
-from websockets.frames import Frame, Opcode
+from websockets.frames import Frame
 from websockets.headers import parse_extension
 from websockets.protocol import State
 from websockets.uri import parse_uri
 from websockets.utils import accept_key as ws_accept_key
 
 from printd.config import CompressionConfig
-from printd.gateway.connection import make_protocol
+from printd.gateway.connection import make_session
 from printd.gateway.handshake import (
     Deflate,
     UpgradeRejected,
@@ -66,7 +66,7 @@ def test_accept_key_is_the_rfc_example_and_websockets_value() -> None:
 @pytest.mark.parametrize("deflate", [False, True])
 def test_websockets_client_accepts_the_101_and_messages_pass_both_ways(deflate: bool) -> None:
     """The real client engine's request, parsed by h11, answered by check_upgrade; then a
-    message each way between that client and the session engine make_protocol builds."""
+    message each way between that client and the session engine make_session builds."""
     factories = [ClientPerMessageDeflateFactory(client_max_window_bits=True)] if deflate else None
     client = ClientProtocol(parse_uri("ws://printd/printing-ws"), extensions=factories)
     client.send_request(client.connect())
@@ -77,18 +77,15 @@ def test_websockets_client_accepts_the_101_and_messages_pass_both_ways(deflate: 
     assert client.state is State.OPEN, client.handshake_exc
     client.events_received()  # the Response
     assert bool(client.extensions) is deflate
-    session = make_protocol(1 << 20, CFG, handshake.deflate)
+    session = make_session(1 << 20, CFG, handshake.deflate)
     big = b'{"event":"x","data":"' + b"lorem ipsum " * 500 + b'"}'  # over min_size: compressed
-    session.send_text(big)
-    wire = b"".join(session.data_to_send())
+    wire = session.send_text(big)
     assert (len(wire) < len(big) / 4) is deflate
     client.receive_data(wire)
     [frame] = client.events_received()
     assert isinstance(frame, Frame) and frame.data == big
     client.send_text(big)
-    session.receive_data(b"".join(client.data_to_send()))
-    [frame] = session.events_received()
-    assert isinstance(frame, Frame) and frame.opcode is Opcode.TEXT and frame.data == big
+    assert session.feed(b"".join(client.data_to_send())) == [big]
 
 
 OFFERS = [

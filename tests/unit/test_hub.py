@@ -24,7 +24,7 @@ from websockets.uri import parse_uri
 
 from printd.auth import Claims
 from printd.config import CompressionConfig
-from printd.gateway.connection import GatewayStats, WsConnection, make_protocol
+from printd.gateway.connection import GatewayStats, WsConnection, make_session
 from printd.gateway.hub import Hub
 from printd.protocol import CLOSE_GOING_AWAY, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_REPLACED, CLOSE_TOKEN_EXPIRED
 
@@ -73,7 +73,7 @@ class Wiring:
         claims = Claims(sub, role, company, "b1" if role == "agent" else None, exp or time.time() + 3600)
         conn = WsConnection(
             trio.SocketStream(trio.socket.from_stdlib_socket(server)),
-            make_protocol(1 << 20, CompressionConfig(enabled=False)),
+            make_session(1 << 20, CompressionConfig(enabled=False)),
             claims,
             stats=self.stats,
             max_queue_bytes=1 << 20,

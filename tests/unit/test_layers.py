@@ -14,7 +14,7 @@ for layer, modules in enumerate(
         # pure cores: rules and data, no I/O of their own
         "model protocol agents inputs config jobs.delivery jobs.pending breakers.core"
         " ratelimit cache cluster.base cluster.membership cluster.resp cluster.target gateway.limits"
-        " gateway.handshake __init__ breakers gateway jobs cluster http logs systemd",
+        " gateway.handshake gateway.frames __init__ breakers gateway jobs cluster http logs systemd",
         # backends: the only I/O to the dependencies
         "store store.base store.group store.sql store.sqlite store.postgres store.migrate"
         " breakers.shell breakers.metrics"

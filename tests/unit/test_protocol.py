@@ -197,3 +197,47 @@ def test_what_a_parse_refuses_round_trips_as_the_error_event_the_client_reads() 
 def test_budget_free_refusals_are_printd_outages_and_caps_only() -> None:
     assert P.BUDGET_FREE == {P.ERR_UNAVAILABLE, P.ERR_LIMIT_EXCEEDED}
     assert "ping" in P.AGENT_EVENTS and P.DASHBOARD_EVENTS == {"ping"}
+
+
+# ------------------------------------------------------------------ the raw-bytes check (_plain)
+
+
+def nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = {"k": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"printer_id": "p1", "status": "online", "note": "a\x00b"}, "text must not contain NUL"),
+        ({"printer_id": "p1", "status": "online", "x": [{"k\x00": 1}]}, "text must not contain NUL"),
+        ({"printer_id": "p1", "status": "online", "x": nested(70)}, "text nests deeper than 64"),
+    ],
+)
+def test_nul_and_depth_are_refused_in_parsed_messages(data: dict[str, Any], message: str) -> None:
+    env = P.parse_frame(frame({"event": "printer.status", "id": 4, "data": data}))
+    assert isinstance(env, Envelope) and env.raw is not None and not P._plain(env.raw)
+    err = P.parse_status(env)
+    assert isinstance(err, FrameError) and err.message.startswith(message)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"printer_id": "p1", "status": "online", "queue": [{"job": i} for i in range(20)]},
+        {"printer_id": "p1", "status": "online", "note": "\\u0000 is six characters, not NUL"},
+        {"printer_id": "p1", "status": "online", "note": "{[" * 100, "x": nested(30)},
+    ],
+)
+def test_messages_that_only_look_suspicious_are_accepted(data: dict[str, Any]) -> None:
+    env = P.parse_frame(frame({"event": "printer.status", "id": 4, "data": data}))
+    assert isinstance(env, Envelope)
+    assert isinstance(P.parse_status(env), StatusUpdate)
+
+
+def test_an_ordinary_status_skips_the_walk() -> None:
+    env = P.parse_frame(frame({"event": "printer.status", "data": {"printer_id": "p1", "status": "ok"}}))
+    assert isinstance(env, Envelope) and env.raw is not None and P._plain(env.raw)
