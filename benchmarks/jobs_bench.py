@@ -548,6 +548,12 @@ def markdown(records: list[dict[str, Any]]) -> str:
     def bg(rs: list[dict[str, Any]]) -> str:
         return background_cell([r.get("background") or {} for r in rs], "()")
 
+    def metered(backend: str, rs: list[dict[str, Any]]) -> list[str]:
+        """Writes per transaction, printd's, PostgreSQL's and the client's CPU, the background."""
+        db = cell(rs, "db_cpu_pct") if backend == "postgres" else "–"
+        cpu = [cell(rs, "server_cpu_pct"), db, cell(rs, "client_cpu_pct")]
+        return [cell(rs, "writes_per_commit", 2), *cpu, bg(rs)]
+
     parts = []
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in records:
@@ -569,11 +575,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
                 cell(rs, "round_trip.p99_ms", 2),
                 cell(rs, "round_trip.max_ms"),
                 f"{cell(rs, 'completed', 0)} / {cell(rs, 'due', 0)}",
-                cell(rs, "writes_per_commit", 2),
-                cell(rs, "server_cpu_pct"),
-                cell(rs, "db_cpu_pct") if k[1] == "postgres" else "–",
-                cell(rs, "client_cpu_pct"),
-                bg(rs),
+                *metered(k[1], rs),
             ]
             for k, rs in rtt
         ]
@@ -590,11 +592,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
                 cell(rs, "accepted_per_s", 0),
                 cell(rs, "accept_latency.p50_ms", 2),
                 cell(rs, "accept_latency.p99_ms", 2),
-                cell(rs, "writes_per_commit", 2),
-                cell(rs, "server_cpu_pct"),
-                cell(rs, "db_cpu_pct") if k[1] == "postgres" else "–",
-                cell(rs, "client_cpu_pct"),
-                bg(rs),
+                *metered(k[1], rs),
             ]
             for k, rs in tput
         ]
@@ -611,11 +609,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
                 str(len(rs)),
                 cell(rs, "jobs", 0),
                 cell(rs, "completed_per_s", 0),
-                cell(rs, "writes_per_commit", 2),
-                cell(rs, "server_cpu_pct"),
-                cell(rs, "db_cpu_pct") if k[1] == "postgres" else "–",
-                cell(rs, "client_cpu_pct"),
-                bg(rs),
+                *metered(k[1], rs),
             ]
             for k, rs in drain
         ]

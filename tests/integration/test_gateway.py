@@ -238,27 +238,6 @@ async def test_oversize_message_closes_1009_and_server_stays_up(printd: Printd) 
     await other.close()
 
 
-async def test_a_message_sent_with_the_upgrade_request_is_answered(printd: Printd) -> None:
-    """A client may send its first frame in the same write as its request head; printd answers
-    it without waiting for more bytes."""
-    stream = await trio.open_tcp_stream("127.0.0.1", printd.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    head = (
-        f"GET /printing-ws?token={token('agent')} HTTP/1.1\r\nHost: x\r\n"
-        f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-    await stream.send_all(head + masked_text(b'{"event":"ping","id":9,"data":{}}'))
-    buf = b""
-    with trio.fail_after(5):
-        while b'{"event":"ack","id":9,' not in buf:
-            chunk = await stream.receive_some(65536)
-            assert chunk, buf
-            buf += chunk
-    assert buf.startswith(b"HTTP/1.1 101")
-    await stream.aclose()
-
-
 async def test_garbage_bytes_after_upgrade_close_1002(printd: Printd) -> None:
     stream, rest = await raw_upgrade(printd.port, token("agent"))
     bystander = await connect(printd, sub="agent-2")
