@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -92,7 +93,7 @@ class SQLiteStore(SqlStore):
         except sqlite3.Error as exc:
             raise _map_error(exc) from exc
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._enter_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
@@ -100,6 +101,20 @@ class SQLiteStore(SqlStore):
             conn.close()
             raise _map_error(exc) from exc
         return conn
+
+    def _enter_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL, waiting out a lock like any statement would: SQLite answers "database is
+        locked" here at once, without its busy handler, while another connection is switching the
+        file or has it locked (several processes or stores opening one new file together)."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
