@@ -77,9 +77,11 @@ async def test_a_printed_job_shows_in_the_job_and_cluster_series(cluster_factory
     assert value(s, "printd_jobs_stale_session_refused_total") == 0.0
     assert value(s, "printd_jobs_awaiting_ack") == 0.0
     assert value(s, "printd_jobs_in_flight") == 0.0
-    # accept, dispatch, ack, result: four hot-path writes, in at most four transactions
-    assert value(s, "printd_store_grouped_writes_total") == 4.0
-    assert 1.0 <= (value(s, "printd_store_group_commits_total") or 0) <= 4.0
+    # accept, dispatch, then the ack and the result: in one store call when the reporter finds
+    # both queued, else two; every call in a transaction of its own or shared
+    writes = value(s, "printd_store_grouped_writes_total") or 0
+    assert writes in (3.0, 4.0)
+    assert 1.0 <= (value(s, "printd_store_group_commits_total") or 0) <= writes
     for agent_state in ("online", "offline"):  # sampled at start: nothing queued
         assert value(s, "printd_jobs_queued", agent=agent_state) == 0.0
         assert value(s, "printd_jobs_queued_oldest_age_seconds", agent=agent_state) == 0.0

@@ -86,7 +86,9 @@ def test_down_stops_a_paused_process_by_its_own_shutdown_not_by_sigkill() -> Non
         assert child.stdout is not None and child.stdout.readline() == b"1\n"
         child.send_signal(signal.SIGSTOP)
         proc = Process("printd-1", "printd", child.pid, psutil.Process(child.pid).create_time(), "", "")
-        assert stop_processes((proc,), timeout=5) == {"printd-1": "stopped"}
+        # patience for a loaded machine (a CI run saw 'killed' at 5 s): what is asserted is that
+        # it ends through its own handler, not how fast
+        assert stop_processes((proc,), timeout=20) == {"printd-1": "stopped"}
         assert child.wait(5) == 0
     finally:
         child.kill()
