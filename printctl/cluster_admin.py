@@ -255,6 +255,11 @@ def rebalance_plan(members: list[dict[str, Any]], *, tolerance: float = 0.1) -> 
 REBALANCE_ROUNDS = 3
 
 
+def _agents_held(members: list[dict[str, Any]]) -> int:
+    """Agents connected across the members of a cluster view."""
+    return sum(int((m.get("connections") or {}).get("agent", 0)) for m in members)
+
+
 def _settled_view(url: str, token: str | None, since: float, timeout: float) -> dict[str, Any]:
     """The cluster view once every live member has published a heartbeat after `since` (the
     agent counts in member records are as old as their last heartbeat, 2 s by default)."""
@@ -299,6 +304,7 @@ def rebalance(
     """
     view: dict[str, Any] = get_json(url, "/monitoring/cluster", token=token, timeout=timeout)
     plan = rebalance_plan(view.get("members") or [])
+    held = _agents_held(view.get("members") or [])
     moved: dict[str, Any] = {}
     after: dict[str, int] = {}
     still: list[dict[str, Any]] = []
@@ -320,7 +326,10 @@ def rebalance(
                 done = time.monotonic()
                 members = _settled_view(url, token, done, timeout).get("members") or []
                 still = rebalance_plan(members)
-                if not still or time.monotonic() >= deadline:
+                # judged once the moved agents are back somewhere: one still reconnecting is
+                # missing from every count, and the rest can look even without it
+                back = _agents_held(members) >= held
+                if (back and not still) or time.monotonic() >= deadline:
                     break
             # least_conn breaks ties (an HTTP request in flight on the emptier instance) by round
             # robin, so a moved agent can land where it was: shed what is still over, twice more
@@ -328,7 +337,7 @@ def rebalance(
             if not still or rounds >= REBALANCE_ROUNDS:
                 break
             steps, deadline = still, time.monotonic() + settle
-        after = {str(m["id"]): int((m.get("connections") or {}).get("agent", 0)) for m in members}
+        after = {str(m["id"]): _agents_held([m]) for m in members}
     hint = None
     if still:
         behind = sorted(k for k, v in after.items() if v < still[0]["target"])
